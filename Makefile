@@ -1,0 +1,39 @@
+# attnkernels: `make test` and `make bench` do all set-up on first use (.venv from requirements.txt).
+# `make test PYTHON=python3` uses that interpreter as is: no venv, no downloads (the GPU machine).
+PYTHON ?=
+VENV := .venv
+ifeq ($(PYTHON),)
+  PY := $(VENV)/bin/python
+  SETUP_DEP := $(VENV)/.installed
+else
+  PY := $(PYTHON)
+  SETUP_DEP := build-inplace
+endif
+export CUDA_HOME ?= /usr/local/cuda
+PYTEST_ARGS ?=
+
+.PHONY: test bench gpu-check build-inplace clean
+
+$(VENV)/.installed: setup.py $(wildcard csrc/*/*.cu csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.h csrc/*.cpp)
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	python3 setup.py dev-requirements > $(VENV)/requirements.txt
+	$(VENV)/bin/python -m pip install -q -r $(VENV)/requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-build-isolation -e .
+	touch $@
+
+# Existing interpreter: build the extensions in place (no install, no network).
+build-inplace:
+	$(PY) setup.py -q build_ext --inplace
+
+test: $(SETUP_DEP)
+	TRITON_INTERPRET=$${TRITON_INTERPRET-$$($(PY) -c "import torch;print(0 if torch.cuda.is_available() else 1)")} \
+	  $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: $(SETUP_DEP)
+	$(PY) benchmarks/main.py
+
+gpu-check:
+	PYTHON=$(or $(PYTHON),python3) bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build *.egg-info attnkernels/*.so $(VENV)/.installed

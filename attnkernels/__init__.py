@@ -1,0 +1,11 @@
+"""attnkernels: fused CUDA and Triton kernels for the attention blocks of CNNs."""
+from .backend import available_backends, backend, get_backend, set_backend
+from . import reference
+from .se import SEModule, SqueezeExcitation, se
+from .convert import convert
+
+__all__ = [
+    "available_backends", "backend", "get_backend", "set_backend",
+    "reference", "se", "SqueezeExcitation", "SEModule", "convert",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""SE (squeeze-and-excitation), fused: the op, its autograd, the functional API and the drop-in
+modules. Kernels live in attnkernels/triton/se.py and csrc/se/ (attnkernels/cuda.py); the spec
+is attnkernels/reference/se.py.
+
+Backend contract (every kernel backend module implements these two functions):
+  se_forward(x, w1, b1, w2, b2, act, gate, pool) -> (y, s, z, u, p, pmax)
+    x (N, C, H, W), N >= 1, contiguous in NCHW or channels_last; w1 (Cr, C), w2 (C, Cr)
+    contiguous; b1 (Cr,) / b2 (C,) or None; all of x's dtype and device. y: like x (same memory
+    format). s = gate(z), z = fc2 output, u = fc1 output (pre-activation), p = pooled MLP input,
+    pmax = channel max (pool "avgmax") or an empty (0,) tensor: all in the accumulation dtype
+    (fp64 for fp64 x, else fp32).
+  se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool) -> (dx, dw1, db1, dw2, db2)
+    dy of x's shape, dtype and memory format; dx like x; weight/bias grads in the weight dtype.
+    The max-pool gradient is split evenly over tied maxima, as torch.amax's backward does.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import reference
+from ._validate import (as_matrix, check_choice, check_tensor, check_vector, memory_format_of)
+from .backend import get_impl, resolve
+from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
+
+POOLS = ("avg", "avgmax")
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# custom ops
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("attnkernels::se_forward", mutates_args=())
+def se_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+               act: str, gate: str, pool: str, backend: str
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return get_impl(backend).se_forward(x, w1, b1, w2, b2, act, gate, pool)
+
+
+@se_forward.register_fake
+def _(x, w1, b1, w2, b2, act, gate, pool, backend):
+    N, C = x.shape[:2]
+    vec = x.new_empty((N, C), dtype=_acc(x.dtype))
+    return (torch.empty_like(x), vec, torch.empty_like(vec),
+            x.new_empty((N, w1.shape[0]), dtype=vec.dtype), torch.empty_like(vec),
+            x.new_empty((N, C) if pool == "avgmax" else (0,), dtype=vec.dtype))
+
+
+@torch.library.custom_op("attnkernels::se_backward", mutates_args=())
+def se_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, s: Tensor, z: Tensor, u: Tensor,
+                p: Tensor, pmax: Tensor, act: str, gate: str, pool: str, backend: str
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return get_impl(backend).se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
+
+
+@se_backward.register_fake
+def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend):
+    return (torch.empty_like(x), torch.empty_like(w1), w1.new_empty((w1.shape[0],)),
+            torch.empty_like(w2), w2.new_empty((w2.shape[0],)))
+
+
+def _se_setup_context(ctx, inputs, output):
+    x, w1, b1, w2, b2, act, gate, pool, backend = inputs
+    _, s, z, u, p, pmax = output
+    ctx.mark_non_differentiable(s, z, u, p, pmax)  # internal per-(n, c) vectors
+    ctx.save_for_backward(x, w1, w2, s, z, u, p, pmax)
+    ctx.opts = (act, gate, pool, backend)
+    ctx.has_bias = (b1 is not None, b2 is not None)
+
+
+def _se_backward(ctx, dy, *_unused_grads):
+    x, w1, w2, s, z, u, p, pmax = ctx.saved_tensors
+    dy = dy.contiguous(memory_format=memory_format_of(x))
+    dx, dw1, db1, dw2, db2 = se_backward(dy, x, w1, w2, s, z, u, p, pmax, *ctx.opts)
+    has_b1, has_b2 = ctx.has_bias
+    return (dx, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None,
+            None, None, None, None)
+
+
+se_forward.register_autograd(_se_backward, setup_context=_se_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# functional
+# ---------------------------------------------------------------------------------------------
+def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], *,
+       act: str = "relu", gate: str = "sigmoid", pool: str = "avg",
+       backend: Optional[str] = None) -> Tensor:
+    """Fused squeeze-and-excitation: y = x * gate(w2 @ act(w1 @ pool(x) + b1) + b2).
+
+    x: (N, C, H, W), float16/bfloat16/float32/float64, NCHW or channels_last (y keeps x's
+    layout; other strides are first made contiguous in x's suggested memory format).
+    w1: (Cr, C) or (Cr, C, 1, 1); w2: (C, Cr) or (C, Cr, 1, 1); b1 (Cr,), b2 (C,) or None.
+    act: relu | silu | hardswish | gelu; gate: sigmoid | hardsigmoid;
+    pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
+    backend: None (the one in force, see attnkernels.set_backend) or a backend name.
+    """
+    check_tensor(x, "x", 4)
+    N, C = x.shape[:2]
+    w1 = as_matrix(w1, "w1", None, C, x)
+    Cr = w1.shape[0]
+    w2 = as_matrix(w2, "w2", C, Cr, x)
+    b1 = check_vector(b1, "b1", Cr, x)
+    b2 = check_vector(b2, "b2", C, x)
+    check_choice(act, "act", tuple(ACTIVATIONS))
+    check_choice(gate, "gate", tuple(GATES))
+    check_choice(pool, "pool", POOLS)
+    name = resolve(backend, x.device)
+    if name == "reference" or x.numel() == 0:
+        return reference.se(x, w1, b1, w2, b2, act, gate, pool)
+    x = x.contiguous(memory_format=memory_format_of(x))
+    return se_forward(x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# drop-in modules
+# ---------------------------------------------------------------------------------------------
+def _weight(conv: nn.Conv2d, x: Tensor):
+    """A 1x1 conv's weight/bias in x's dtype (as autocast would cast them for the conv)."""
+    w, b = conv.weight, conv.bias
+    if w.dtype != x.dtype:
+        w = w.to(x.dtype)
+        b = b.to(x.dtype) if b is not None else None
+    return w, b
+
+
+class SqueezeExcitation(reference.SqueezeExcitation):
+    """Drop-in for torchvision.ops.SqueezeExcitation (same constructor, submodules, `_scale`
+    and state_dict); forward runs the fused op when activation and scale_activation are ones
+    it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid), else the eager path."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        act, gate = act_name(self.activation), gate_name(self.scale_activation)
+        if act is None or gate is None:
+            return super().forward(input)
+        w1, b1 = _weight(self.fc1, input)
+        w2, b2 = _weight(self.fc2, input)
+        return se(input, w1, b1, w2, b2, act=act, gate=gate, pool="avg")
+
+
+class SEModule(reference.SEModule):
+    """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
+    norm_layer or an activation the fused op lacks is configured."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        act, gate = act_name(self.act), gate_name(self.gate)
+        if act is None or gate is None or not isinstance(self.bn, nn.Identity):
+            return super().forward(x)
+        w1, b1 = _weight(self.fc1, x)
+        w2, b2 = _weight(self.fc2, x)
+        return se(x, w1, b1, w2, b2, act=act, gate=gate, pool="avgmax" if self.add_maxpool else "avg")

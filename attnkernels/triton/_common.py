@@ -1,0 +1,118 @@
+"""Pieces shared by the Triton kernels: activations, gates and their derivatives, launch sizing.
+
+Activations and gates are selected by a constexpr name, so every kernel specializes at compile
+time and one definition serves every op (SE, CBAM, BAM, ...).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest even); kernels
+# cast their outputs through `cast_to` so both round the same way.
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+
+INV_SQRT2 = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
+
+
+@triton.jit
+def cast_to(v, DST: tl.constexpr):
+    """v.to(DST), rounding to nearest even also under the interpreter (fp32 -> bf16)."""
+    if _INTERPRET and DST == tl.bfloat16:
+        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v.to(DST)
+
+
+@triton.jit
+def sigmoid(v):
+    return 1.0 / (1.0 + tl.exp(-v))
+
+
+@triton.jit
+def activation(u, ACT: tl.constexpr):
+    """The excitation MLP's hidden activation: relu / silu / hardswish / gelu (exact erf)."""
+    if ACT == "relu":
+        return tl.maximum(u, 0.0)
+    elif ACT == "silu":
+        return u * sigmoid(u)
+    elif ACT == "hardswish":
+        return u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
+    else:  # gelu
+        return 0.5 * u * (1.0 + tl.erf(u * INV_SQRT2))
+
+
+@triton.jit
+def activation_grad(u, ACT: tl.constexpr):
+    """d activation / du, matching PyTorch autograd's formulas (incl. its choices at the kinks)."""
+    if ACT == "relu":
+        return tl.where(u > 0.0, 1.0, 0.0)
+    elif ACT == "silu":
+        sg = sigmoid(u)
+        return sg * (1.0 + u * (1.0 - sg))
+    elif ACT == "hardswish":
+        return tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, u / 3.0 + 0.5, 1.0))
+    else:  # gelu
+        cdf = 0.5 * (1.0 + tl.erf(u * INV_SQRT2))
+        return cdf + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI
+
+
+@triton.jit
+def gate(z, GATE: tl.constexpr):
+    """The gate turning an excitation into a scale: sigmoid / hardsigmoid."""
+    if GATE == "sigmoid":
+        return sigmoid(z)
+    else:  # hardsigmoid
+        return tl.minimum(tl.maximum(z / 6.0 + 0.5, 0.0), 1.0)
+
+
+@triton.jit
+def gate_grad(z, GATE: tl.constexpr):
+    if GATE == "sigmoid":
+        s = sigmoid(z)
+        return s * (1.0 - s)
+    else:  # hardsigmoid: PyTorch's gradient is 1/6 strictly inside (-3, 3)
+        return tl.where((z > -3.0) & (z < 3.0), 1.0 / 6.0, 0.0)
+
+
+def tl_acc_dtype(dtype: torch.dtype):
+    """Accumulation dtype: fp64 for fp64 inputs, fp32 otherwise (fp16/bf16/fp32)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device: torch.device) -> int:
+    """How many programs a reduction grid should aim for: enough to fill the GPU several times
+    over; on the CPU (interpreter) a few, so tests still exercise the split paths cheaply."""
+    if device.type == "cuda":
+        return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4
+
+
+_counters: dict = {}
+
+
+def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """A zeroed int32 buffer of >= n arrival counters, cached per device. Kernels that use it
+    ("the last program of a sample runs the epilogue") reset their counter to 0 when done, so the
+    buffer needs no memset launch per call. Calls on one device share it: like other cached
+    workspaces, don't run two such kernels concurrently on different streams of one device."""
+    buf = _counters.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _counters[device] = buf
+    return buf

@@ -1,0 +1,121 @@
+"""attnkernels: fused CUDA and Triton kernels for CNN attention blocks (SE, CBAM, BAM, SCA).
+
+The CUDA extension (attnkernels._C) is built only when torch is a CUDA build and nvcc is found;
+otherwise (or with ATTNKERNELS_NO_CUDA=1) a pure-Python package is installed, and setup says why.
+`python setup.py dev-requirements` prints the pinned development environment (used by the Makefile).
+"""
+import sys
+
+from setuptools import find_packages, setup
+
+# The one place versions are pinned: the development / CI environment (`make test`, `make bench`).
+DEV_REQUIREMENTS = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "timm==1.0.31",
+    "pytest",
+    "pytest-benchmark",
+    "hypothesis",
+    "ninja",
+    "pybind11",
+    "numpy",
+    "matplotlib",
+]
+
+if __name__ == "__main__" and sys.argv[1:] == ["dev-requirements"]:
+    print("\n".join(DEV_REQUIREMENTS))
+    sys.exit(0)
+
+
+import os
+import shutil
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Flags every translation unit compiled against csrc/cuemu needs (csrc/cuemu/cuemu.h CUEMU_CXXFLAGS).
+_EMU_CXXFLAGS = ["-O2", "-fno-strict-aliasing", "-fno-extern-tls-init", "-pthread"]
+
+
+def _flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _say(msg):
+    print(f"attnkernels setup: {msg}", file=sys.stderr)
+
+
+def ext_modules_and_cmdclass():
+    """The C++/CUDA extensions, or ([], {}) with a one-line reason when they can't be built.
+
+    attnkernels._C_emu: csrc kernels compiled by the host C++ compiler against csrc/cuemu (CPU
+      tensors, backend "cuda-emu"); skipped with ATTNKERNELS_NO_EMU=1.
+    attnkernels._C: the same kernels compiled by nvcc (backend "cuda"); needs a CUDA build of torch
+      and nvcc; skipped with ATTNKERNELS_NO_CUDA=1.
+    """
+    # torch.utils.cpp_extension reads CUDA_HOME at import; its auto-detection follows the
+    # /usr/local/bin/nvcc wrapper to /usr/local, whose lib64 lacks the CUDA libraries.
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and os.path.isdir("/usr/local/cuda"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    try:
+        import torch
+        from torch.utils import cpp_extension as ce
+    except Exception as e:  # no torch yet (e.g. metadata-only runs)
+        _say(f"no extensions built: torch is not importable ({type(e).__name__}: {e})")
+        return [], {}
+
+    csrc = os.path.join("csrc")
+    se_dir = os.path.join(csrc, "se")
+    exts = []
+    cuda_home = ce.CUDA_HOME
+    cuda_inc = os.path.join(cuda_home, "include") if cuda_home else None
+
+    if _flag("ATTNKERNELS_NO_EMU"):
+        _say("_C_emu skipped (ATTNKERNELS_NO_EMU=1)")
+    elif shutil.which(os.environ.get("CXX", "c++")) is None:
+        _say("_C_emu skipped: no C++ compiler found")
+    elif not cuda_inc or not os.path.isfile(os.path.join(cuda_inc, "cuda_fp16.h")):
+        _say("_C_emu skipped: the CUDA headers (cuda_fp16.h, vector_types.h) were not found; set CUDA_HOME")
+    else:
+        exts.append(ce.CppExtension(
+            "attnkernels._C_emu",
+            sources=[os.path.join(csrc, "bindings.cpp"), os.path.join(se_dir, "se_emu.cpp")],
+            include_dirs=[os.path.join(_HERE, csrc), cuda_inc],
+            define_macros=[("AK_BUILD_EMU", "1")],
+            extra_compile_args=_EMU_CXXFLAGS,
+            extra_link_args=["-pthread", "-ldl"],
+        ))
+
+    if _flag("ATTNKERNELS_NO_CUDA"):
+        _say("_C skipped (ATTNKERNELS_NO_CUDA=1)")
+    elif not torch.version.cuda:
+        _say(f"_C skipped: torch {torch.__version__} is not a CUDA build")
+    elif not cuda_home or not os.path.isfile(os.path.join(cuda_home, "bin", "nvcc")):
+        _say("_C skipped: nvcc not found (set CUDA_HOME)")
+    else:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        exts.append(ce.CUDAExtension(
+            "attnkernels._C",
+            sources=[os.path.join(csrc, "bindings.cpp"), os.path.join(se_dir, "se_cuda.cu")],
+            include_dirs=[os.path.join(_HERE, csrc)],
+            extra_compile_args={"cxx": ["-O2"], "nvcc": ["-O3", "-lineinfo"]},
+        ))
+
+    if not exts:
+        return [], {}
+    return exts, {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = ext_modules_and_cmdclass()
+
+setup(
+    name="attnkernels",
+    version="0.1.0",
+    description="Fused CUDA and Triton kernels for SE, CBAM, BAM and SCA attention blocks",
+    packages=find_packages(include=["attnkernels", "attnkernels.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.11"],
+    extras_require={"dev": DEV_REQUIREMENTS[1:]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)

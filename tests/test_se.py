@@ -1,0 +1,228 @@
+"""SE: every kernel backend against the eager reference (attnkernels/reference/se.py).
+
+Runs on the CPU through the Triton interpreter and cuda-emu, and unchanged on a GPU (triton,
+cuda). Covers fp32/fp16/bf16 (fp32 accumulation) against an fp64 reference, fp64 gradcheck,
+NCHW and channels_last, odd shapes, poisoned outputs, opcheck, torch.compile, bad input, fuzz.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import attnkernels as ak
+from attnkernels import reference
+from attnkernels._alloc import poisoned
+from conftest import DEVICE
+from utils import assert_matches, rand, to64
+
+ACTS = ("relu", "silu", "hardswish", "gelu")
+GATES = ("sigmoid", "hardsigmoid")
+POOLS = ("avg", "avgmax")
+COMBOS = list(itertools.product(ACTS, GATES, POOLS))
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# (N, C, H, W, Cr): C=1, HW=1, primes, Cr not dividing C, non-square, HW past one tile
+SHAPES = [(2, 16, 7, 7, 4), (1, 1, 1, 1, 1), (3, 37, 5, 3, 5), (2, 64, 1, 1, 8),
+          (2, 3, 17, 19, 2), (4, 24, 9, 9, 7), (1, 5, 40, 30, 3)]
+
+
+def make_case(shape, dtype, channels_last=False, bias=True, ties=False, seed=0, device=DEVICE,
+              conv_weights=False):
+    N, C, H, W, Cr = shape
+    g = torch.Generator().manual_seed(seed)
+    x = rand((N, C, H, W), dtype, device, g)
+    if ties:  # few distinct values: many tied maxima per channel
+        x = x.mul(2).round().div(2)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    # weights scaled so the gate is not saturated (its gradient must matter)
+    w1 = rand((Cr, C), dtype, device, g, 1.5 / math.sqrt(C))
+    w2 = rand((C, Cr), dtype, device, g, 1.5 / math.sqrt(Cr))
+    b1 = rand((Cr,), dtype, device, g, 0.5) if bias else None
+    b2 = rand((C,), dtype, device, g, 0.5) if bias else None
+    if conv_weights:
+        w1, w2 = w1[:, :, None, None], w2[:, :, None, None]
+    return x, w1, b1, w2, b2
+
+
+def _leaves(tensors):
+    return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+
+
+def run_and_check(backend, case, act, gate, pool, check_grad=True, seed=1):
+    """Forward (+ backward) of the fused op with poisoned outputs vs the reference computed in
+    the same dtype and in fp64."""
+    x = case[0]
+    dy = rand(x.shape, x.dtype, x.device, torch.Generator().manual_seed(seed))
+    dy = dy.contiguous(memory_format=torch.channels_last) if not x.is_contiguous() else dy
+    opts = dict(act=act, gate=gate, pool=pool)
+    ins, ins_lp, ins_64 = _leaves(case), _leaves(case), _leaves([to64(t) for t in case])
+    with poisoned():
+        y = ak.se(*ins, **opts, backend=backend)
+    y_lp = reference.se(*ins_lp, act, gate, pool)
+    y_64 = reference.se(*ins_64, act, gate, pool)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(y, y_lp, y_64, "y")
+    if not check_grad:
+        return
+    with poisoned():
+        y.backward(dy)
+    y_lp.backward(dy)
+    y_64.backward(to64(dy))
+    for name, a, b, c in zip(("dx", "dw1", "db1", "dw2", "db2"), ins, ins_lp, ins_64):
+        if a is None:
+            continue
+        assert a.grad is not None, f"{name} missing"
+        assert_matches(a.grad, b.grad, c.grad, name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_se_matches_reference(kernel_backend, shape, dtype, channels_last):
+    # cycle through the 16 act/gate/pool combinations and the bias options across the matrix
+    i = SHAPES.index(shape) * 8 + DTYPES.index(dtype) * 2 + channels_last
+    act, gate, pool = COMBOS[i % len(COMBOS)]
+    case = make_case(shape, dtype, channels_last, bias=i % 3 != 0, seed=i)
+    run_and_check(kernel_backend, case, act, gate, pool)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act,gate,pool", COMBOS)
+def test_se_all_options(kernel_backend, act, gate, pool, channels_last):
+    run_and_check(kernel_backend, make_case((2, 12, 5, 6, 3), torch.float32, channels_last), act, gate, pool)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_avgmax_ties_split_like_amax(kernel_backend, dtype, channels_last):
+    case = make_case((2, 9, 6, 5, 3), dtype, channels_last, ties=True, seed=7)
+    run_and_check(kernel_backend, case, "relu", "sigmoid", "avgmax")
+
+
+@pytest.mark.parametrize("act,gate,pool", COMBOS)
+def test_se_gradcheck(kernel_backend, act, gate, pool):
+    case = make_case((2, 3, 2, 3, 2), torch.float64, seed=3)
+    ins = _leaves(case)
+    assert torch.autograd.gradcheck(
+        lambda *a: ak.se(*a, act=act, gate=gate, pool=pool, backend=kernel_backend), ins, fast_mode=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_gradcheck_full_conv_weights(kernel_backend, channels_last):
+    case = make_case((2, 3, 2, 1, 2), torch.float64, channels_last, seed=4, conv_weights=True)
+    ins = _leaves(case)
+    assert torch.autograd.gradcheck(
+        lambda *a: ak.se(*a, act="silu", pool="avgmax", backend=kernel_backend), ins)
+
+
+@pytest.mark.parametrize("channels_last,pool,bias", [(False, "avgmax", True), (True, "avg", False)])
+def test_se_opcheck(kernel_backend, channels_last, pool, bias):
+    x, w1, b1, w2, b2 = make_case((2, 6, 3, 4, 3), torch.float32, channels_last, bias=bias)
+    x, w1, w2 = x.requires_grad_(), w1.requires_grad_(), w2.requires_grad_()
+    torch.library.opcheck(torch.ops.attnkernels.se_forward.default,
+                          (x, w1, b1, w2, b2, "gelu", "hardsigmoid", pool, kernel_backend))
+    y, s, z, u, p, pmax = torch.ops.attnkernels.se_forward(x, w1, b1, w2, b2, "gelu", "hardsigmoid", pool, kernel_backend)
+    dy = torch.randn_like(y)
+    s, z, u, p, pmax = (t.detach() for t in (s, z, u, p, pmax))
+    torch.library.opcheck(torch.ops.attnkernels.se_backward.default,
+                          (dy, x.detach(), w1.detach(), w2.detach(), s, z, u, p, pmax,
+                           "gelu", "hardsigmoid", pool, kernel_backend))
+
+
+def test_se_compile_fullgraph(kernel_backend):
+    torch._dynamo.reset()
+    case = make_case((2, 8, 5, 5, 3), torch.float32, channels_last=True)
+
+    def f(x, w1, b1, w2, b2):
+        return ak.se(x, w1, b1, w2, b2, act="hardswish", pool="avgmax", backend=kernel_backend)
+
+    a, b = _leaves(case), _leaves(case)
+    y_c = torch.compile(f, fullgraph=True)(*a)
+    y_e = f(*b)
+    torch.testing.assert_close(y_c, y_e)
+    dy = torch.randn_like(y_e)
+    y_c.backward(dy)
+    y_e.backward(dy)
+    for ta, tb in zip(a, b):
+        torch.testing.assert_close(ta.grad, tb.grad)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 4, 4, 2), (0, 1, 1, 1, 1)], ids=str)
+def test_se_empty_batch(kernel_backend, shape):
+    x, w1, b1, w2, b2 = _leaves(make_case(shape, torch.float32))
+    y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w1.grad is not None and float(w1.grad.abs().sum()) == 0.0
+
+
+def test_se_non_contiguous_input(kernel_backend):
+    x, w1, b1, w2, b2 = make_case((2, 6, 8, 10, 3), torch.float32)
+    xs = x[:, :, ::2, 1:]  # strided view: made contiguous in its suggested format
+    y = ak.se(xs, w1, b1, w2, b2, backend=kernel_backend)
+    torch.testing.assert_close(y, reference.se(xs, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+    xp = x.permute(0, 1, 3, 2)  # transposed H/W: neither NCHW- nor channels_last-contiguous
+    y = ak.se(xp, w1, b1, w2, b2, backend=kernel_backend)
+    torch.testing.assert_close(y, reference.se(xp, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+
+
+def test_se_repeated_calls_reuse_counters(kernel_backend):
+    """The arrival counters reset themselves: many calls of different shapes stay correct."""
+    for i, shape in enumerate([(3, 8, 4, 4, 2), (1, 33, 3, 3, 4), (5, 8, 2, 7, 2)] * 2):
+        case = make_case(shape, torch.float32, seed=i)
+        y = ak.se(*case, backend=kernel_backend)
+        torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(N=st.integers(1, 3), C=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 9),
+       Cr=st.integers(1, 8), combo=st.sampled_from(COMBOS), cl=st.booleans(), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16))
+def test_se_fuzz(N, C, H, W, Cr, combo, cl, bias, dtype, seed):
+    for backend in ak.available_backends(DEVICE):
+        if backend == "reference":
+            continue
+        run_and_check(backend, make_case((N, C, H, W, Cr), dtype, cl, bias, seed=seed), *combo, seed=seed + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a clear error naming the argument
+# ---------------------------------------------------------------------------------------------
+def _good():
+    return make_case((2, 8, 3, 3, 2), torch.float32)
+
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-D"),
+    (lambda a: a.update(x=a["x"].to(torch.int32)), TypeError, "x must be a float"),
+    (lambda a: a.update(x=a["x"].numpy()), TypeError, "x must be a torch.Tensor"),
+    (lambda a: a.update(w1=a["w1"][:, :5]), ValueError, "w1 has shape"),
+    (lambda a: a.update(w1=a["w1"][None]), ValueError, "w1 must be"),
+    (lambda a: a.update(w2=a["w2"][:, :1]), ValueError, "w2 has shape"),
+    (lambda a: a.update(b1=a["b1"][:1]), ValueError, "b1 has shape"),
+    (lambda a: a.update(b2=a["b2"][None]), ValueError, "b2 must be 1-D"),
+    (lambda a: a.update(w1=a["w1"].double()), TypeError, "w1 has dtype"),
+    (lambda a: a.update(b2=a["b2"].half()), TypeError, "b2 has dtype"),
+    (lambda a: a.update(w2=a["w2"].to("meta")), ValueError, "w2 is on meta"),
+    (lambda a: a.update(act="tanh"), ValueError, "act must be one of"),
+    (lambda a: a.update(gate="softmax"), ValueError, "gate must be one of"),
+    (lambda a: a.update(pool="max"), ValueError, "pool must be one of"),
+    (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
+])
+def test_se_bad_input(mutate, exc, match):
+    x, w1, b1, w2, b2 = _good()
+    args = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, act="relu", gate="sigmoid", pool="avg", backend=None)
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        ak.se(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
+
+
+def test_se_backend_that_cannot_run_here():
+    x, w1, b1, w2, b2 = _good()
+    other = "cuda" if x.device.type == "cpu" else "cuda-emu"
+    with pytest.raises(RuntimeError, match=f"backend '{other}' cannot run"):
+        ak.se(x, w1, b1, w2, b2, backend=other)
