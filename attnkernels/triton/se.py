@@ -35,20 +35,30 @@ def _tile_offsets(c, hw, stride_c, stride_hw):
 
 
 @triton.jit
-def _flat_tile(pid_tile, pid_n, N, C, HW, BLOCK: tl.constexpr, CHANNELS_LAST: tl.constexpr):
-    """Offsets of one flat tile of a sample, walked in reverse (last sample, last tile first)
-    so the data the squeeze touched last (still in L2) is consumed first.
-    Returns (element offsets, mask, index into the (N, C) vectors)."""
+def _flat_tile(pid_tile, pid_n, N, C, HW, slab,
+               BLOCK: tl.constexpr, VEC: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Offsets of one flat tile of a sample's C*HW slab, shaped (BLOCK // VEC, VEC), walked in
+    reverse (last sample, last tile first) so the data the squeeze touched last, still in L2, is
+    consumed first. The launcher picks VEC (16 bytes of elements) only when the channel index is
+    constant (NCHW: HW % VEC == 0) or consecutive (channels_last: C % VEC == 0) within each
+    aligned group of VEC elements: then it is computed once per group, not per element (integer
+    division by a runtime divisor is ~20 instructions, too many for a memory-bound kernel).
+    Returns (element offsets, mask, index into the (N, C) vectors, its mask): the index is
+    (BLOCK // VEC, 1) for NCHW, so per-channel values are loaded once per group."""
     n = N - 1 - pid_n
     tile = tl.num_programs(0) - 1 - pid_tile
-    i = tile * BLOCK + tl.arange(0, BLOCK)  # int32: offsets within one sample's C*HW slab
-    mask = i < C * HW
+    group = tile * BLOCK + tl.arange(0, BLOCK // VEC) * VEC  # int32: offsets within the slab
+    lane = tl.arange(0, VEC)
+    i = group[:, None] + lane[None, :]
+    mask = i < slab
     if CHANNELS_LAST:
-        c = i % C
+        c = (group % C)[:, None] + lane[None, :]
+        cmask = mask
     else:
-        c = i // HW
-    nc = n * C + c
-    return n.to(tl.int64) * C * HW + i, mask, nc
+        c = (group // HW)[:, None]
+        cmask = (group < slab)[:, None]
+    base = tl.multiple_of(n.to(tl.int64) * slab, VEC)
+    return base + i, mask, n * C + c, cmask
 
 
 @triton.jit
@@ -165,11 +175,11 @@ def _se_squeeze_excite(
 
 
 @triton.jit
-def _se_rescale(x_ptr, s_ptr, y_ptr, N, C, HW,
-                CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, nc = _flat_tile(tl.program_id(0), tl.program_id(1), N, C, HW, BLOCK, CHANNELS_LAST)
+def _se_rescale(x_ptr, s_ptr, y_ptr, N, C, HW, slab,
+                CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    offs, mask, nc, cmask = _flat_tile(tl.program_id(0), tl.program_id(1), N, C, HW, slab, BLOCK, VEC, CHANNELS_LAST)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    s = tl.load(s_ptr + nc, mask=mask, other=0.0)
+    s = tl.load(s_ptr + nc, mask=cmask, other=0.0)
     tl.store(y_ptr + offs, cast_to(x.to(ACC) * s, y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -299,16 +309,16 @@ def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2
 
 
 @triton.jit
-def _se_bwd_dx(dy_ptr, x_ptr, s_ptr, coef_avg_ptr, pmax_ptr, coef_max_ptr, dx_ptr, N, C, HW,
+def _se_bwd_dx(dy_ptr, x_ptr, s_ptr, coef_avg_ptr, pmax_ptr, coef_max_ptr, dx_ptr, N, C, HW, slab,
                POOL_MAX: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
-               BLOCK: tl.constexpr):
-    offs, mask, nc = _flat_tile(tl.program_id(0), tl.program_id(1), N, C, HW, BLOCK, CHANNELS_LAST)
+               BLOCK: tl.constexpr, VEC: tl.constexpr):
+    offs, mask, nc, cmask = _flat_tile(tl.program_id(0), tl.program_id(1), N, C, HW, slab, BLOCK, VEC, CHANNELS_LAST)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(ACC)
-    g = dy * tl.load(s_ptr + nc, mask=mask, other=0.0) + tl.load(coef_avg_ptr + nc, mask=mask, other=0.0)
+    g = dy * tl.load(s_ptr + nc, mask=cmask, other=0.0) + tl.load(coef_avg_ptr + nc, mask=cmask, other=0.0)
     if POOL_MAX:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-        pm = tl.load(pmax_ptr + nc, mask=mask, other=0.0)
-        g += tl.where(x == pm, tl.load(coef_max_ptr + nc, mask=mask, other=0.0), 0.0)
+        pm = tl.load(pmax_ptr + nc, mask=cmask, other=0.0)
+        g += tl.where(x == pm, tl.load(coef_max_ptr + nc, mask=cmask, other=0.0), 0.0)
     tl.store(dx_ptr + offs, cast_to(g, dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -350,8 +360,16 @@ def _mlp_blocks(Cr: int):
     return dict(BLOCK_R=min(triton.next_power_of_2(Cr), _MLP_BLOCK_R), BLOCK_K=_MLP_BLOCK_K)
 
 
-def _flat_grid(N, C, HW):
-    return (triton.cdiv(C * HW, _RESCALE_BLOCK), N)
+def _flat_launch(x):
+    """Grid and arguments of the flat elementwise kernels (rescale, dx)."""
+    N, C, H, W = x.shape
+    HW = H * W
+    cl = _channels_last(x)
+    vec = max(1, 16 // x.element_size())
+    if (C if cl else HW) % vec:
+        vec = 1
+    grid = (triton.cdiv(C * HW, _RESCALE_BLOCK), N)
+    return grid, dict(N=N, C=C, HW=HW, slab=C * HW, CHANNELS_LAST=cl, BLOCK=_RESCALE_BLOCK, VEC=vec)
 
 
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
@@ -374,8 +392,8 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
         HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=act, GATE=gate, POOL_MAX=pool_max,
         ACC=tl_acc_dtype(x.dtype), num_warps=4)
     y = empty_like(x)
-    _se_rescale[_flat_grid(N, C, H * W)](x, s, y, N, C, H * W, CHANNELS_LAST=_channels_last(x),
-                                          ACC=tl_acc_dtype(x.dtype), BLOCK=_RESCALE_BLOCK, num_warps=4)
+    grid, args = _flat_launch(x)
+    _se_rescale[grid](x, s, y, **args, ACC=tl_acc_dtype(x.dtype), num_warps=4)
     return y, s, z, u, p, pmax
 
 
@@ -405,8 +423,7 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     _se_bwd_weights[(n_tiles,)](dz, du, u, p, dw1, db1, dw2, db2, N, C, Cr, ACT=act, ACC=accd,
                                 BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
     dx = empty_like(x)
-    _se_bwd_dx[_flat_grid(N, C, H * W)](
-        dy, x, s, coef_avg, pmax if pool_max else s, coef_max, dx, N, C, H * W,
-        POOL_MAX=pool_max, CHANNELS_LAST=_channels_last(x), ACC=accd, BLOCK=_RESCALE_BLOCK,
-        num_warps=4)
+    grid, args = _flat_launch(x)
+    _se_bwd_dx[grid](dy, x, s, coef_avg, pmax if pool_max else s, coef_max, dx, **args,
+                     POOL_MAX=pool_max, ACC=accd, num_warps=4)
     return dx, dw1, db1, dw2, db2

@@ -1,0 +1,90 @@
+"""The fused SE modules are drop-ins: same state_dict as torchvision/timm, same outputs and
+gradients, on every kernel backend."""
+import pytest
+import timm.layers
+import torch
+import torchvision
+from torch import nn
+
+import attnkernels as ak
+from conftest import DEVICE
+
+
+def _pair(real, ours, seed=0):
+    torch.manual_seed(seed)
+    for p in real.parameters():
+        nn.init.normal_(p, std=0.3)
+    ours.load_state_dict(real.state_dict(), strict=True)
+    real.load_state_dict(ours.state_dict(), strict=True)
+    return real.to(DEVICE), ours.to(DEVICE)
+
+
+def _check(real, ours, backend, shape, channels_last=False, dtype=torch.float32, tol=1e-5):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g).to(DEVICE, dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with ak.backend(backend):
+        ya = ours(xa)
+    yb = real(xb)
+    torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
+    dy = torch.randn(ya.shape, generator=g).to(DEVICE, dtype)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=tol, atol=tol)
+    for (name, pa), pb in zip(ours.named_parameters(), real.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("act,gate", [(nn.ReLU, nn.Sigmoid), (nn.SiLU, nn.Sigmoid), (nn.ReLU, nn.Hardsigmoid),
+                                      (nn.Hardswish, nn.Hardsigmoid), (nn.GELU, nn.Sigmoid)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_squeeze_excitation_matches_torchvision(kernel_backend, act, gate, channels_last):
+    real = torchvision.ops.SqueezeExcitation(24, 6, activation=act, scale_activation=gate)
+    ours = ak.SqueezeExcitation(24, 6, activation=act, scale_activation=gate)
+    real, ours = _pair(real, ours)
+    assert [k for k in ours.state_dict()] == [k for k in real.state_dict()]
+    _check(real, ours, kernel_backend, (2, 24, 5, 7), channels_last)
+    torch.testing.assert_close(ours._scale(torch.ones(1, 24, 2, 2, device=DEVICE)),
+                               real._scale(torch.ones(1, 24, 2, 2, device=DEVICE)))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(add_maxpool=True), dict(bias=False, rd_ratio=0.25),
+                                dict(act_layer=nn.SiLU, gate_layer="hard_sigmoid", rd_divisor=1)], ids=str)
+def test_se_module_matches_timm(kernel_backend, kw):
+    real, ours = _pair(timm.layers.SEModule(40, **kw), ak.SEModule(40, **kw))
+    assert ours.fc1.out_channels == real.fc1.out_channels
+    _check(real, ours, kernel_backend, (3, 40, 6, 6), channels_last=True)
+
+
+def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
+    real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2, activation=nn.Tanh),
+                       ak.SqueezeExcitation(8, 2, activation=nn.Tanh))
+    _check(real, ours, kernel_backend, (2, 8, 3, 3))
+    real, ours = _pair(timm.layers.SEModule(16, norm_layer=nn.BatchNorm2d).eval(),
+                       ak.SEModule(16, norm_layer=nn.BatchNorm2d).eval())
+    _check(real, ours, kernel_backend, (2, 16, 3, 3))
+
+
+def test_module_with_fp32_weights_takes_bf16_input(kernel_backend):
+    """As under autocast: fp32 parameters, bf16 activations -> weights cast to the input dtype."""
+    ours = ak.SqueezeExcitation(16, 4).to(DEVICE)
+    x = torch.randn(2, 16, 4, 4, device=DEVICE, dtype=torch.bfloat16)
+    with ak.backend(kernel_backend):
+        y = ours(x)
+    assert y.dtype == torch.bfloat16
+    ref = torchvision.ops.SqueezeExcitation(16, 4).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(y.float(), ref(x.float()), rtol=2e-2, atol=2e-2)
+
+
+def test_module_compile_fullgraph(kernel_backend):
+    torch._dynamo.reset()
+    real, ours = _pair(timm.layers.SEModule(16, add_maxpool=True), ak.SEModule(16, add_maxpool=True))
+    x = torch.randn(2, 16, 5, 5, device=DEVICE, requires_grad=True)
+    with ak.backend(kernel_backend):
+        y = torch.compile(ours, fullgraph=True)(x)
+    torch.testing.assert_close(y, real(x), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and ours.fc1.weight.grad is not None
