@@ -1,8 +1,173 @@
-"""attnkernels.convert(model): swap known attention blocks for attnkernels' fused drop-ins."""
+"""attnkernels.convert(model): swap known attention blocks for attnkernels' fused drop-ins.
+
+    model = attnkernels.convert(model)            # in place; returns the model
+    print(attnkernels.convert_report(model))      # how many fused blocks, which backend they run
+
+Swapped (exact class matches only; subclasses may override forward and are left alone):
+  torchvision.ops.SqueezeExcitation (= torchvision.ops.misc.SqueezeExcitation)
+      -> attnkernels.SqueezeExcitation
+  timm.layers.SEModule (= timm.layers.squeeze_excite.SEModule)
+      -> attnkernels.SEModule
+
+The replacement is built with the constructor arguments read off the old module (channels,
+squeeze channels, bias, add_maxpool), reusing the old activation / gate / norm module
+instances, and takes over the old module's parameters and buffers through
+``load_state_dict(old.state_dict(keep_vars=True), strict=True, assign=True)``: the same
+Parameter objects (so an optimizer built before convert() keeps working), hence the same
+device, dtype and values; requires_grad and train/eval flags are restored as they were.
+Forward hooks registered on the old SE modules themselves are not carried over.
+torchvision and timm are optional: a library that is not installed is simply not searched.
+"""
 from __future__ import annotations
 
+import copy
+import warnings
+from collections import Counter
+from typing import Optional
+
+import torch
 from torch import nn
 
+from .backend import get_backend, resolve
+from .reference._common import act_name, gate_name
+from .se import SEModule, SqueezeExcitation
 
-def convert(model: nn.Module) -> nn.Module:
-    raise NotImplementedError  # filled in by the benchmarks/convert work
+__all__ = ["convert", "convert_report", "convertible_types"]
+
+
+def convertible_types() -> dict:
+    """{source class: builder(old) -> new module} for the libraries importable here."""
+    table = {}
+    try:
+        from torchvision.ops.misc import SqueezeExcitation as TVSqueezeExcitation
+        table[TVSqueezeExcitation] = _from_torchvision
+    except Exception:  # torchvision missing or broken: nothing to swap from it
+        pass
+    try:
+        from timm.layers.squeeze_excite import SEModule as TimmSEModule
+        table[TimmSEModule] = _from_timm
+    except Exception:
+        pass
+    return table
+
+
+def _fixed(module: nn.Module):
+    """A constructor argument that yields the existing module instance (reused, not copied)."""
+    return lambda *args, **kwargs: module
+
+
+def _from_torchvision(old: nn.Module) -> nn.Module:
+    return SqueezeExcitation(old.fc1.in_channels, old.fc1.out_channels,
+                             activation=_fixed(old.activation),
+                             scale_activation=_fixed(old.scale_activation))
+
+
+def _from_timm(old: nn.Module) -> nn.Module:
+    bn = getattr(old, "bn", None)
+    norm_layer = None if bn is None or isinstance(bn, nn.Identity) else _fixed(bn)
+    return SEModule(old.fc1.in_channels, rd_channels=old.fc1.out_channels,
+                    add_maxpool=bool(getattr(old, "add_maxpool", False)),
+                    bias=old.fc1.bias is not None, act_layer=old.act, norm_layer=norm_layer,
+                    gate_layer=old.gate)
+
+
+def _swap_one(old: nn.Module, build) -> nn.Module:
+    requires_grad = {n: p.requires_grad for n, p in old.named_parameters()}
+    training = {n: m.training for n, m in old.named_modules()}
+    new = build(old)
+    # strict key/shape check; assign=True adopts the old Parameters/buffers themselves.
+    new.load_state_dict(old.state_dict(keep_vars=True), strict=True, assign=True)
+    for n, p in new.named_parameters():
+        if n in requires_grad:
+            p.requires_grad_(requires_grad[n])
+    for n, m in new.named_modules():
+        m.training = training.get(n, old.training)
+    return new
+
+
+def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
+    """Swap every torchvision SqueezeExcitation / timm SEModule in `model` for attnkernels'
+    fused drop-in and return the model (a deep copy when inplace=False). If `model` itself is
+    such a block, the returned module is its replacement. A block that cannot be converted
+    (e.g. an unexpected layout) is left as is with a warning. The number swapped per class is
+    stored on the returned model as ``_attnkernels_converted`` (see convert_report)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    table = convertible_types()
+    counts: Counter = Counter()
+
+    def visit(parent: nn.Module):
+        for name, child in list(parent.named_children()):
+            build = table.get(type(child))
+            if build is None:
+                visit(child)
+                continue
+            try:
+                new = _swap_one(child, build)
+            except Exception as e:
+                warnings.warn(f"attnkernels.convert: left {type(child).__qualname__} at "
+                              f"'{name}' unconverted ({type(e).__name__}: {e})")
+                continue
+            setattr(parent, name, new)
+            counts[f"{type(child).__module__}.{type(child).__qualname__}"] += 1
+
+    root_build = table.get(type(model))
+    if root_build is not None:
+        root_name = f"{type(model).__module__}.{type(model).__qualname__}"
+        model = _swap_one(model, root_build)
+        counts[root_name] += 1
+    else:
+        visit(model)
+    try:
+        prev = getattr(model, "_attnkernels_converted", {})
+        model._attnkernels_converted = dict(Counter(prev) + counts)
+    except Exception:
+        pass
+    if verbose:
+        print(convert_report(model))
+    return model
+
+
+def _fused_config(m: nn.Module) -> Optional[str]:
+    """'act/gate/pool' when this drop-in runs the fused op, else None (eager fallback)."""
+    if isinstance(m, SqueezeExcitation):
+        act, gate, pool = act_name(m.activation), gate_name(m.scale_activation), "avg"
+    elif isinstance(m, SEModule):
+        act, gate = act_name(m.act), gate_name(m.gate)
+        pool = "avgmax" if m.add_maxpool else "avg"
+        if not isinstance(m.bn, nn.Identity):
+            return None
+    else:
+        return None
+    if act is None or gate is None:
+        return None
+    return f"{act}/{gate}/{pool}"
+
+
+def convert_report(model: nn.Module, device=None) -> dict:
+    """What a converted model will run: {'fused': n, 'eager_fallback': n, 'by_config':
+    {'relu/hardsigmoid/avg': n, ...}, 'swapped': {source class: n} (from convert), 'device',
+    'backend' (the concrete backend attnkernels would pick now for that device, or the error)}.
+    `device` defaults to the model's first parameter's device."""
+    fused, fallback, by_cfg = 0, 0, Counter()
+    for m in model.modules():
+        if isinstance(m, (SqueezeExcitation, SEModule)):
+            cfg = _fused_config(m)
+            if cfg is None:
+                fallback += 1
+            else:
+                fused += 1
+                by_cfg[cfg] += 1
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    try:
+        be = resolve(None, device)
+    except Exception as e:
+        be = f"error: {e}"
+    return {"fused": fused, "eager_fallback": fallback, "by_config": dict(by_cfg),
+            "swapped": dict(getattr(model, "_attnkernels_converted", {})),
+            "device": str(device), "backend_setting": get_backend(), "backend": be}

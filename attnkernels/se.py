@@ -64,25 +64,48 @@ def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend):
             torch.empty_like(w2), w2.new_empty((w2.shape[0],)))
 
 
-def _se_setup_context(ctx, inputs, output):
-    x, w1, b1, w2, b2, act, gate, pool, backend = inputs
-    _, s, z, u, p, pmax = output
-    ctx.mark_non_differentiable(s, z, u, p, pmax)  # internal per-(n, c) vectors
+def _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax):
     ctx.save_for_backward(x, w1, w2, s, z, u, p, pmax)
     ctx.opts = (act, gate, pool, backend)
     ctx.has_bias = (b1 is not None, b2 is not None)
 
 
-def _se_backward(ctx, dy, *_unused_grads):
+def _grads(ctx, dy, backward_fn):
     x, w1, w2, s, z, u, p, pmax = ctx.saved_tensors
     dy = dy.contiguous(memory_format=memory_format_of(x))
-    dx, dw1, db1, dw2, db2 = se_backward(dy, x, w1, w2, s, z, u, p, pmax, *ctx.opts)
+    dx, dw1, db1, dw2, db2 = backward_fn(dy, x, w1, w2, s, z, u, p, pmax, *ctx.opts[:3])
     has_b1, has_b2 = ctx.has_bias
     return (dx, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None,
             None, None, None, None)
 
 
+def _se_setup_context(ctx, inputs, output):
+    _, s, z, u, p, pmax = output
+    ctx.mark_non_differentiable(s, z, u, p, pmax)  # internal per-(n, c) vectors
+    _save(ctx, *inputs, s, z, u, p, pmax)
+
+
+def _se_backward(ctx, dy, *_unused_grads):
+    return _grads(ctx, dy, lambda *args: se_backward(*args, ctx.opts[3]))
+
+
 se_forward.register_autograd(_se_backward, setup_context=_se_setup_context)
+
+
+class _SEFunction(torch.autograd.Function):
+    """The eager path: the same backend functions as the custom ops, without the custom-op
+    dispatch (~15-30 us of Python per call, which dominates at small batch). torch.compile
+    traces the custom ops instead (see `se`)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, act, gate, pool, backend):
+        y, s, z, u, p, pmax = get_impl(backend).se_forward(x, w1, b1, w2, b2, act, gate, pool)
+        _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +137,10 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     if name == "reference" or x.numel() == 0:
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     x = x.contiguous(memory_format=memory_format_of(x))
-    return se_forward(x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)[0]
+    args = (x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)
+    if torch.compiler.is_compiling():
+        return se_forward(*args)[0]
+    return _SEFunction.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""`make bench`: the SE benchmark on a CUDA GPU, else a CPU demo that does real work.
+
+    python3 benchmarks/main.py                 # GPU: bench_se.py's standard set (args pass through,
+                                               #      e.g. --quick, --full, --dtypes fp32 ...)
+    python3 benchmarks/main.py --demo          # the model demo (CPU, or CUDA tensors on a GPU)
+
+Demo: torchvision mobilenet_v3_large and efficientnet_b0 (random init, eval), SE blocks swapped
+by attnkernels.convert, run on each backend available for the device, outputs checked against
+the unconverted model (max |diff|, PASS/FAIL; exit status 1 on any FAIL).
+"""
+import os
+import sys
+import time
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # the Triton kernels run on CPU tensors only under the interpreter, which must be switched
+    # on before attnkernels.triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (os.path.dirname(_HERE), _HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import attnkernels as ak  # noqa: E402
+from attnkernels.convert import convert_report  # noqa: E402
+
+# (backend, input shape) per device. The Triton interpreter and cuda-emu execute every GPU
+# thread on the CPU, so on the CPU they get a smaller image to keep the demo to a few minutes.
+CPU_RUNS = [("reference", (2, 3, 224, 224)), ("triton", (1, 3, 96, 96)),
+            ("cuda-emu", (2, 3, 224, 224))]
+CUDA_RUNS = [("reference", (2, 3, 224, 224)), ("triton", (2, 3, 224, 224)),
+             ("cuda", (2, 3, 224, 224))]
+
+
+def _time(fn, device, repeat, warmup=True):
+    """(output, best wall time in ms over `repeat` calls after one warm-up call)."""
+    out = fn() if warmup else None  # warm-up (Triton JIT, allocator)
+    best = float("inf")
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return out, best * 1e3
+
+
+def calibrate_bn(model, device):
+    """Random-init nets in eval mode shrink activations to ~1e-10 (BN running stats at their
+    defaults), so an output comparison would be vacuous: recompute the BN statistics on one
+    random batch so activations and SE gates are O(1)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device))
+    return model.eval()
+
+
+def demo(device):
+    import torchvision
+
+    runs = CUDA_RUNS if device.type == "cuda" else CPU_RUNS
+    avail = ak.available_backends(device)
+    print(f"attnkernels {ak.__version__}; torch {torch.__version__}; torchvision "
+          f"{torchvision.__version__}; device {device}; backends here: {avail}")
+    if device.type == "cpu":
+        print("(on the CPU, Triton runs under TRITON_INTERPRET=1, which is slow, so its runs use a "
+              "1x3x96x96 image; reference and cuda-emu (the CUDA kernels compiled against an "
+              "emulator) use 2x3x224x224)")
+    rows, failed = [], False
+    for arch in ("mobilenet_v3_large", "efficientnet_b0"):
+        torch.manual_seed(0)
+        orig = calibrate_bn(getattr(torchvision.models, arch)(weights=None).to(device), device)
+        model = ak.convert(orig, inplace=False)
+        rep = convert_report(model)
+        print(f"\n{arch}: {sum(rep['swapped'].values())} SE blocks swapped {rep['swapped']}; "
+              f"fused configs {rep['by_config']}; eager fallbacks {rep['eager_fallback']}; "
+              f"default backend on {rep['device']}: {rep['backend']}")
+        for be, shape in runs:
+            if be != "reference" and be not in avail:
+                rows.append((arch, be, "x".join(map(str, shape)), "-", "-", "-", "skipped (unavailable)"))
+                continue
+            g = torch.Generator().manual_seed(1)
+            x = torch.randn(shape, generator=g).to(device)
+            interp = device.type == "cpu" and be == "triton"
+            repeat = 1 if interp else 3
+            with torch.no_grad():
+                want, t_orig = _time(lambda: orig(x), device, repeat)
+                try:
+                    with ak.backend(be):
+                        got, t_new = _time(lambda: model(x), device, repeat, warmup=not interp)
+                except Exception as e:
+                    failed = True
+                    rows.append((arch, be, "x".join(map(str, shape)), f"{t_orig:.1f}", "-", "-",
+                                 f"FAIL ({type(e).__name__}: {str(e)[:80]})"))
+                    continue
+            diff = (got.float() - want.float()).abs().max().item()
+            scale = want.abs().max().item()
+            # fp32; relative to the logits' scale (GPU convs may use TF32 in both models alike)
+            ok = (bool(torch.isfinite(got).all()) and scale > 0
+                  and torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale))
+            failed |= not ok
+            rows.append((arch, be, "x".join(map(str, shape)), f"{t_orig:.1f}", f"{t_new:.1f}",
+                         f"{diff:.2e} / {scale:.2f}", "PASS" if ok else "FAIL"))
+            print(f"  {be:10s} {'x'.join(map(str, shape)):12s} max|diff| {diff:.2e} (max|out| {scale:.2f})  "
+                  f"{'PASS' if ok else 'FAIL'}  ({t_new:.1f} ms vs {t_orig:.1f} ms unconverted)",
+                  flush=True)
+    head = ("model", "backend", "input", "torchvision ms", "converted ms", "max|diff| / max|out|",
+            "result")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    print("\n" + line(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+    if device.type == "cpu":
+        print("\nWall times on the CPU: the interpreted/emulated kernels are for correctness, "
+              "not speed. Benchmarks need a CUDA GPU (benchmarks/bench_se.py).")
+    print("\nDEMO " + ("FAILED" if failed else "PASSED"))
+    return 1 if failed else 0
+
+
+def main(argv):
+    if "--demo" in argv:
+        return demo(torch.device("cuda" if HAS_CUDA else "cpu"))
+    if not HAS_CUDA:
+        print("No GPU found: running the CPU demo instead (benchmarks need a CUDA GPU)", flush=True)
+        return demo(torch.device("cpu"))
+    import bench_se
+    return bench_se.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,120 @@
+// cuda_compat.h - the portable layer kernel headers include in BOTH builds:
+//   nvcc (__CUDACC__): the real CUDA runtime / fp16 / bf16 headers, kernel<<<...>>> launches;
+//   host compiler   : csrc/cuemu (CUDA emulated on the CPU, backend "cuda-emu").
+//
+// Provides
+//   AK_EMU                              1 in the emulator build, 0 under nvcc
+//   AK_DYNAMIC_SHARED(T, name)          `T* name` -> the launch's dynamic shared memory
+//   AK_SHARED_ARRAY(T, name, N)         `__shared__ T name[N]` (+ poisoned per block with CUEMU_POISON_SHARED=1)
+//   ak::Stream                          cudaStream_t (nvcc) / dummy (emu)
+//   ak::launch(kernel, grid, block, dyn_smem_bytes, stream, args...)   validated, throws std::runtime_error
+//   ak::set_max_dynamic_shared_memory(kernel, bytes)                   opt-in above 48 KB (<= 227 KB)
+//   ak::load_vec<V>(ptr) / ak::store_vec<V>(ptr, v)                    vector access, alignment-checked in emu
+//                                       (unless AK_NO_ALIGN_CHECK is defined)
+// Never include torch headers from here: nvcc builds need only <cuda_runtime.h>.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#if defined(__CUDACC__)
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define AK_EMU 0
+#define AK_DYNAMIC_SHARED(T, name)                         \
+  extern __shared__ __align__(16) unsigned char ak_dyn_smem_[]; \
+  T* name = reinterpret_cast<T*>(ak_dyn_smem_)
+#define AK_SHARED_ARRAY(T, name, N) __shared__ T name[N]
+
+namespace ak {
+using Stream = cudaStream_t;
+inline Stream default_stream() { return nullptr; }
+
+namespace detail {
+inline std::string dims(dim3 d) {
+  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+}
+inline void validate_launch(dim3 grid, dim3 block, size_t smem) {
+  auto bad = [&](const char* m) {
+    throw std::runtime_error(std::string("ak::launch: invalid launch configuration (grid ") + dims(grid) +
+                             ", block " + dims(block) + ", dynamic smem " + std::to_string(smem) + " B): " + m);
+  };
+  if (block.x == 0 || block.y == 0 || block.z == 0) bad("block dimensions must be >= 1");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) bad("grid dimensions must be >= 1");
+  if (static_cast<unsigned long long>(block.x) * block.y * block.z > 1024) bad("more than 1024 threads per block");
+  if (block.x > 1024 || block.y > 1024 || block.z > 64) bad("block dimension limits are (1024, 1024, 64)");
+  if (grid.y > 65535 || grid.z > 65535) bad("grid dimension limits are (2^31-1, 65535, 65535)");
+  if (smem > 227u * 1024u) bad("dynamic shared memory exceeds the 227 KB (232448 B) per-block maximum");
+}
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": CUDA error " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+}  // namespace detail
+
+template <typename... P, typename... A>
+inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream stream, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "ak::launch: wrong number of kernel arguments");
+  detail::validate_launch(grid, block, dyn_smem);
+  kernel<<<grid, block, dyn_smem, stream>>>(std::forward<A>(args)...);
+  detail::check(cudaGetLastError(), "ak::launch");
+}
+
+template <typename... P>
+inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
+  detail::check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+                "ak::set_max_dynamic_shared_memory");
+}
+
+template <typename V>
+__device__ __forceinline__ V load_vec(const V* p) { return *p; }
+template <typename V>
+__device__ __forceinline__ void store_vec(V* p, const V& v) { *p = v; }
+}  // namespace ak
+
+#else  // ------------------------------------------------------------ host compiler: emulator
+
+#include "../cuemu/cuemu.h"
+
+#define AK_EMU 1
+#define AK_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cuemu::dynamic_shared_memory())
+#define AK_SHARED_ARRAY(T, name, N) CUEMU_SHARED_ARRAY(T, name, N)
+
+namespace ak {
+using Stream = ::cuemu::Stream;
+inline Stream default_stream() { return Stream{}; }
+
+template <typename... P, typename... A>
+inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream, A&&... args) {
+  ::cuemu::launch(kernel, grid, block, dyn_smem, std::forward<A>(args)...);
+}
+
+template <typename... P>
+inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
+  ::cuemu::set_max_dynamic_shared_memory(kernel, bytes);
+}
+
+template <typename V>
+inline V load_vec(const V* p) {
+#ifndef AK_NO_ALIGN_CHECK
+  ::cuemu::check_aligned<V>(p, "load");
+#endif
+  return *p;
+}
+template <typename V>
+inline void store_vec(V* p, const V& v) {
+#ifndef AK_NO_ALIGN_CHECK
+  ::cuemu::check_aligned<V>(p, "store");
+#endif
+  *p = v;
+}
+}  // namespace ak
+
+#endif
