@@ -32,7 +32,7 @@ import shutil
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Flags every translation unit compiled against csrc/cuemu needs (csrc/cuemu/cuemu.h CUEMU_CXXFLAGS).
-_EMU_CXXFLAGS = ["-O2", "-fno-strict-aliasing", "-fno-extern-tls-init", "-pthread"]
+_EMU_CXXFLAGS = ["-O2", "-g0", "-fno-strict-aliasing", "-fno-extern-tls-init", "-pthread"]
 
 
 def _flag(name):
@@ -97,7 +97,8 @@ def ext_modules_and_cmdclass():
             "attnkernels._C",
             sources=[os.path.join(csrc, "bindings.cpp"), os.path.join(se_dir, "se_cuda.cu")],
             include_dirs=[os.path.join(_HERE, csrc)],
-            extra_compile_args={"cxx": ["-O2"], "nvcc": ["-O3", "-lineinfo"]},
+            # --threads 0: the gencode targets compile in parallel
+            extra_compile_args={"cxx": ["-O2", "-g0"], "nvcc": ["-O3", "-lineinfo", "--threads", "0"]},
         ))
 
     if not exts:

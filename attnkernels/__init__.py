@@ -2,10 +2,10 @@
 from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
 from .se import SEModule, SqueezeExcitation, se
-from .convert import convert
+from .convert import convert, convert_report
 
 __all__ = [
     "available_backends", "backend", "get_backend", "set_backend",
-    "reference", "se", "SqueezeExcitation", "SEModule", "convert",
+    "reference", "se", "SqueezeExcitation", "SEModule", "convert", "convert_report",
 ]
 __version__ = "0.1.0"

@@ -30,6 +30,8 @@ def _name_of(module: nn.Module, table) -> str | None:
             return name
     # timm's own activation classes (timm.layers.activations*): match by class name.
     cname = type(module).__name__.lower().replace("_", "")
+    if cname == "gelu" and table is _ACT_MODULES:
+        return "gelu"  # timm.layers.GELU: exact erf form
     for _, name in table:
         if cname in (name, name + "me"):
             return name

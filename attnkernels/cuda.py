@@ -1,0 +1,141 @@
+"""Hand-written CUDA backend (csrc/), serving two backend names:
+
+  "cuda"      CUDA tensors, through the nvcc-built extension ``attnkernels._C``;
+  "cuda-emu"  CPU tensors, through ``attnkernels._C_emu``: the SAME kernel sources compiled by the
+              host compiler against the CUDA emulator in csrc/cuemu (slow; for tests).
+
+SE forward variants (``last_variant()`` says which one ran, ``se_forward_variant(...)`` which one
+would run):
+  "fused"  one block per sample stages the sample's (C, H, W) slab in shared memory: x read once,
+           y written once. Chosen when the slab fits in a block's shared memory and N >= #SMs.
+  "split"  squeeze+excite kernel (all blocks of a sample reduce slices; the last one runs the MLP)
+           followed by a vectorized rescale kernel walking the samples in reverse order.
+Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused or
+``with force_variant("fused"): ...`` (tests; ``bps`` also sets the squeeze blocks per sample).
+ATTNKERNELS_CUDA_POISON=1 (or attnkernels._alloc.poisoned()) fills every output and workspace
+with NaN before the kernels run.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+
+import torch
+
+from ._alloc import poisoning
+
+__all__ = [
+    "unavailable_reason", "se_forward", "se_backward", "last_variant", "se_forward_variant",
+    "force_variant",
+]
+
+_EXT = {"cuda": "attnkernels._C", "cuda-emu": "attnkernels._C_emu"}
+_ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3}
+_GATE = {"sigmoid": 0, "hardsigmoid": 1}
+_POOL = {"avg": 0, "avgmax": 1}
+_VARIANT = {"auto": 0, "split": 1, "fused": 2}
+_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+_mods: dict[str, object] = {}
+_errors: dict[str, str] = {}
+_local = threading.local()
+_last_variant: str | None = None
+
+
+def _load(name: str):
+    if name in _mods:
+        return _mods[name]
+    if name in _errors:
+        return None
+    try:
+        _mods[name] = importlib.import_module(_EXT[name])
+        return _mods[name]
+    except Exception as e:  # not built, or built against another torch
+        _errors[name] = f"{_EXT[name]} does not import ({type(e).__name__}: {e})"
+        return None
+
+
+def unavailable_reason(name: str) -> str | None:
+    """None if backend `name` ("cuda" or "cuda-emu") can be used here, else why not."""
+    if name not in _EXT:
+        return f"attnkernels.cuda serves {tuple(_EXT)}, not {name!r}"
+    if _load(name) is None:
+        return _errors[name]
+    return None  # (whether a CUDA device exists is attnkernels.backend's concern)
+
+
+def _ext_for(t: torch.Tensor):
+    name = "cuda" if t.device.type == "cuda" else "cuda-emu" if t.device.type == "cpu" else None
+    if name is None:
+        raise RuntimeError(f"attnkernels.cuda: no kernels for {t.device.type} tensors")
+    mod = _load(name)
+    if mod is None:
+        raise RuntimeError(f"backend {name!r} unavailable: {_errors[name]}")
+    return mod
+
+
+def _variant_request() -> tuple[int, int]:
+    forced = getattr(_local, "forced", None)
+    if forced is not None:
+        return forced
+    v = os.environ.get("ATTNKERNELS_SE_VARIANT", "auto") or "auto"
+    if v not in _VARIANT:
+        raise ValueError(f"ATTNKERNELS_SE_VARIANT must be one of {tuple(_VARIANT)}, got {v!r}")
+    return _VARIANT[v], 0
+
+
+def _poison() -> bool:
+    """NaN-fill outputs and workspaces first: inside attnkernels._alloc.poisoned() (the tests),
+    or with ATTNKERNELS_CUDA_POISON=1."""
+    return poisoning() or os.environ.get("ATTNKERNELS_CUDA_POISON", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def force_variant(variant: str = "auto", bps: int = 0):
+    """Force the SE forward variant ("auto", "split", "fused") in this thread; `bps` > 0 sets the
+    number of squeeze blocks per sample targeted by the split forward and the backward."""
+    if variant not in _VARIANT:
+        raise ValueError(f"variant must be one of {tuple(_VARIANT)}, got {variant!r}")
+    prev = getattr(_local, "forced", None)
+    _local.forced = (_VARIANT[variant], int(bps))
+    try:
+        yield
+    finally:
+        _local.forced = prev
+
+
+def last_variant() -> str | None:
+    """The SE forward variant of the last se_forward call ("fused" or "split")."""
+    return _last_variant
+
+
+def se_forward_variant(x_shape, dtype=torch.float32, memory_format=torch.contiguous_format,
+                       device="cuda", cr: int | None = None, pool: str = "avg") -> str:
+    """The forward variant se_forward would run for x of this shape/dtype/format on `device`."""
+    n, c, h, w = (int(v) for v in x_shape)
+    ext = _ext_for(torch.empty(0, device=device))
+    cr = max(1, c // 16) if cr is None else int(cr)
+    nhwc = memory_format == torch.channels_last and c > 1 and h * w > 1
+    return ext.se_forward_variant(n, c, h, w, cr, _DTYPE[dtype], nhwc, _POOL[pool], _variant_request()[0])
+
+
+def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
+    """-> (y, s, z, u, p, pmax); see attnkernels/se.py for the contract."""
+    global _last_variant
+    ext = _ext_for(x)
+    variant, bps = _variant_request()
+    y, s, z, u, p, pmax, ran = ext.se_forward(x, w1, b1, w2, b2, _ACT[act], _GATE[gate], _POOL[pool],
+                                              variant, bps, _poison())
+    _last_variant = ran
+    return y, s, z, u, p, pmax
+
+
+def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act: str, gate: str, pool: str):
+    """-> (dx, dw1, db1, dw2, db2); see attnkernels/se.py for the contract."""
+    ext = _ext_for(x)
+    _, bps = _variant_request()
+    dx, dw1, db1, dw2, db2 = ext.se_backward(dy, x, w1, w2, s, z, u, p, pmax, _ACT[act], _GATE[gate],
+                                             _POOL[pool], bps, _poison())
+    return dx, dw1, db1, dw2, db2

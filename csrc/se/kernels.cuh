@@ -1,0 +1,826 @@
+// SE (squeeze-and-excitation) kernels: one source for nvcc (CUDA) and g++ (csrc/cuemu emulation).
+//
+// Forward
+//   se_squeeze_excite_kernel  blocks over (sample, slice): per-channel sum (+max) partials; the last
+//                             block of each sample (atomic counter) runs fc1+act, fc2+gate.
+//   se_rescale_kernel         y = x * s, vectorized, samples in reverse order.
+//   se_fused_kernel           one block per sample: slab in shared memory, x read once.
+// Backward
+//   se_bwd_reduce_kernel      ds = sum dy*x (+ tie count), last block per sample: gate/MLP backward.
+//   se_wgrad_kernel           dw1/db1/dw2/db2 from the per-sample vectors (deterministic).
+//   se_dx_kernel              dx = dy*s + A[n,c] + B[n,c]*(x == pmax[n,c]).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "../common/cuda_compat.h"
+
+#if defined(__CUDACC__)
+#define AK_INL __device__ __forceinline__
+#define AK_HD_INL __host__ __device__ __forceinline__
+#define AK_PRAGMA_UNROLL(n) _Pragma("unroll")
+#define AK_UNROLL4 _Pragma("unroll 4")
+#define AK_UNROLL2 _Pragma("unroll 2")
+#else
+#define AK_INL __device__ inline
+#define AK_HD_INL __host__ __device__ inline
+#define AK_PRAGMA_UNROLL(n)
+#define AK_UNROLL4
+#define AK_UNROLL2
+#endif
+
+namespace ak {
+namespace se {
+
+enum { ACT_RELU = 0, ACT_SILU = 1, ACT_HARDSWISH = 2, ACT_GELU = 3 };
+enum { GATE_SIGMOID = 0, GATE_HARDSIGMOID = 1 };
+enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
+
+constexpr int kThreads = 256;       // squeeze / rescale / backward block size
+constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block size
+constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+// ------------------------------------------------------------------ conversions / math
+AK_INL float to_acc(float v) { return v; }
+AK_INL double to_acc(double v) { return v; }
+AK_INL float to_acc(__half v) { return __half2float(v); }
+AK_INL float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> struct Cvt;
+template <> struct Cvt<float> { static AK_INL float from(float v) { return v; } };
+template <> struct Cvt<double> { static AK_INL double from(double v) { return v; } };
+template <> struct Cvt<__half> { static AK_INL __half from(float v) { return __float2half_rn(v); } };
+template <> struct Cvt<__nv_bfloat16> {
+  static AK_INL __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
+};
+
+AK_INL float ak_exp(float v) { return expf(v); }
+AK_INL double ak_exp(double v) { return exp(v); }
+AK_INL float ak_erf(float v) { return erff(v); }
+AK_INL double ak_erf(double v) { return erf(v); }
+AK_INL float neg_inf(float) { return -HUGE_VALF; }
+AK_INL double neg_inf(double) { return -HUGE_VAL; }
+
+// max that propagates NaN like torch.amax
+template <typename A> AK_INL A nanmax(A m, A v) { return (m != m || v <= m) ? m : v; }
+
+template <typename A> AK_INL A act_fwd(int act, A u) {
+  switch (act) {
+    case ACT_RELU: return u < A(0) ? A(0) : u;
+    case ACT_SILU: return u / (A(1) + ak_exp(-u));
+    case ACT_HARDSWISH: {
+      A t = u + A(3);
+      t = t < A(0) ? A(0) : (t > A(6) ? A(6) : t);
+      return u * t / A(6);
+    }
+    default: return A(0.5) * u * (A(1) + ak_erf(u * A(0.70710678118654752440)));
+  }
+}
+
+template <typename A> AK_INL A act_grad(int act, A u) {
+  switch (act) {
+    case ACT_RELU: return u > A(0) ? A(1) : A(0);
+    case ACT_SILU: {
+      A sg = A(1) / (A(1) + ak_exp(-u));
+      return sg * (A(1) + u * (A(1) - sg));
+    }
+    case ACT_HARDSWISH:
+      return u < A(-3) ? A(0) : (u <= A(3) ? u / A(3) + A(0.5) : A(1));
+    default: {
+      A cdf = A(0.5) * (A(1) + ak_erf(u * A(0.70710678118654752440)));
+      A pdf = ak_exp(A(-0.5) * u * u) * A(0.39894228040143267794);
+      return cdf + u * pdf;
+    }
+  }
+}
+
+template <typename A> AK_INL A gate_fwd(int gate, A z) {
+  if (gate == GATE_SIGMOID) return A(1) / (A(1) + ak_exp(-z));
+  A t = z + A(3);
+  t = t < A(0) ? A(0) : (t > A(6) ? A(6) : t);
+  return t / A(6);
+}
+
+template <typename A> AK_INL A gate_grad(int gate, A z, A s) {
+  if (gate == GATE_SIGMOID) return s * (A(1) - s);
+  // PyTorch's hardsigmoid_backward (CPU and CUDA) multiplies by the float constant 1.0f / 6.0f even
+  // for float64: use the same constant so float64 gradients match autograd to the last bits.
+  return (z > A(-3) && z < A(3)) ? A(1.0f / 6.0f) : A(0);
+}
+
+// sum / max over aligned groups of G lanes (G a power of two <= 32); every lane of the warp calls it
+template <typename A> AK_INL A group_sum(A v, int G) {
+  for (int off = G >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+template <typename A> AK_INL A group_max(A v, int G) {
+  for (int off = G >> 1; off > 0; off >>= 1) v = nanmax(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// loads of partials written by other blocks of the same grid: bypass L1
+template <typename A> AK_INL A ld_cg(const A* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldcg(p);
+#else
+  return *const_cast<const volatile A*>(p);
+#endif
+}
+
+template <typename T> struct alignas(16) Vec {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+AK_HD_INL int pow2_at_least(int v) {
+  int g = 1;
+  while (g < v) g <<= 1;
+  return g;
+}
+
+// ------------------------------------------------------------------ parameters
+template <typename T> struct FwdParams {
+  using A = typename Acc<T>::type;
+  const T* x;
+  const T* w1;
+  const T* b1;  // may be null
+  const T* w2;
+  const T* b2;  // may be null
+  T* y;
+  A* s;
+  A* z;
+  A* u;
+  A* p;
+  A* pmax;          // (N, C) for avgmax
+  A* ws_a;          // (N, S, C) partial sums
+  A* ws_b;          // (N, S, C) partial maxes
+  unsigned* counters;  // (N,) zero on entry, zero on exit
+  int N, C, HW, Cr;
+  int act, gate;
+  // squeeze geometry
+  int bps;     // blocks per sample
+  int S;       // partials per channel (HW segments / pixel splits)
+  int G;       // NCHW: lanes per row
+  int seg_len; // NCHW: row segment length; NHWC: pixels per split
+  int upb;     // NCHW: units (channel, segment) per block
+  int vc;      // NHWC: channels per vector (V or 1)
+  int ctv;     // NHWC: vector columns per tile
+  int ctiles;  // NHWC: tiles over channels
+  int vec;     // rescale: vectorized path allowed
+  int chunks;  // rescale: blocks per sample
+  int nhwc;    // rescale: channels_last
+};
+
+template <typename T> struct BwdParams {
+  using A = typename Acc<T>::type;
+  const T* dy;
+  const T* x;
+  const T* w1;
+  const T* w2;
+  const A* s;
+  const A* z;
+  const A* u;
+  const A* p;
+  const A* pmax;
+  A* ws_a;   // (N, S, C) partial sum dy*x
+  A* ws_b;   // (N, S, C) partial tie counts
+  A* dz;     // (N, C)
+  A* du;     // (N, Cr)
+  A* h;      // (N, Cr)
+  A* coef_a; // (N, C) dp_avg / HW
+  A* coef_b; // (N, C) dp_max / count
+  unsigned* counters;
+  T* dx;
+  T* dw1;
+  T* db1;
+  T* dw2;
+  T* db2;
+  int N, C, HW, Cr;
+  int act, gate;
+  int bps, S, G, seg_len, upb, vc, ctv, ctiles;
+  int vec_in;  // x and dy have the same 16-byte alignment (row vector loads)
+  int vec;     // dx pass vectorized
+  int chunks;
+  int nhwc, pool;
+};
+
+// ------------------------------------------------------------------ squeeze building blocks
+// Accumulate one row segment (contiguous, len elements) into (a, b).
+// Forward: a += x, b = max(b, x). Backward: a += dy*x, b += (x == pm).
+template <typename T, bool BWD, bool MAXP>
+AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_ok,
+                      typename Acc<T>::type pm, typename Acc<T>::type& a,
+                      typename Acc<T>::type& b) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  int head = 0, nvec = 0;
+  if (vec_ok) {
+    head = (int)(((16u - (unsigned)((uintptr_t)x & 15u)) & 15u) / sizeof(T));
+    if (head > len) head = len;
+    nvec = (len - head) / V;
+  }
+  auto elem = [&](A xv, A dv) {
+    if (BWD) {
+      a += dv * xv;
+      if (MAXP) b += (xv == pm) ? A(1) : A(0);
+    } else {
+      a += xv;
+      if (MAXP) b = nanmax(b, xv);
+    }
+  };
+  for (int i = gl; i < head; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
+  const Vec<T>* xv = reinterpret_cast<const Vec<T>*>(x + head);
+  const Vec<T>* dv = reinterpret_cast<const Vec<T>*>(BWD ? dy + head : x + head);
+  for (int v = gl; v < nvec; v += G) {
+    Vec<T> xx = ak::load_vec(xv + v);
+    Vec<T> dd;
+    if (BWD) dd = ak::load_vec(dv + v);
+    AK_PRAGMA_UNROLL(V)
+    for (int k = 0; k < V; ++k) elem(to_acc(xx.v[k]), BWD ? to_acc(dd.v[k]) : A(0));
+  }
+  for (int i = head + nvec * V + gl; i < len; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
+}
+
+// NCHW: this block reduces units [u0, u1) of one sample; unit = (channel c, segment sg), u = c*S + sg.
+// Results go to out_a/out_b[sg*C + c].
+template <typename T, bool BWD, bool MAXP>
+AK_INL void nchw_units(const T* xs, const T* dys, int C, int HW, int S, int seg_len, int u0, int u1,
+                       int G, bool vec_ok, const typename Acc<T>::type* pm_n,
+                       typename Acc<T>::type* out_a, typename Acc<T>::type* out_b) {
+  using A = typename Acc<T>::type;
+  const int tid = threadIdx.x, grp = tid / G, gl = tid % G, ngrp = blockDim.x / G;
+  for (int base = u0; base < u1; base += ngrp) {  // uniform trip count across the block
+    const int u = base + grp;
+    const bool active = u < u1;
+    A a = A(0), b = BWD ? A(0) : neg_inf(A(0));
+    int c = 0, sg = 0;
+    if (active) {
+      c = u / S;
+      sg = u - c * S;
+      const int h0 = sg * seg_len;
+      const int len = min(seg_len, HW - h0);
+      const size_t off = (size_t)c * HW + h0;
+      A pm = (BWD && MAXP) ? pm_n[c] : A(0);
+      row_accum<T, BWD, MAXP>(xs + off, BWD ? dys + off : nullptr, len, gl, G, vec_ok, pm, a, b);
+    }
+    a = group_sum(a, G);
+    if (MAXP) b = BWD ? group_sum(b, G) : group_max(b, G);
+    if (active && gl == 0) {
+      out_a[(size_t)sg * C + c] = a;
+      if (MAXP) out_b[(size_t)sg * C + c] = b;
+    }
+  }
+}
+
+// NHWC geometry: vector columns per tile (ctv) for `threads` threads; rows (pixels) per pass = threads/ctv.
+AK_HD_INL int nhwc_ctv(int C, int vc, int threads) {
+  int cv = C / vc;
+  return cv < threads ? cv : threads;
+}
+
+// NHWC: one tile of ctv vector columns (starting at vector column cv0), pixels [p0, p1) of a sample.
+// red: shared scratch of (threads/ctv)*ctv*VC*2 accumulators. Ends with __syncthreads().
+template <typename T, bool BWD, bool MAXP, int VC>
+AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0, int ctv,
+                      const typename Acc<T>::type* pm_n, typename Acc<T>::type* out_a,
+                      typename Acc<T>::type* out_b, typename Acc<T>::type* red) {
+  using A = typename Acc<T>::type;
+  const int tid = threadIdx.x;
+  const int TY = blockDim.x / ctv;
+  const int tx = tid % ctv, ty = tid / ctv;
+  const int cv = cv0 + tx;
+  const bool active = ty < TY && cv * VC < C;
+  A a[VC], b[VC], pm[VC];
+  AK_PRAGMA_UNROLL(VC)
+  for (int k = 0; k < VC; ++k) {
+    a[k] = A(0);
+    b[k] = BWD ? A(0) : neg_inf(A(0));
+    pm[k] = A(0);
+  }
+  if (active) {
+    if (BWD && MAXP) {
+      AK_PRAGMA_UNROLL(VC)
+      for (int k = 0; k < VC; ++k) pm[k] = pm_n[cv * VC + k];
+    }
+    for (int p = p0 + ty; p < p1; p += TY) {
+      const size_t off = (size_t)p * C + (size_t)cv * VC;
+      T xx[VC], dd[VC];
+      if (VC > 1) {
+        Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs + off));
+        AK_PRAGMA_UNROLL(VC)
+        for (int k = 0; k < VC; ++k) xx[k] = t.v[k];
+        if (BWD) {
+          Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys + off));
+          AK_PRAGMA_UNROLL(VC)
+          for (int k = 0; k < VC; ++k) dd[k] = d.v[k];
+        }
+      } else {
+        xx[0] = xs[off];
+        if (BWD) dd[0] = dys[off];
+      }
+      AK_PRAGMA_UNROLL(VC)
+      for (int k = 0; k < VC; ++k) {
+        A xv = to_acc(xx[k]);
+        if (BWD) {
+          a[k] += to_acc(dd[k]) * xv;
+          if (MAXP) b[k] += (xv == pm[k]) ? A(1) : A(0);
+        } else {
+          a[k] += xv;
+          if (MAXP) b[k] = nanmax(b[k], xv);
+        }
+      }
+    }
+  }
+  if (TY > 1) {
+    const int stride = TY * ctv * VC;  // second half holds b
+    if (ty < TY) {
+      AK_PRAGMA_UNROLL(VC)
+      for (int k = 0; k < VC; ++k) {
+        red[(ty * ctv + tx) * VC + k] = a[k];
+        if (MAXP) red[stride + (ty * ctv + tx) * VC + k] = b[k];
+      }
+    }
+    __syncthreads();
+    if (ty == 0 && active) {
+      for (int r = 1; r < TY; ++r) {
+        AK_PRAGMA_UNROLL(VC)
+        for (int k = 0; k < VC; ++k) {
+          a[k] += red[(r * ctv + tx) * VC + k];
+          if (MAXP) {
+            A o = red[stride + (r * ctv + tx) * VC + k];
+            b[k] = BWD ? b[k] + o : nanmax(b[k], o);
+          }
+        }
+      }
+    }
+  }
+  if (ty == 0 && active) {
+    AK_PRAGMA_UNROLL(VC)
+    for (int k = 0; k < VC; ++k) {
+      out_a[cv * VC + k] = a[k];
+      if (MAXP) out_b[cv * VC + k] = b[k];
+    }
+  }
+  __syncthreads();
+}
+
+// ------------------------------------------------------------------ MLP helpers (whole block)
+// Rows of W (M x K, row-major) dotted with v (K, shared memory): out[m] = sum_k W[m*K + k] v[k].
+// G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group;
+// f(m, value) is called by lane 0 of the group. Every thread of the block calls it.
+template <typename T, typename A, int VV, typename F>
+AK_INL void rowdots_v(const T* W, const A* v, int M, int K, F& f) {
+  constexpr int R = 4;
+  const int KV = K / VV;
+  const int G = min(32, pow2_at_least((KV + 3) / 4));  // >= 4 vectors per lane: more rows in flight
+  const int tid = threadIdx.x, gl = tid % G, grp = tid / G, ngrp = blockDim.x / G;
+  for (int base = 0; base < M; base += ngrp * R) {
+    A acc[R];
+    AK_PRAGMA_UNROLL(R)
+    for (int r = 0; r < R; ++r) acc[r] = A(0);
+    AK_UNROLL2
+    for (int kv = gl; kv < KV; kv += G) {
+      T w[R][VV];
+      AK_PRAGMA_UNROLL(R)
+      for (int r = 0; r < R; ++r) {
+        const int m = base + r * ngrp + grp;
+        if (m < M) {
+          const T* row = W + (size_t)m * K + (size_t)kv * VV;
+          if (VV > 1) {
+            const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(row));
+            AK_PRAGMA_UNROLL(VV)
+            for (int j = 0; j < VV; ++j) w[r][j] = t.v[j];
+          } else {
+            w[r][0] = row[0];
+          }
+        }
+      }
+      AK_PRAGMA_UNROLL(R)
+      for (int r = 0; r < R; ++r) {
+        if (base + r * ngrp + grp < M) {
+          AK_PRAGMA_UNROLL(VV)
+          for (int j = 0; j < VV; ++j) acc[r] += to_acc(w[r][j]) * v[kv * VV + j];
+        }
+      }
+    }
+    AK_PRAGMA_UNROLL(R)
+    for (int r = 0; r < R; ++r) {
+      const int m = base + r * ngrp + grp;
+      const A tot = group_sum(acc[r], G);
+      if (m < M && gl == 0) f(m, tot);
+    }
+  }
+}
+
+template <typename T, typename A, typename F>
+AK_INL void rowdots(const T* W, const A* v, int M, int K, F f) {
+  constexpr int V = Vec<T>::N;
+  if (K % V == 0 && ((uintptr_t)W & 15u) == 0)
+    rowdots_v<T, A, V>(W, v, M, K, f);
+  else
+    rowdots_v<T, A, 1>(W, v, M, K, f);
+}
+
+// Columns of W (K x M, row-major) dotted with v (K, shared memory): out[m] = sum_k v[k] W[k*M + m],
+// VV consecutive outputs per thread (16-byte loads when M % V == 0 and W is aligned), the K range
+// split over P = blockDim / (M / VV) thread sets and summed in a fixed order (deterministic).
+// red: blockDim * V accumulators. Caller syncs before (v ready) and after (outputs ready).
+template <typename T, typename A, int VV, typename F>
+AK_INL void coldots_v(const T* W, const A* v, int M, int K, A* red, F& f) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int MV = M / VV;
+  const int P = MV >= nt ? 1 : nt / MV;
+  auto col = [&](int mv, int k0, int dk, A* acc) {
+    AK_PRAGMA_UNROLL(VV)
+    for (int j = 0; j < VV; ++j) acc[j] = A(0);
+    AK_UNROLL4
+    for (int k = k0; k < K; k += dk) {
+      const T* w = W + (size_t)k * M + (size_t)mv * VV;
+      const A vk = v[k];
+      if (VV > 1) {
+        const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(w));
+        AK_PRAGMA_UNROLL(VV)
+        for (int j = 0; j < VV; ++j) acc[j] += vk * to_acc(t.v[j]);
+      } else {
+        acc[0] += vk * to_acc(w[0]);
+      }
+    }
+  };
+  A acc[VV];
+  if (P == 1) {
+    for (int mv = tid; mv < MV; mv += nt) {
+      col(mv, 0, 1, acc);
+      AK_PRAGMA_UNROLL(VV)
+      for (int j = 0; j < VV; ++j) f(mv * VV + j, acc[j]);
+    }
+    return;
+  }
+  const int mv = tid % MV, part = tid / MV;
+  if (part < P) {
+    col(mv, part, P, acc);
+    AK_PRAGMA_UNROLL(VV)
+    for (int j = 0; j < VV; ++j) red[part * M + mv * VV + j] = acc[j];
+  }
+  __syncthreads();
+  for (int m = tid; m < M; m += nt) {
+    A tot = A(0);
+    for (int q = 0; q < P; ++q) tot += red[q * M + m];
+    f(m, tot);
+  }
+}
+
+template <typename T, typename A, typename F>
+AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
+  constexpr int V = Vec<T>::N;
+  if (M % V == 0 && ((uintptr_t)W & 15u) == 0)
+    coldots_v<T, A, V>(W, v, M, K, red, f);
+  else
+    coldots_v<T, A, 1>(W, v, M, K, red, f);
+}
+
+// Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate. On exit sp[c] = s[n,c].
+template <typename T, int POOL>
+AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
+                         const typename Acc<T>::type* pb, int S, bool cg,
+                         typename Acc<T>::type* sp, typename Acc<T>::type* sh) {
+  using A = typename Acc<T>::type;
+  const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
+  const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
+  for (int c = tid; c < C; c += nt) {
+    A sum = A(0), mx = neg_inf(A(0));
+    for (int q = 0; q < S; ++q) {
+      sum += cg ? ld_cg(pa + (size_t)q * C + c) : pa[(size_t)q * C + c];
+      if (POOL == POOL_AVGMAX) mx = nanmax(mx, cg ? ld_cg(pb + (size_t)q * C + c) : pb[(size_t)q * C + c]);
+    }
+    A pv = sum / A(P.HW);
+    if (POOL == POOL_AVGMAX) {
+      pv = A(0.5) * pv + A(0.5) * mx;
+      P.pmax[nC + c] = mx;
+    }
+    P.p[nC + c] = pv;
+    sp[c] = pv;
+  }
+  __syncthreads();
+  const T* b1 = P.b1;
+  const int act = P.act;
+  rowdots<T, A>(P.w1, sp, Cr, C, [&](int j, A acc) {
+    A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
+    P.u[nCr + j] = uv;
+    sh[j] = act_fwd(act, uv);
+  });
+  __syncthreads();
+  const T* b2 = P.b2;
+  const int gate = P.gate;
+  rowdots<T, A>(P.w2, sh, C, Cr, [&](int c, A acc) {
+    A zv = acc + (b2 ? to_acc(b2[c]) : A(0));
+    A sv = gate_fwd(gate, zv);
+    P.z[nC + c] = zv;
+    P.s[nC + c] = sv;
+    sp[c] = sv;
+  });
+  __syncthreads();
+}
+
+// Block reduction part shared by forward / backward squeeze kernels.
+template <typename T, bool BWD, bool MAXP, bool NHWC>
+AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S, int G, int seg_len,
+                          int upb, int vc, int ctv, int ctiles, bool vec_ok,
+                          const typename Acc<T>::type* pm_n, typename Acc<T>::type* pa,
+                          typename Acc<T>::type* pb, typename Acc<T>::type* red) {
+  if (!NHWC) {
+    const int units = C * S;
+    const int u0 = b * upb;
+    const int u1 = min(units, u0 + upb);
+    nchw_units<T, BWD, MAXP>(xs, dys, C, HW, S, seg_len, u0, u1, G, vec_ok, pm_n, pa, pb);
+  } else {
+    const int tile = b % ctiles, split = b / ctiles;
+    const int p0 = split * seg_len, p1 = min(HW, p0 + seg_len);
+    const size_t o = (size_t)split * C;
+    if (vc > 1)
+      nhwc_tile<T, BWD, MAXP, Vec<T>::N>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
+    else
+      nhwc_tile<T, BWD, MAXP, 1>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
+  }
+}
+
+// Last-block election: true in every thread of the last block of sample n to finish.
+AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned prev = atomicAdd(counters + n, 1u);
+    *flag = (prev == (unsigned)(bps - 1)) ? 1 : 0;
+  }
+  __syncthreads();
+  const bool last = *flag != 0;
+  if (last) {
+    __threadfence();
+    if (threadIdx.x == 0) counters[n] = 0u;  // ready for the next launch on this stream
+  }
+  return last;
+}
+
+// ------------------------------------------------------------------ forward kernels
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(FwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
+  const int n = blockIdx.x / P.bps, b = blockIdx.x - n * P.bps;
+  const size_t sample = (size_t)P.C * P.HW;
+  const T* xs = P.x + (size_t)n * sample;
+  A* pa = P.ws_a + (size_t)n * P.S * P.C;
+  A* pb = P.ws_b + (size_t)n * P.S * P.C;
+  squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC>(xs, nullptr, P.C, P.HW, b, P.S, P.G, P.seg_len,
+                                                     P.upb, P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb,
+                                                     scratch);
+  if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+  fwd_epilogue<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + P.C);
+}
+
+// y[n] = x[n] * s[n, c] over one sample's elements [start, E) with stride.
+template <typename T, bool NHWC>
+AK_INL void scale_sample(const T* src, T* dst, const typename Acc<T>::type* sv, int C, int HW,
+                         int start, int stride, bool vec) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  const int E = C * HW;
+  if (vec) {
+    const int nv = E / V;
+    const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(src);
+    Vec<T>* d4 = reinterpret_cast<Vec<T>*>(dst);
+    for (int i = start; i < nv; i += stride) {
+      Vec<T> t = ak::load_vec(s4 + i);
+      const int e = i * V;
+      if (!NHWC) {
+        const A sc = sv[e / HW];
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
+      } else {
+        const int c0 = e % C;
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
+      }
+      ak::store_vec(d4 + i, t);
+    }
+  } else {
+    for (int e = start; e < E; e += stride) {
+      const int c = NHWC ? e % C : e / HW;
+      dst[e] = Cvt<T>::from(to_acc(src[e]) * sv[c]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
+  const int q = blockIdx.x / P.chunks, chunk = blockIdx.x - q * P.chunks;
+  const int n = P.N - 1 - q;  // reverse order of the squeeze: the tail of x is still in L2
+  const size_t off = (size_t)n * P.C * P.HW;
+  const int start = chunk * blockDim.x + threadIdx.x, stride = P.chunks * blockDim.x;
+  if (P.nhwc)
+    scale_sample<T, true>(P.x + off, P.y + off, P.s + (size_t)n * P.C, P.C, P.HW, start, stride, P.vec != 0);
+  else
+    scale_sample<T, false>(P.x + off, P.y + off, P.s + (size_t)n * P.C, P.C, P.HW, start, stride, P.vec != 0);
+}
+
+// Single pass: one block per sample, the sample's slab staged in shared memory.
+// smem: [slab: E*sizeof(T) rounded to 16][sa: C][sb: C][sh: Cr][red]
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(FwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  const int n = blockIdx.x;
+  const int C = P.C, HW = P.HW, E = C * HW;
+  T* slab = reinterpret_cast<T*>(smem_raw);
+  A* sa = reinterpret_cast<A*>(smem_raw + ((size_t)E * sizeof(T) + 15) / 16 * 16);
+  A* sb = sa + C;
+  A* sh = sb + C;
+  A* red = sh + P.Cr;
+  const T* xs = P.x + (size_t)n * E;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (P.vec & 2) {  // x sample base 16-byte aligned and E % V == 0
+    const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(xs);
+    Vec<T>* d4 = reinterpret_cast<Vec<T>*>(slab);
+    for (int i = tid; i < E / V; i += nt) ak::store_vec(d4 + i, ak::load_vec(s4 + i));
+  } else {
+    for (int i = tid; i < E; i += nt) slab[i] = xs[i];
+  }
+  __syncthreads();
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
+  if (!NHWC) {
+    nchw_units<T, false, MAXP>(slab, nullptr, C, HW, 1, HW, 0, C, P.G, true, nullptr, sa, sb);
+    __syncthreads();
+  } else {
+    for (int t = 0; t < P.ctiles; ++t) {
+      if (P.vc > 1)
+        nhwc_tile<T, false, MAXP, V>(slab, nullptr, C, 0, HW, t * P.ctv, P.ctv, nullptr, sa, sb, red);
+      else
+        nhwc_tile<T, false, MAXP, 1>(slab, nullptr, C, 0, HW, t * P.ctv, P.ctv, nullptr, sa, sb, red);
+    }
+  }
+  fwd_epilogue<T, POOL>(P, n, sa, sb, 1, false, sa, sh);
+  scale_sample<T, NHWC>(slab, P.y + (size_t)n * E, sa, C, HW, tid, nt, (P.vec & 1) != 0);
+}
+
+// ------------------------------------------------------------------ backward kernels
+// Backward epilogue of one sample: dz, dh, du, h, dp -> coefficients of dx.
+template <typename T, int POOL>
+AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa,
+                         const typename Acc<T>::type* pb, int S, typename Acc<T>::type* sdz,
+                         typename Acc<T>::type* sdu, typename Acc<T>::type* red) {
+  using A = typename Acc<T>::type;
+  const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
+  const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
+  const int gate = P.gate, act = P.act;
+  for (int c = tid; c < C; c += nt) {
+    A ds = A(0), cnt = A(0);
+    for (int q = 0; q < S; ++q) {
+      ds += ld_cg(pa + (size_t)q * C + c);
+      if (POOL == POOL_AVGMAX) cnt += ld_cg(pb + (size_t)q * C + c);
+    }
+    const A dzv = ds * gate_grad(gate, P.z[nC + c], P.s[nC + c]);
+    P.dz[nC + c] = dzv;
+    sdz[c] = dzv;
+    if (POOL == POOL_AVGMAX) P.coef_b[nC + c] = cnt;  // tie count; read after the barrier below
+  }
+  __syncthreads();
+  coldots<T, A>(P.w2, sdz, Cr, C, red, [&](int j, A dh) {
+    const A uv = P.u[nCr + j];
+    const A duv = dh * act_grad(act, uv);
+    P.du[nCr + j] = duv;
+    P.h[nCr + j] = act_fwd(act, uv);
+    sdu[j] = duv;
+  });
+  __syncthreads();
+  const A hw = A(P.HW);
+  coldots<T, A>(P.w1, sdu, C, Cr, red, [&](int c, A dp) {
+    if (POOL == POOL_AVGMAX) {
+      const A half = A(0.5) * dp;
+      P.coef_a[nC + c] = half / hw;
+      P.coef_b[nC + c] = half / P.coef_b[nC + c];
+    } else {
+      P.coef_a[nC + c] = dp / hw;
+    }
+  });
+}
+
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(BwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
+  const int n = blockIdx.x / P.bps, b = blockIdx.x - n * P.bps;
+  const size_t sample = (size_t)P.C * P.HW;
+  A* pa = P.ws_a + (size_t)n * P.S * P.C;
+  A* pb = P.ws_b + (size_t)n * P.S * P.C;
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
+  squeeze_block<T, true, MAXP, NHWC>(P.x + (size_t)n * sample, P.dy + (size_t)n * sample, P.C, P.HW, b,
+                                     P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, P.vec_in != 0,
+                                     MAXP ? P.pmax + (size_t)n * P.C : nullptr, pa, pb, scratch);
+  if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+  A* sdz = scratch;
+  A* sdu = sdz + P.C;
+  A* red = sdu + P.Cr;
+  bwd_epilogue<T, POOL>(P, n, pa, pb, P.S, sdz, sdu, red);
+}
+
+// dw1[j,c] = sum_n du[n,j] p[n,c]; db1[j] = sum_n du[n,j]; dw2[c,j] = sum_n dz[n,c] h[n,j];
+// db2[c] = sum_n dz[n,c]. One thread per output, fixed order over n: deterministic.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  const int C = P.C, Cr = P.Cr, N = P.N;
+  const long long n1 = (long long)Cr * C;
+  const long long total = 2 * n1 + C + Cr;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    A acc = A(0);
+    if (i < n1) {  // dw1[j, c]
+      const int j = (int)(i / C), c = (int)(i - (long long)j * C);
+      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c];
+      P.dw1[i] = Cvt<T>::from(acc);
+    } else if (i < 2 * n1) {  // dw2[c, j]
+      const long long k = i - n1;
+      const int c = (int)(k / Cr), j = (int)(k - (long long)c * Cr);
+      for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c] * P.h[(size_t)n * Cr + j];
+      P.dw2[k] = Cvt<T>::from(acc);
+    } else if (i < 2 * n1 + C) {  // db2[c]
+      const int c = (int)(i - 2 * n1);
+      for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c];
+      P.db2[c] = Cvt<T>::from(acc);
+    } else {  // db1[j]
+      const int j = (int)(i - 2 * n1 - C);
+      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j];
+      P.db1[j] = Cvt<T>::from(acc);
+    }
+  }
+}
+
+// dx over one sample's elements [start, E) with stride.
+template <typename T, bool MAXP, bool NHWC>
+AK_INL void dx_sample(const BwdParams<T>& P, int n, int start, int stride) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  const int C = P.C, HW = P.HW, E = C * HW;
+  const size_t off = (size_t)n * E, nC = (size_t)n * C;
+  const T* xs = P.x + off;
+  const T* dys = P.dy + off;
+  T* dxs = P.dx + off;
+  const A* sv = P.s + nC;
+  const A* ca = P.coef_a + nC;
+  const A* cb = MAXP ? P.coef_b + nC : nullptr;
+  const A* pm = MAXP ? P.pmax + nC : nullptr;
+  auto one = [&](A d, A xv, int c) {
+    A r = d * sv[c] + ca[c];
+    if (MAXP && xv == pm[c]) r += cb[c];
+    return r;
+  };
+  if (P.vec) {
+    const int nv = E / V;
+    for (int i = start; i < nv; i += stride) {
+      const Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys) + i);
+      Vec<T> xx, o;
+      if (MAXP) xx = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs) + i);
+      const int e = i * V;
+      if (!NHWC) {
+        const int c = e / HW;
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k) o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c));
+      } else {
+        const int c0 = e % C;
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k)
+          o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c0 + k));
+      }
+      ak::store_vec(reinterpret_cast<Vec<T>*>(dxs) + i, o);
+    }
+  } else {
+    for (int e = start; e < E; e += stride) {
+      const int c = NHWC ? e % C : e / HW;
+      dxs[e] = Cvt<T>::from(one(to_acc(dys[e]), MAXP ? to_acc(xs[e]) : A(0), c));
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
+  const int q = blockIdx.x / P.chunks, chunk = blockIdx.x - q * P.chunks;
+  const int n = P.N - 1 - q;  // reverse order of the reduction pass
+  const int start = chunk * blockDim.x + threadIdx.x, stride = P.chunks * blockDim.x;
+  switch ((P.pool == POOL_AVGMAX ? 2 : 0) + (P.nhwc ? 1 : 0)) {
+    case 0: dx_sample<T, false, false>(P, n, start, stride); break;
+    case 1: dx_sample<T, false, true>(P, n, start, stride); break;
+    case 2: dx_sample<T, true, false>(P, n, start, stride); break;
+    default: dx_sample<T, true, true>(P, n, start, stride); break;
+  }
+}
+
+}  // namespace se
+}  // namespace ak

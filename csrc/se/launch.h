@@ -1,0 +1,328 @@
+// SE launch logic (grid sizing, variant choice, workspace), shared by the nvcc TU (se_cuda.cu)
+// and the g++ emulation TU (se_emu.cpp). Defines the functions declared in se_api.h.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "se_api.h"  // standard headers before cuda_compat.h (csrc/cuemu/README.md)
+#include "kernels.cuh"
+
+namespace ak {
+namespace se {
+namespace AK_SE_NS {
+
+struct DevInfo {
+  int sms;
+  int smem_optin;  // bytes of dynamic shared memory one block may opt into
+};
+
+#if defined(__CUDACC__)
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+inline DevInfo dev_info() {
+  static DevInfo cache[128];
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 0 && dev < 128 && cache[dev].sms > 0) return cache[dev];
+  DevInfo d{0, 0};
+  check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+             "cudaDeviceGetAttribute");
+  if (dev >= 0 && dev < 128) cache[dev] = d;
+  return d;
+}
+#else
+// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory.
+inline DevInfo dev_info() { return DevInfo{8, 227 * 1024}; }
+#endif
+
+template <typename K> inline void smem_attr(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024) ak::set_max_dynamic_shared_memory(kernel, bytes);
+}
+
+#if AK_EMU
+inline ak::Stream to_stream(void*) { return ak::Stream{}; }
+#else
+inline ak::Stream to_stream(void* s) { return reinterpret_cast<ak::Stream>(s); }
+#endif
+
+inline long long cdiv(long long a, long long b) { return (a + b - 1) / b; }
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Geometry of the squeeze (forward) / reduction (backward) pass.
+struct Geom {
+  int bps = 1, S = 1, G = 1, seg_len = 1, upb = 1, vc = 1, ctv = 1, ctiles = 1;
+  size_t red_elems = 0;  // NHWC cross-row reduction scratch (accumulators)
+};
+
+template <typename T>
+Geom squeeze_geom(const Problem& pr, int sms, int bps_hint, bool vec_ok, int threads) {
+  constexpr int V = Vec<T>::N;
+  Geom g;
+  const long long E = (long long)pr.C * pr.HW;
+  long long target = bps_hint > 0 ? bps_hint
+                                  : std::min(cdiv(4LL * sms, pr.N), std::max(1LL, cdiv(E, 8192)));
+  target = std::max(1LL, target);
+  if (!pr.nhwc) {
+    const int nvrow = (int)cdiv(pr.HW, V);
+    g.G = std::min(32, pow2_at_least((int)std::max(1LL, cdiv(nvrow, 2))));
+    const int ngrp = threads / g.G;
+    long long S = 1;
+    if (target * ngrp > pr.C) {
+      S = cdiv(target * ngrp, pr.C);
+      S = std::min<long long>(S, std::max(1, pr.HW / (g.G * V * 2)));
+    }
+    long long seg = cdiv(cdiv(pr.HW, S), V) * V;
+    S = cdiv(pr.HW, seg);
+    g.S = (int)S;
+    g.seg_len = (int)seg;
+    const long long units = (long long)pr.C * S;
+    long long upb = cdiv(cdiv(units, target), ngrp) * ngrp;
+    upb = std::min(upb, units);
+    g.upb = (int)upb;
+    g.bps = (int)cdiv(units, upb);
+  } else {
+    g.vc = (pr.C % V == 0 && vec_ok) ? V : 1;
+    g.ctv = nhwc_ctv(pr.C, g.vc, threads);
+    const int TY = threads / g.ctv;
+    g.ctiles = (int)cdiv(pr.C / g.vc, g.ctv);
+    long long S = std::max(1LL, cdiv(target, g.ctiles));
+    S = std::min<long long>(S, std::max(1, pr.HW / (TY * 2)));
+    const long long seg = cdiv(pr.HW, S);
+    g.S = (int)cdiv(pr.HW, seg);
+    g.seg_len = (int)seg;
+    g.bps = g.ctiles * g.S;
+    g.red_elems = TY > 1 ? (size_t)TY * g.ctv * g.vc * 2 : 0;
+  }
+  return g;
+}
+
+template <typename T> inline size_t fused_smem_bytes(const Problem& pr, const Geom& g) {
+  using A = typename Acc<T>::type;
+  const size_t slab = ((size_t)pr.C * pr.HW * sizeof(T) + 15) / 16 * 16;
+  return slab + ((size_t)2 * pr.C + pr.Cr + g.red_elems) * sizeof(A);
+}
+
+template <typename T> inline bool choose_fused(const Problem& pr, int variant, const DevInfo& d) {
+  const Geom gf = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
+  const bool fits = fused_smem_bytes<T>(pr, gf) <= (size_t)d.smem_optin;
+  if (variant == VAR_FUSED) {
+    if (!fits)
+      throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf)) +
+                               " bytes of shared memory; the device allows " + std::to_string(d.smem_optin));
+    return true;
+  }
+  if (variant == VAR_SPLIT) return false;
+  // One block per sample: worth it when the slab fits and there is at least a wave of samples.
+  return fits && pr.N >= d.sms;
+}
+
+template <typename T, int POOL, bool NHWC>
+void launch_forward(FwdParams<T>& P, bool fused, const Geom& g, size_t smem, ak::Stream st,
+                    const Alloc& alloc) {
+  using A = typename Acc<T>::type;
+  if (fused) {
+    auto k = se_fused_kernel<T, POOL, NHWC>;
+    smem_attr(k, smem);
+    ak::launch(k, dim3((unsigned)P.N), dim3(kFusedThreads), smem, st, P);
+    return;
+  }
+  const size_t ws = (size_t)P.N * g.S * P.C;
+  A* w = static_cast<A*>(alloc(2 * ws * sizeof(A)));
+  P.ws_a = w;
+  P.ws_b = w + ws;
+  auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
+  smem_attr(k1, smem);
+  ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
+  auto k2 = se_rescale_kernel<T>;
+  ak::launch(k2, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads), (size_t)0, st, P);
+}
+
+template <typename T>
+std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
+                      const Alloc& alloc) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  const DevInfo d = dev_info();
+  const bool fused = choose_fused<T>(pr, variant, d);
+  FwdParams<T> P{};
+  P.x = static_cast<const T*>(io.x);
+  P.w1 = static_cast<const T*>(io.w1);
+  P.b1 = static_cast<const T*>(io.b1);
+  P.w2 = static_cast<const T*>(io.w2);
+  P.b2 = static_cast<const T*>(io.b2);
+  P.y = static_cast<T*>(io.y);
+  P.s = static_cast<A*>(io.s);
+  P.z = static_cast<A*>(io.z);
+  P.u = static_cast<A*>(io.u);
+  P.p = static_cast<A*>(io.p);
+  P.pmax = static_cast<A*>(io.pmax);
+  P.counters = io.counters;
+  P.N = pr.N;
+  P.C = pr.C;
+  P.HW = pr.HW;
+  P.Cr = pr.Cr;
+  P.act = pr.act;
+  P.gate = pr.gate;
+  const long long E = (long long)pr.C * pr.HW;
+  const bool vec_scale =
+      (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) && aligned16(io.y);
+  P.vec = vec_scale ? 1 : 0;
+  const long long nv = vec_scale ? E / V : E;
+  P.chunks = (int)std::max(1LL, cdiv(nv, (long long)kThreads * 4));
+  P.nhwc = pr.nhwc ? 1 : 0;
+  Geom g;
+  size_t smem;
+  if (fused) {
+    g = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
+    smem = fused_smem_bytes<T>(pr, g);
+    if (E % V == 0 && aligned16(io.x)) P.vec |= 2;
+  } else {
+    g = squeeze_geom<T>(pr, d.sms, bps_hint, aligned16(io.x), kThreads);
+    smem = kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr) * sizeof(A);
+    if (smem > (size_t)d.smem_optin)
+      throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
+  }
+  P.bps = g.bps;
+  P.S = g.S;
+  P.G = g.G;
+  P.seg_len = g.seg_len;
+  P.upb = g.upb;
+  P.vc = g.vc;
+  P.ctv = g.ctv;
+  P.ctiles = g.ctiles;
+  const ak::Stream st = to_stream(stream);
+  const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
+  switch (key) {
+    case 0: launch_forward<T, POOL_AVG, false>(P, fused, g, smem, st, alloc); break;
+    case 1: launch_forward<T, POOL_AVG, true>(P, fused, g, smem, st, alloc); break;
+    case 2: launch_forward<T, POOL_AVGMAX, false>(P, fused, g, smem, st, alloc); break;
+    default: launch_forward<T, POOL_AVGMAX, true>(P, fused, g, smem, st, alloc); break;
+  }
+  return fused ? "fused" : "split";
+}
+
+template <typename T, int POOL, bool NHWC>
+void launch_backward(BwdParams<T>& P, const Geom& g, size_t smem, ak::Stream st) {
+  auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
+  smem_attr(k1, smem);
+  ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
+  const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
+  const long long blocks = std::min(cdiv(total, kThreads), 65535LL);
+  ak::launch(se_wgrad_kernel<T>, dim3((unsigned)blocks), dim3(kThreads), (size_t)0, st, P);
+  ak::launch(se_dx_kernel<T>, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads),
+             (size_t)0, st, P);
+}
+
+template <typename T>
+void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  const DevInfo d = dev_info();
+  BwdParams<T> P{};
+  P.dy = static_cast<const T*>(io.dy);
+  P.x = static_cast<const T*>(io.x);
+  P.w1 = static_cast<const T*>(io.w1);
+  P.w2 = static_cast<const T*>(io.w2);
+  P.s = static_cast<const A*>(io.s);
+  P.z = static_cast<const A*>(io.z);
+  P.u = static_cast<const A*>(io.u);
+  P.p = static_cast<const A*>(io.p);
+  P.pmax = static_cast<const A*>(io.pmax);
+  P.dx = static_cast<T*>(io.dx);
+  P.dw1 = static_cast<T*>(io.dw1);
+  P.db1 = static_cast<T*>(io.db1);
+  P.dw2 = static_cast<T*>(io.dw2);
+  P.db2 = static_cast<T*>(io.db2);
+  P.counters = io.counters;
+  P.N = pr.N;
+  P.C = pr.C;
+  P.HW = pr.HW;
+  P.Cr = pr.Cr;
+  P.act = pr.act;
+  P.gate = pr.gate;
+  const bool same_align =
+      ((reinterpret_cast<uintptr_t>(io.x) ^ reinterpret_cast<uintptr_t>(io.dy)) & 15u) == 0;
+  const bool vec_in = pr.nhwc ? (aligned16(io.x) && aligned16(io.dy)) : same_align;
+  P.vec_in = vec_in ? 1 : 0;
+  const Geom g = squeeze_geom<T>(pr, d.sms, bps_hint, vec_in, kThreads);
+  P.bps = g.bps;
+  P.S = g.S;
+  P.G = g.G;
+  P.seg_len = g.seg_len;
+  P.upb = g.upb;
+  P.vc = g.vc;
+  P.ctv = g.ctv;
+  P.ctiles = g.ctiles;
+  const long long E = (long long)pr.C * pr.HW;
+  const bool vec = (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) &&
+                   aligned16(io.dy) && aligned16(io.dx);
+  P.vec = vec ? 1 : 0;
+  P.chunks = (int)std::max(1LL, cdiv(vec ? E / V : E, (long long)kThreads * 4));
+  P.nhwc = pr.nhwc ? 1 : 0;
+  P.pool = pr.pool;
+  // workspace: partials (2 x N*S*C), dz, coef_a, coef_b (N*C each), du, h (N*Cr each)
+  const size_t nsc = (size_t)pr.N * g.S * pr.C, nc = (size_t)pr.N * pr.C, ncr = (size_t)pr.N * pr.Cr;
+  A* w = static_cast<A*>(alloc((2 * nsc + 3 * nc + 2 * ncr) * sizeof(A)));
+  P.ws_a = w;
+  P.ws_b = w + nsc;
+  P.dz = w + 2 * nsc;
+  P.coef_a = P.dz + nc;
+  P.coef_b = P.coef_a + nc;
+  P.du = P.coef_b + nc;
+  P.h = P.du + ncr;
+  const size_t smem =
+      kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr + (size_t)kThreads * V) * sizeof(A);
+  if (smem > (size_t)d.smem_optin)
+    throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
+  const ak::Stream st = to_stream(stream);
+  const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
+  switch (key) {
+    case 0: launch_backward<T, POOL_AVG, false>(P, g, smem, st); break;
+    case 1: launch_backward<T, POOL_AVG, true>(P, g, smem, st); break;
+    case 2: launch_backward<T, POOL_AVGMAX, false>(P, g, smem, st); break;
+    default: launch_backward<T, POOL_AVGMAX, true>(P, g, smem, st); break;
+  }
+}
+
+std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
+                    const Alloc& alloc) {
+  switch (pr.dtype) {
+    case DT_F32: return forward_t<float>(pr, io, variant, bps_hint, stream, alloc);
+    case DT_F16: return forward_t<__half>(pr, io, variant, bps_hint, stream, alloc);
+    case DT_BF16: return forward_t<__nv_bfloat16>(pr, io, variant, bps_hint, stream, alloc);
+    case DT_F64: return forward_t<double>(pr, io, variant, bps_hint, stream, alloc);
+  }
+  throw std::runtime_error("se: unsupported dtype");
+}
+
+std::string forward_variant(const Problem& pr, int variant) {
+  const DevInfo d = dev_info();
+  bool f = false;
+  switch (pr.dtype) {
+    case DT_F32: f = choose_fused<float>(pr, variant, d); break;
+    case DT_F16: f = choose_fused<__half>(pr, variant, d); break;
+    case DT_BF16: f = choose_fused<__nv_bfloat16>(pr, variant, d); break;
+    case DT_F64: f = choose_fused<double>(pr, variant, d); break;
+    default: throw std::runtime_error("se: unsupported dtype");
+  }
+  return f ? "fused" : "split";
+}
+
+void backward(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc) {
+  switch (pr.dtype) {
+    case DT_F32: return backward_t<float>(pr, io, bps_hint, stream, alloc);
+    case DT_F16: return backward_t<__half>(pr, io, bps_hint, stream, alloc);
+    case DT_BF16: return backward_t<__nv_bfloat16>(pr, io, bps_hint, stream, alloc);
+    case DT_F64: return backward_t<double>(pr, io, bps_hint, stream, alloc);
+  }
+  throw std::runtime_error("se: unsupported dtype");
+}
+
+}  // namespace AK_SE_NS
+}  // namespace se
+}  // namespace ak

@@ -1,0 +1,250 @@
+"""Backend-specific tests of attnkernels.cuda (SE): direct se_forward / se_backward calls against an
+inline torch reference, on CPU tensors through the emulated build (attnkernels._C_emu) and, when a
+GPU and attnkernels._C are present, on CUDA tensors too. Every kernel variant is forced in turn and
+every output / workspace is poisoned with NaN first (ATTNKERNELS_CUDA_POISON=1), so an element a
+kernel forgets to write fails the comparison."""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+cuda_mod = pytest.importorskip("attnkernels.cuda")
+
+DEVICES = []
+if cuda_mod.unavailable_reason("cuda-emu") is None:
+    DEVICES.append("cpu")
+if cuda_mod.unavailable_reason("cuda") is None and torch.cuda.is_available():
+    DEVICES.append("cuda")
+if not DEVICES:
+    pytest.skip(f"no cuda/cuda-emu extension: {cuda_mod.unavailable_reason('cuda-emu')}", allow_module_level=True)
+
+ACTS = ("relu", "silu", "hardswish", "gelu")
+GATES = ("sigmoid", "hardsigmoid")
+POOLS = ("avg", "avgmax")
+# (variant, squeeze blocks per sample hint): auto, split with 1 block/sample, with several blocks
+# (HW segments / pixel splits + the last-block MLP), and the single-pass shared-memory kernel.
+VARIANTS = (("auto", 0), ("split", 1), ("split", 3), ("split", 64), ("fused", 0))
+TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 1e-2),
+       torch.bfloat16: (1e-2, 2e-2)}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("ATTNKERNELS_CUDA_POISON", "1")
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reference(x, w1, b1, w2, b2, act, gate, pool):
+    """(y, s, z, u, p, pmax) in the accumulation dtype; differentiable."""
+    xa = x.to(_acc(x.dtype))
+    pa = xa.mean((2, 3))
+    pm = xa.amax((2, 3))
+    p = 0.5 * pa + 0.5 * pm if pool == "avgmax" else pa
+    u = F.linear(p, w1, b1)
+    h = {"relu": F.relu, "silu": F.silu, "hardswish": F.hardswish,
+         "gelu": lambda t: F.gelu(t, approximate="none")}[act](u)
+    z = F.linear(h, w2, b2)
+    s = torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
+    y = xa * s[:, :, None, None]
+    return y, s, z, u, p, pm
+
+
+def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, misalign=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    if ties:
+        x = torch.randint(-2, 3, shape, generator=g).to(torch.float64) * 0.5
+    else:
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x = x.to(dtype)
+    if misalign:  # storage offset of one element: 16-byte vector paths must peel / fall back
+        buf = torch.empty(x.numel() + 1, dtype=dtype)
+        buf[1:] = x.reshape(-1)
+        x = buf[1:].view(shape)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x = x.to(device)
+    acc = _acc(dtype)
+    w1 = (torch.randn(cr, c, generator=g, dtype=acc) / c ** 0.5).to(dtype).to(device)
+    w2 = (torch.randn(c, cr, generator=g, dtype=acc) * 2 / cr ** 0.5).to(dtype).to(device)
+    b1 = (torch.randn(cr, generator=g, dtype=acc) * 0.5).to(dtype).to(device) if bias else None
+    b2 = (torch.randn(c, generator=g, dtype=acc) * 0.5).to(dtype).to(device) if bias else None
+    return x, w1, b1, w2, b2
+
+
+def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward=True, dy_misalign=False):
+    dtype = x.dtype
+    atol, rtol = TOL[dtype]
+    acc = _acc(dtype)
+    with cuda_mod.force_variant(*variant):
+        y, s, z, u, p, pmax = cuda_mod.se_forward(x, w1, b1, w2, b2, act, gate, pool)
+    if variant[0] != "auto":
+        assert cuda_mod.last_variant() == variant[0]
+    # reference on the same (rounded) inputs, weights in the accumulation dtype, always on the CPU
+    # (torch's CUDA hardswish/hardsigmoid forward multiply by a float32 1/6 even for float64)
+    xr = x.detach().cpu().to(acc).requires_grad_(True)
+    ws = [t.detach().cpu().to(acc).requires_grad_(True) if t is not None else None for t in (w1, b1, w2, b2)]
+    ry, rs, rz, ru, rp, rpm = reference(xr, *ws, act, gate, pool)
+
+    assert y.dtype == dtype and y.shape == x.shape and y.stride() == x.stride()
+    for name, got, want in (("s", s, rs), ("z", z, rz), ("u", u, ru), ("p", p, rp)):
+        assert got.dtype == acc, name
+        torch.testing.assert_close(got.cpu(), want.detach(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+    if pool == "avgmax":
+        torch.testing.assert_close(pmax.cpu(), rpm.detach(), atol=0, rtol=0)
+    else:
+        assert pmax.shape == (0,) and pmax.dtype == acc
+    torch.testing.assert_close(y.cpu(), ry.detach().to(dtype), atol=atol, rtol=rtol)
+    if not backward:
+        return
+    g = torch.Generator().manual_seed(1)
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    if dy_misalign:
+        buf = torch.empty(dy.numel() + 3, dtype=dtype)
+        buf[3:] = dy.reshape(-1)
+        dy = buf[3:].view(x.shape)
+    if not x.is_contiguous():
+        dy = dy.to(memory_format=torch.channels_last)
+    dy = dy.to(x.device)
+    with cuda_mod.force_variant(*variant):
+        dx, dw1, db1, dw2, db2 = cuda_mod.se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
+    ry.backward(dy.cpu().to(acc))
+    assert dx.dtype == dtype and dx.stride() == x.stride()
+    torch.testing.assert_close(dx.cpu(), xr.grad.to(dtype), atol=atol * 4, rtol=rtol * 4, msg=lambda m: f"dx: {m}")
+    for name, got, ref_t, shape in (("dw1", dw1, ws[0], w1.shape), ("dw2", dw2, ws[2], w2.shape)):
+        assert got.dtype == dtype and got.shape == shape
+        torch.testing.assert_close(got.cpu(), ref_t.grad.to(dtype), atol=atol * 8, rtol=rtol * 4,
+                                   msg=lambda m: f"{name}: {m}")
+    rdb1 = ws[1].grad if ws[1] is not None else None
+    rdb2 = ws[3].grad if ws[3] is not None else None
+    if rdb1 is None:  # bias-free: db is still returned (sum over n of du / dz)
+        assert db1.shape == (w1.shape[0],) and db2.shape == (w2.shape[0],)
+        assert torch.isfinite(db1).all() and torch.isfinite(db2).all()
+    else:
+        torch.testing.assert_close(db1.cpu(), rdb1.to(dtype), atol=atol * 8, rtol=rtol * 4)
+        torch.testing.assert_close(db2.cpu(), rdb2.to(dtype), atol=atol * 8, rtol=rtol * 4)
+
+
+SHAPES = [  # (N, C, H, W), Cr
+    ((2, 37, 7, 7), 5),     # primes, Cr not dividing C
+    ((3, 1, 5, 5), 1),      # C = 1
+    ((3, 24, 1, 1), 6),     # HW = 1
+    ((1, 16, 9, 11), 4),    # N = 1
+    ((2, 40, 16, 16), 8),   # vectorizable rows / channels
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape,cr", SHAPES)
+def test_shapes_dtypes_layouts(device, dtype, channels_last, shape, cr):
+    x, w1, b1, w2, b2 = make(shape, cr, dtype, device, channels_last)
+    for variant in (("split", 3), ("fused", 0)):
+        check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avgmax", variant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act,gate,pool", list(itertools.product(ACTS, GATES, POOLS)))
+def test_act_gate_pool(device, act, gate, pool):
+    for cl in (False, True):
+        x, w1, b1, w2, b2 = make((2, 12, 5, 6), 3, torch.float64, device, cl)
+        check_case(x, w1, b1, w2, b2, act, gate, pool, ("split", 2))
+    x, w1, b1, w2, b2 = make((2, 12, 5, 6), 3, torch.float32, device)
+    check_case(x, w1, b1, w2, b2, act, gate, pool, ("fused", 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_variants(device, variant, channels_last, dtype):
+    for shape, cr in (((3, 32, 12, 12), 8), ((2, 37, 7, 7), 5), ((2, 8, 40, 40), 2)):
+        x, w1, b1, w2, b2 = make(shape, cr, dtype, device, channels_last)
+        check_case(x, w1, b1, w2, b2, "silu", "hardsigmoid", "avgmax", variant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("variant", [("split", 1), ("split", 4), ("fused", 0)])
+def test_avgmax_ties(device, channels_last, variant):
+    """Few distinct values: the max is tied; its gradient is split evenly like torch.amax."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w1, b1, w2, b2 = make((2, 10, 6, 6), 3, dtype, device, channels_last, ties=True)
+        check_case(x, w1, b1, w2, b2, "gelu", "sigmoid", "avgmax", variant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_no_bias_misaligned(device, channels_last):
+    for dtype in (torch.float16, torch.float32):
+        x, w1, b1, w2, b2 = make((2, 16, 6, 6), 4, dtype, device, channels_last, bias=False,
+                                 misalign=(device == "cpu"))
+        for variant in (("split", 3), ("fused", 0)):
+            check_case(x, w1, None, w2, None, "hardswish", "sigmoid", "avg", variant,
+                       dy_misalign=(device == "cpu"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_repeat_calls_reuse_counters(device):
+    """The per-sample counters are reset by the kernels: many calls, growing N, stay correct."""
+    for n in (1, 4, 2, 9):
+        x, w1, b1, w2, b2 = make((n, 8, 4, 4), 2, torch.float32, device, seed=n)
+        check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("split", 5))
+
+
+def test_variant_dispatch_reporting():
+    dev = "cpu" if "cpu" in DEVICES else "cuda"
+    v = cuda_mod.se_forward_variant((512, 64, 7, 7), torch.float16, device=dev)
+    assert v in ("fused", "split")
+    assert cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev) == "split"
+    with cuda_mod.force_variant("fused"):
+        assert cuda_mod.se_forward_variant((1, 8, 4, 4), torch.float32, device=dev) == "fused"
+        with pytest.raises(RuntimeError, match="shared memory"):
+            cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev)
+
+
+def test_input_checks():
+    dev = DEVICES[0]
+    x, w1, b1, w2, b2 = make((2, 8, 4, 4), 2, torch.float32, dev)
+    with pytest.raises(RuntimeError):
+        cuda_mod.se_forward(x[:, :, ::2], w1, b1, w2, b2, "relu", "sigmoid", "avg")
+    with pytest.raises(RuntimeError):
+        cuda_mod.se_forward(x, w1.double(), b1, w2, b2, "relu", "sigmoid", "avg")
+    with pytest.raises(RuntimeError):
+        cuda_mod.se_forward(x, w1[:, :4], b1, w2, b2, "relu", "sigmoid", "avg")
+
+
+_RANDOM_SCRIPT = r"""
+import torch, sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+import test_se_cuda_emu as T
+for cl in (False, True):
+    for variant in (("split", 3), ("fused", 0)):
+        x, w1, b1, w2, b2 = T.make((3, 20, 9, 9), 5, torch.float32, "cpu", cl, ties=True)
+        T.check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", variant)
+print("OK")
+"""
+
+
+@pytest.mark.skipif("cpu" not in DEVICES, reason="needs the emulated build")
+@pytest.mark.parametrize("seed", [7, 12345])
+def test_random_schedule(seed):
+    """Same kernels under the emulator's random fiber schedule (races / missing barriers show up)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(tests)
+    env = dict(os.environ, CUEMU_SCHEDULE=f"random:{seed}", CUEMU_STRICT="1", CUEMU_POISON_SHARED="1",
+               ATTNKERNELS_CUDA_POISON="1")
+    r = subprocess.run([sys.executable, "-c", _RANDOM_SCRIPT.format(root=root, tests=tests)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
