@@ -3,9 +3,9 @@
 #   PYTHON=python3 bash benchmarks/gpu_check.sh):
 #   1 env        nvidia-smi -L, python/torch/triton/torchvision versions, nvcc --version
 #   2 build      setup.py build_ext --inplace --force (attnkernels._C for sm_90), then import check
-#   3 pytest     the whole test suite on the GPU (-n 8 when pytest-xdist is importable)
-#   4 memcheck   compute-sanitizer --tool memcheck  over benchmarks/sanitize_se.py
-#     racecheck  compute-sanitizer --tool racecheck over benchmarks/sanitize_se.py
+#   3 pytest     the whole test suite on the GPU (-n 8 when pytest-xdist is importable), with
+#   4 memcheck   compute-sanitizer --tool memcheck  over benchmarks/sanitize_se.py and
+#     racecheck  compute-sanitizer --tool racecheck over it running alongside (background)
 #   5 bench      benchmarks/bench_se.py --quick
 #   6 report     benchmarks/results/<gpu>-<date>.md (status + key line of each step + the
 #                benchmark table); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
@@ -13,7 +13,8 @@
 # timed out or was skipped. The whole run stays inside GPU_CHECK_BUDGET_S (default 530 s):
 # each step's timeout is min(its nominal timeout, time left minus a reserve for later steps).
 # Environment: PYTHON (python3), CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (9.0),
-# GPU_CHECK_BUDGET_S (530), GPU_CHECK_STEPS (env,build,pytest,sanitize,bench).
+# GPU_CHECK_BUDGET_S (530), GPU_CHECK_STEPS (env,build,pytest,sanitize,bench), BENCH_RESERVE_S
+# (150: seconds kept for the benchmark when sizing the earlier steps).
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -116,7 +117,7 @@ for m in ("triton", "torchvision", "timm", "pytest", "xdist", "pytest_benchmark"
         print(m, "n/a", type(e).__name__)
 '
 if want env; then
-  run_step 01-env "environment" "$(timeout_for 60 460)" bash -c \
+  run_step 01-env "environment" "$(timeout_for 30 0)" bash -c \
     "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; \"\$PYTHON\" -c '$ENV_PY'; \"$NVCC\" --version"
   key=$(joinkey "$(grep -m1 '^GPU 0' "$STEP_LOG" | cut -c1-80)" "$(grep -m1 '^torch ' "$STEP_LOG")" \
     "$(grep -m1 '^triton ' "$STEP_LOG")" "nvcc $(grep -m1 -o 'release [0-9.]*' "$STEP_LOG" | cut -d' ' -f2)")
@@ -127,7 +128,7 @@ info() { [ -f "$ENV_LOG" ] && grep -m1 "^$1 " "$ENV_LOG" | cut -d' ' -f2- ; }
 
 # ---- 2 build ------------------------------------------------------------------------------
 if want build; then
-  run_step 02-build "build the extension in place" "$(timeout_for 240 280)" bash -c \
+  run_step 02-build "build the extension in place" "$(timeout_for 200 250)" bash -c \
     "CUDA_HOME=\"$CUDA_HOME\" TORCH_CUDA_ARCH_LIST=\"${TORCH_CUDA_ARCH_LIST:-9.0}\" MAX_JOBS=16 \"\$PYTHON\" setup.py -q build_ext --inplace --force \
      && echo 'BUILD DONE' && \"\$PYTHON\" -c 'import attnkernels._C as c, attnkernels as ak; print(\"import ok:\", c.__file__); print(\"backends on cuda:\", ak.available_backends(\"cuda\"))'"
   key=$(joinkey "built in ${STEP_SECS}s" "$(grep -m1 '^backends on cuda' "$STEP_LOG")" \
@@ -136,46 +137,61 @@ if want build; then
   record build "build (setup.py build_ext --inplace)" "$STEP_STATUS" "$STEP_SECS" "$key"
 fi
 
-# ---- 3 pytest -----------------------------------------------------------------------------
+# ---- 3 pytest, with 4 compute-sanitizer alongside ----------------------------------------
+# The sanitizer runs are correctness checks too: they run in the background while pytest runs
+# (16 cores), so the benchmark that follows has the GPU to itself.
+SAN=""
+if want sanitize; then
+  SAN=$(command -v compute-sanitizer 2>/dev/null || true)
+  for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
+    [ -n "$SAN" ] || { [ -x "$c" ] && SAN=$c; }
+  done
+  san_t=$(timeout_for 240 "${BENCH_RESERVE_S:-150}")
+  [ "$san_t" -gt 0 ] || SAN=""  # no time left: reported as not run below
+  if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck; do
+      log="$DIR/04-$tool.log"
+      { echo "\$ compute-sanitizer --tool $tool $PYTHON benchmarks/sanitize_se.py"; echo "# timeout ${san_t}s"; } > "$log"
+      ( t0=$(date +%s)
+        timeout -k 10 "$san_t" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 3 \
+          "$PYTHON" benchmarks/sanitize_se.py >> "$log" 2>&1
+        echo "$? $(( $(date +%s) - t0 ))" > "$DIR/04-$tool.rc" ) &
+    done
+  fi
+fi
 if want pytest; then
   XDIST=()
   if "$PYTHON" -c "import xdist" >/dev/null 2>&1; then XDIST=(-n 8); fi
-  run_step 03-pytest "pytest tests ${XDIST[*]:-}" "$(timeout_for 330 190)" \
-    "$PYTHON" -m pytest -q tests -x -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+  run_step 03-pytest "pytest tests ${XDIST[*]:-}" "$(timeout_for 330 "${BENCH_RESERVE_S:-150}")" \
+    "$PYTHON" -m pytest -q tests -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
   key=$(grep -E '[0-9]+ (passed|failed|error|errors|skipped)|no tests ran' "$STEP_LOG" | tail -n 1 | sed 's/=//g' | oneline)
   [ -n "$key" ] || key="no pytest summary line (see log)"
   fails=$(grep -E '^(FAILED|ERROR) ' "$STEP_LOG" | head -n 5 | oneline)
   [ -z "$fails" ] || key="$key; $fails"
   record pytest "pytest (whole suite)" "$STEP_STATUS" "$STEP_SECS" "$key"
 fi
-
-# ---- 4 compute-sanitizer ------------------------------------------------------------------
 if want sanitize; then
-  SAN=$(command -v compute-sanitizer 2>/dev/null || true)
-  for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
-    [ -n "$SAN" ] || { [ -x "$c" ] && SAN=$c; }
-  done
+  wait
   for tool in memcheck racecheck; do
-    if [ "$tool" = memcheck ]; then reserve=150; else reserve=110; fi
+    log="$DIR/04-$tool.log"
     if [ -z "$SAN" ]; then
-      echo "compute-sanitizer not found (PATH, \$CUDA_HOME/bin)" > "$DIR/04-$tool.log"
+      echo "compute-sanitizer not found (PATH, \$CUDA_HOME/bin)" > "$log"
       record "$tool" "compute-sanitizer $tool" "FAIL(no compute-sanitizer)" 0 "compute-sanitizer not found"
       continue
     fi
-    run_step "04-$tool" "compute-sanitizer --tool $tool" "$(timeout_for 120 $reserve)" \
-      env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 3 \
-      "$PYTHON" benchmarks/sanitize_se.py
-    key=$(joinkey "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$STEP_LOG" | tail -n 2 | sed 's/=//g' | oneline)" \
-      "$(grep -m1 'cases ran' "$STEP_LOG" | oneline)")
-    record "$tool" "compute-sanitizer $tool" "$STEP_STATUS" "$STEP_SECS" "$key"
+    read -r rc secs < "$DIR/04-$tool.rc" 2>/dev/null || { rc=-1; secs=0; }
+    case "$rc" in 0) st=OK ;; 124|137) st="TIMEOUT" ;; *) st="FAIL(rc=$rc)" ;; esac
+    key=$(joinkey "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | sed 's/=//g' | oneline)" \
+      "$(grep -m1 'cases ran' "$log" | oneline)")
+    record "$tool" "compute-sanitizer $tool (during pytest)" "$st" "$secs" "$key"
   done
 fi
 
 # ---- 5 benchmark --------------------------------------------------------------------------
 BENCH="$DIR/bench-se"
 if want bench; then
-  t=$(timeout_for 180 10)
-  budget=$((t - 80)); [ "$budget" -ge 20 ] || budget=20
+  t=$(timeout_for 240 10)
+  budget=$((t - 60)); [ "$budget" -ge 20 ] || budget=20
   run_step 05-bench "bench_se.py --quick" "$t" \
     "$PYTHON" benchmarks/bench_se.py --quick --out "$DIR" --name bench-se --budget-s "$budget"
   key=$(joinkey "$(grep -m1 '^copy bandwidth' "$STEP_LOG" | oneline)" \

@@ -93,6 +93,41 @@ def _sum_rows(ptr, n_rows, row_stride, cols, cmask, ACC: tl.constexpr, BLOCK_ROW
 
 
 @triton.jit
+def _combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.constexpr,
+                    HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_ROWS: tl.constexpr):
+    """Park this split's per-channel partials (a, and b if HAS_B) in ws[ncb, sp, {a, b}, :];
+    return (last, a, b): last is True in the last split of (n, cb) to arrive, whose a and b are
+    then the totals over all splits (b combined by max if B_IS_MAX, else by sum)."""
+    ws = ws_ptr + ncb * n_split * 2 * BLOCK_C
+    j = tl.arange(0, BLOCK_C)
+    tl.store(ws + sp * 2 * BLOCK_C + j, a)
+    if HAS_B:
+        tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, b)
+    last = _arrive_last(counter_ptr, n_split)
+    if last:
+        a = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
+        if HAS_B:
+            b = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, B_IS_MAX)
+    return last, a, b
+
+
+@triton.jit
+def _channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
+                   APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """out[c] = sum_r W[c, r] * f(v[r]) for this program's channels c, over all n_in inputs r
+    (f = act if APPLY_ACT): the per-channel half of a layer, e.g. z = W2[cb, :] @ act(u)."""
+    out = tl.zeros([c.shape[0]], dtype=ACC)
+    for r0 in range(0, n_in, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        v = tl.load(v_ptr + r, mask=r < n_in, other=0.0)
+        if APPLY_ACT:
+            v = activation(v, ACT)
+        out += _matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
+    return out
+
+
+@triton.jit
 def _matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
     """out[o] = sum_i W[o, i] * v[i] over the given index blocks, W[o, i] at
     o * stride_out + i * stride_in (so one helper serves W and W^T): a block's share of a layer."""
@@ -126,17 +161,9 @@ def _se_squeeze(
     pmax = tl.max(acc_max, axis=1)
     ncb = n * n_cblk + cb
     last = True
-    if SPLIT:  # partials ws[n, cb, sp, {sum, max}, :]; the last split of (n, cb) goes on
-        ws = ws_ptr + ncb * n_split * 2 * BLOCK_C
-        j = tl.arange(0, BLOCK_C)
-        tl.store(ws + sp * 2 * BLOCK_C + j, psum)
-        if POOL_MAX:
-            tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, pmax)
-        last = _arrive_last(counter_ptr + N + ncb, n_split)
-        if last:
-            psum = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
-            if POOL_MAX:
-                pmax = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, True)
+    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
+        last, psum, pmax = _combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
+                                           True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
         pv = psum / HW
         if POOL_MAX:
@@ -169,11 +196,7 @@ def _se_excite_rescale(
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     # layer 2 for this block's channels: z = W2[cb, :] @ act(u) + b2[cb]
-    z = tl.zeros([BLOCK_C], dtype=ACC)
-    for r0 in range(0, Cr, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        h = activation(tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0), ACT)
-        z += _matvec(w2_ptr, Cr, 1, h, r, r < Cr, c, cmask, ACC)
+    z = _channel_layer(w2_ptr, Cr, 1, u_ptr + n * Cr, Cr, c, cmask, ACT, True, ACC, BLOCK_R)
     if HAS_B2:
         z += tl.load(b2_ptr + c, mask=cmask, other=0.0).to(ACC)
     s = gate(z, GATE)
@@ -217,16 +240,8 @@ def _se_bwd_reduce(
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:
-        ws = ws_ptr + ncb * n_split * 2 * BLOCK_C
-        j = tl.arange(0, BLOCK_C)
-        tl.store(ws + sp * 2 * BLOCK_C + j, ds)
-        if POOL_MAX:
-            tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, ties)
-        last = _arrive_last(counter_ptr + N + ncb, n_split)
-        if last:
-            ds = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
-            if POOL_MAX:
-                ties = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
+        last, ds, ties = _combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
+                                         False, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
         dz = ds * gate_grad(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), GATE)
         tl.store(dz_ptr + n * C + c, dz, mask=cmask)
@@ -297,11 +312,7 @@ def _se_bwd_dx(
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
-    dp = tl.zeros([BLOCK_C], dtype=ACC)
-    for r0 in range(0, Cr, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        du = tl.load(du_ptr + n * Cr + r, mask=r < Cr, other=0.0)
-        dp += _matvec(w1_ptr, 1, C, du, r, r < Cr, c, cmask, ACC)
+    dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R)
     s = tl.load(s_ptr + n * C + c, mask=cmask, other=0.0)
     if POOL_MAX:
         pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
