@@ -104,6 +104,7 @@ class _SEFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward: a clear error, not zeros
     def backward(ctx, dy):
         return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
 

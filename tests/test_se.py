@@ -223,6 +223,14 @@ def test_se_bad_input(mutate, exc, match):
         ak.se(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
 
 
+def test_se_double_backward_raises(kernel_backend):
+    x, w1, b1, w2, b2 = _leaves(make_case((2, 4, 3, 3, 2), torch.float64))
+    y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
 def test_se_backend_that_cannot_run_here():
     x, w1, b1, w2, b2 = _good()
     other = "cuda" if x.device.type == "cpu" else "cuda-emu"
