@@ -23,13 +23,10 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import Counter
-from typing import Optional
-
 import torch
 from torch import nn
 
 from .backend import get_backend, resolve
-from .reference._common import act_name, gate_name
 from .se import SEModule, SqueezeExcitation
 
 __all__ = ["convert", "convert_report", "convertible_types"]
@@ -130,22 +127,6 @@ def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) ->
     return model
 
 
-def _fused_config(m: nn.Module) -> Optional[str]:
-    """'act/gate/pool' when this drop-in runs the fused op, else None (eager fallback)."""
-    if isinstance(m, SqueezeExcitation):
-        act, gate, pool = act_name(m.activation), gate_name(m.scale_activation), "avg"
-    elif isinstance(m, SEModule):
-        act, gate = act_name(m.act), gate_name(m.gate)
-        pool = "avgmax" if m.add_maxpool else "avg"
-        if not isinstance(m.bn, nn.Identity):
-            return None
-    else:
-        return None
-    if act is None or gate is None:
-        return None
-    return f"{act}/{gate}/{pool}"
-
-
 def convert_report(model: nn.Module, device=None) -> dict:
     """What a converted model will run: {'fused': n, 'eager_fallback': n, 'by_config':
     {'relu/hardsigmoid/avg': n, ...}, 'swapped': {source class: n} (from convert), 'device',
@@ -154,12 +135,12 @@ def convert_report(model: nn.Module, device=None) -> dict:
     fused, fallback, by_cfg = 0, 0, Counter()
     for m in model.modules():
         if isinstance(m, (SqueezeExcitation, SEModule)):
-            cfg = _fused_config(m)
-            if cfg is None:
+            opts = m.fused_options()
+            if opts is None:
                 fallback += 1
             else:
                 fused += 1
-                by_cfg[cfg] += 1
+                by_cfg["/".join(opts)] += 1
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")

@@ -161,23 +161,35 @@ class SqueezeExcitation(reference.SqueezeExcitation):
     and state_dict); forward runs the fused op when activation and scale_activation are ones
     it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid), else the eager path."""
 
-    def forward(self, input: Tensor) -> Tensor:
+    def fused_options(self):
+        """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
         act, gate = act_name(self.activation), gate_name(self.scale_activation)
-        if act is None or gate is None:
+        return None if act is None or gate is None else (act, gate, "avg")
+
+    def forward(self, input: Tensor) -> Tensor:
+        opts = self.fused_options()
+        if opts is None:
             return super().forward(input)
         w1, b1 = _weight(self.fc1, input)
         w2, b2 = _weight(self.fc2, input)
-        return se(input, w1, b1, w2, b2, act=act, gate=gate, pool="avg")
+        return se(input, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
 
 
 class SEModule(reference.SEModule):
     """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
     norm_layer or an activation the fused op lacks is configured."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def fused_options(self):
+        """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
         act, gate = act_name(self.act), gate_name(self.gate)
         if act is None or gate is None or not isinstance(self.bn, nn.Identity):
+            return None
+        return act, gate, "avgmax" if self.add_maxpool else "avg"
+
+    def forward(self, x: Tensor) -> Tensor:
+        opts = self.fused_options()
+        if opts is None:
             return super().forward(x)
         w1, b1 = _weight(self.fc1, x)
         w2, b2 = _weight(self.fc2, x)
-        return se(x, w1, b1, w2, b2, act=act, gate=gate, pool="avgmax" if self.add_maxpool else "avg")
+        return se(x, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
