@@ -133,6 +133,13 @@ def resolve(name: str | None, device: torch.device) -> str:
     return name
 
 
+_impls: dict = {}
+
+
 def get_impl(name: str):
-    """The kernel module of a concrete backend (not 'reference' or 'auto')."""
-    return importlib.import_module(_MODULES[name])
+    """The kernel module of a concrete backend (not 'reference' or 'auto'); cached, since the
+    ops look it up on every call."""
+    mod = _impls.get(name)
+    if mod is None:
+        mod = _impls[name] = importlib.import_module(_MODULES[name])
+    return mod
