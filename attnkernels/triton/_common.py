@@ -107,12 +107,13 @@ _counters: dict = {}
 
 
 def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """A zeroed int32 buffer of >= n arrival counters, cached per device. Kernels that use it
-    ("the last program of a sample runs the epilogue") reset their counter to 0 when done, so the
-    buffer needs no memset launch per call. Calls on one device share it: like other cached
-    workspaces, don't run two such kernels concurrently on different streams of one device."""
-    buf = _counters.get(device)
+    """A zeroed int32 buffer of >= n arrival counters, cached per (device, stream). Kernels that
+    use it ("the last program of a sample finishes the job") reset their counter to 0 when done,
+    so the buffer needs no memset launch per call, and calls on one stream run in order, so
+    they never share a counter at the same time."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buf = _counters.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _counters[device] = buf
+        _counters[key] = buf
     return buf
