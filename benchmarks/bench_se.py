@@ -88,7 +88,7 @@ TOL = {torch.float32: dict(rtol=2e-3, atol=2e-3), torch.float16: dict(rtol=1e-2,
        torch.bfloat16: dict(rtol=4e-2, atol=4e-2)}
 CSV_FIELDS = ["suite", "N", "C", "H", "W", "Cr", "act", "gate", "dtype", "layout", "mode", "impl",
               "ms", "gbps", "pct_copy", "x_eager", "x_compile", "peak_mb", "variant", "check",
-              "n_sets", "bytes", "compile_s", "note"]
+              "n_sets", "bytes", "compile_s", "graph_ms", "graph_pct_copy", "note"]
 
 
 def log(*a):
@@ -141,6 +141,8 @@ def parse_args(argv=None):
     p.add_argument("--impls", default=None,
                    help="comma list of eager,compile,triton,cuda (default: all available)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
     p.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
     p.add_argument("--budget-s", type=float, default=None,
@@ -245,6 +247,30 @@ def _do_bench(fn, warmup, rep):
         times.append(a.elapsed_time(b))
     times.sort()
     return times[len(times) // 2]
+
+
+def graph_ms(body, sets, warmup, rep):
+    """Median ms per call of `body` over the rotating input sets, replayed from one CUDA graph
+    that holds a call per set: the device time with the per-call host overhead removed
+    (METHOD: many small launches -> time graph replays). None if capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on the capture stream (per-stream workspaces)
+            for st in sets[:2]:
+                body(st)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=side):  # the stream the warm-up primed
+            for st in sets:
+                body(st)
+        g.replay()
+        torch.cuda.synchronize()
+        return _do_bench(g.replay, warmup, rep) / len(sets)
+    except Exception as e:  # capture unsupported by an impl: report n/a, keep going
+        log(f"   (graph capture failed: {type(e).__name__}: {str(e)[:120]})")
+        return None
 
 
 def copy_bandwidth(warmup, rep):
@@ -414,7 +440,8 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                        layout=lay, mode=mode, impl=impl, ms=float("nan"), gbps=float("nan"),
                        pct_copy=float("nan"), x_eager=float("nan"), x_compile=float("nan"),
                        peak_mb=float("nan"), variant="-", check="-", n_sets=n_sets,
-                       bytes=BYTES_FACTOR[mode] * xbytes, compile_s=float("nan"), note="")
+                       bytes=BYTES_FACTOR[mode] * xbytes, compile_s=float("nan"),
+                       graph_ms=float("nan"), graph_pct_copy=float("nan"), note="")
             if impl == "cuda":
                 row["variant"] = "n/a"
             if impl not in mods:
@@ -463,6 +490,12 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                 row["ms"] = ms
                 row["gbps"] = row["bytes"] / (ms * 1e-3) / 1e9
                 row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps if copy_gbps else float("nan")
+                if mode == "fwd" and impl != "compile" and DEV == "cuda" and not args.no_graphs:
+                    gms = graph_ms(body, sets, args.warmup, args.rep)
+                    if gms:
+                        row["graph_ms"] = gms
+                        gb = row["bytes"] / (gms * 1e-3) / 1e9
+                        row["graph_pct_copy"] = 100.0 * gb / copy_gbps if copy_gbps else float("nan")
             except _oom_types() as e:
                 row["note"] = "OOM"
                 log(f"WARNING {label} {mode} {impl}: out of memory ({str(e)[:120]})")
@@ -527,7 +560,8 @@ def markdown(rows, impls, meta):
     for r in rows:
         by[(r["suite"], r["N"], r["C"], r["H"], r["Cr"], r["dtype"], r["layout"], r["mode"], r["impl"])] = r
     head = (["model", "N×C×H×W (Cr)", "dtype", "layout", "mode"] + [f"{i} ms" for i in impls]
-            + ["best", "× eager", "× compile", "% copy BW", "cuda variant"])
+            + ["best", "× eager", "× compile", "% copy BW", "cuda variant",
+               "graph ms: eager / triton / cuda (cuda % copy)"])
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in configs:
         suite, N, C, H, Cr, dt, lay, mode = key
@@ -547,10 +581,14 @@ def markdown(rows, impls, meta):
                       fmt_num(best["pct_copy"], 0)]
         rc = by.get(key + ("cuda",))
         cells.append(rc["variant"] if rc else "-")
+        gcells = [fmt_num(by[key + (i,)]["graph_ms"], 4) if key + (i,) in by else "n/a"
+                  for i in ("eager", "triton", "cuda")]
+        gpct = fmt_num(rc["graph_pct_copy"], 0) if rc else "n/a"
+        cells.append(" / ".join(gcells) + f" ({gpct})" if mode == "fwd" else "-")
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "### Detail", ""]
     head = ["model", "N×C×H×W (Cr)", "dtype", "layout", "mode", "impl", "ms", "GB/s", "% copy",
-            "× eager", "× compile", "peak MB", "variant", "check", "note"]
+            "× eager", "× compile", "peak MB", "variant", "check", "graph ms", "graph % copy", "note"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         out.append("| " + " | ".join([
@@ -558,9 +596,12 @@ def markdown(rows, impls, meta):
             r["mode"], r["impl"], fmt_num(r["ms"], 4), fmt_num(r["gbps"], 0),
             fmt_num(r["pct_copy"], 0), fmt_num(r["x_eager"], 2), fmt_num(r["x_compile"], 2),
             fmt_num(r["peak_mb"], 1), str(r["variant"]), str(r["check"]),
+            fmt_num(r.get("graph_ms", float("nan")), 4), fmt_num(r.get("graph_pct_copy", float("nan")), 0),
             str(r["note"]).replace("|", "/")]) + " |")
     mism = [r for r in rows if str(r["check"]).startswith("MISMATCH")]
-    out += ["", f"Correctness guard: {len(mism)} mismatch(es) against eager."]
+    out += ["", f"Correctness guard: {len(mism)} mismatch(es) against eager.",
+            "graph ms: the forward replayed from a CUDA graph holding one call per rotating input "
+            "set (device time without per-call host overhead); n/a where capture failed."]
     return "\n".join(out) + "\n"
 
 
