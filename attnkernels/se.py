@@ -35,10 +35,30 @@ def _acc(dtype):
 # ---------------------------------------------------------------------------------------------
 # custom ops
 # ---------------------------------------------------------------------------------------------
+def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
+    """The raw ops take what `se` passes them: check it, so a direct torch.ops call with other
+    inputs gets an error rather than a wrong answer from a kernel that assumes them."""
+    check_tensor(x, "x", 4)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError("x must be contiguous in NCHW or channels_last")
+    C = x.shape[1]
+    w1 = as_matrix(w1, "w1", None, C, x)
+    as_matrix(w2, "w2", C, w1.shape[0], x)
+    check_vector(b1, "b1", w1.shape[0], x)
+    check_vector(b2, "b2", C, x)
+    if w1.dim() != 2 or w2.dim() != 2 or not (w1.is_contiguous() and w2.is_contiguous()):
+        raise ValueError("w1 and w2 must be contiguous (out, in) matrices")
+    check_choice(act, "act", tuple(ACTIVATIONS))
+    check_choice(gate, "gate", tuple(GATES))
+    check_choice(pool, "pool", POOLS)
+    check_choice(backend, "backend", ("triton", "cuda", "cuda-emu"))
+
+
 @torch.library.custom_op("attnkernels::se_forward", mutates_args=())
 def se_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                act: str, gate: str, pool: str, backend: str
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend)
     return get_impl(backend).se_forward(x, w1, b1, w2, b2, act, gate, pool)
 
 
@@ -55,6 +75,10 @@ def _(x, w1, b1, w2, b2, act, gate, pool, backend):
 def se_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, s: Tensor, z: Tensor, u: Tensor,
                 p: Tensor, pmax: Tensor, act: str, gate: str, pool: str, backend: str
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_op_inputs(x, w1, None, w2, None, act, gate, pool, backend)
+    same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
+    if dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
+        raise ValueError("dy must have x's shape, dtype and memory format")
     return get_impl(backend).se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
 
 

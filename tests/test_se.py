@@ -260,6 +260,21 @@ def test_se_double_backward_raises(kernel_backend):
         gx.sum().backward()
 
 
+def test_se_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):
+    x, w1, b1, w2, b2 = make_case((2, 8, 3, 5, 2), torch.float32)
+    op = torch.ops.attnkernels.se_forward
+    with pytest.raises(ValueError, match="contiguous in NCHW or channels_last"):
+        op(x.transpose(2, 3), w1, b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)
+    with pytest.raises(ValueError, match="w1 and w2 must be contiguous"):
+        op(x, w1.t().contiguous().t(), b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", "reference")
+    y, s, z, u, p, pmax = op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)
+    with pytest.raises(ValueError, match="dy must have"):
+        torch.ops.attnkernels.se_backward(y.double(), x, w1, w2, s, z, u, p, pmax,
+                                          "relu", "sigmoid", "avg", kernel_backend)
+
+
 def test_se_backend_that_cannot_run_here():
     x, w1, b1, w2, b2 = _good()
     other = "cuda" if x.device.type == "cpu" else "cuda-emu"
