@@ -142,6 +142,16 @@ void launch_forward(FwdParams<T>& P, bool fused, const Geom& g, size_t smem, ak:
   ak::launch(k2, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads), (size_t)0, st, P);
 }
 
+// The sizes and options both parameter structs carry.
+template <typename Params> inline void set_problem(Params& P, const Problem& pr) {
+  P.N = pr.N;
+  P.C = pr.C;
+  P.HW = pr.HW;
+  P.Cr = pr.Cr;
+  P.act = pr.act;
+  P.gate = pr.gate;
+}
+
 template <typename T>
 std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
                       const Alloc& alloc) {
@@ -162,12 +172,7 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   P.p = static_cast<A*>(io.p);
   P.pmax = static_cast<A*>(io.pmax);
   P.counters = io.counters;
-  P.N = pr.N;
-  P.C = pr.C;
-  P.HW = pr.HW;
-  P.Cr = pr.Cr;
-  P.act = pr.act;
-  P.gate = pr.gate;
+  set_problem(P, pr);
   const long long E = (long long)pr.C * pr.HW;
   const bool vec_scale =
       (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) && aligned16(io.y);
@@ -239,12 +244,7 @@ void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, 
   P.dw2 = static_cast<T*>(io.dw2);
   P.db2 = static_cast<T*>(io.db2);
   P.counters = io.counters;
-  P.N = pr.N;
-  P.C = pr.C;
-  P.HW = pr.HW;
-  P.Cr = pr.Cr;
-  P.act = pr.act;
-  P.gate = pr.gate;
+  set_problem(P, pr);
   const bool same_align =
       ((reinterpret_cast<uintptr_t>(io.x) ^ reinterpret_cast<uintptr_t>(io.dy)) & 15u) == 0;
   const bool vec_in = pr.nhwc ? (aligned16(io.x) && aligned16(io.dy)) : same_align;
