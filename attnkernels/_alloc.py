@@ -33,6 +33,11 @@ def _fill(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels' per-(n, c) vectors: fp64 for fp64 inputs, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def empty(shape, dtype, device) -> torch.Tensor:
     return _fill(torch.empty(shape, dtype=dtype, device=device))
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
+from ._alloc import acc_dtype
 from ._validate import (as_matrix, check_choice, check_tensor, check_vector, memory_format_of)
 from .backend import get_impl, resolve
 from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
@@ -28,29 +29,31 @@ from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
 POOLS = ("avg", "avgmax")
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------------------------------------
 # custom ops
 # ---------------------------------------------------------------------------------------------
-def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
-    """The raw ops take what `se` passes them: check it, so a direct torch.ops call with other
-    inputs gets an error rather than a wrong answer from a kernel that assumes them."""
+def _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool):
+    """Clear errors naming the argument; returns w1, w2 as (out, in) views."""
     check_tensor(x, "x", 4)
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError("x must be contiguous in NCHW or channels_last")
     C = x.shape[1]
     w1 = as_matrix(w1, "w1", None, C, x)
-    as_matrix(w2, "w2", C, w1.shape[0], x)
+    w2 = as_matrix(w2, "w2", C, w1.shape[0], x)
     check_vector(b1, "b1", w1.shape[0], x)
     check_vector(b2, "b2", C, x)
-    if w1.dim() != 2 or w2.dim() != 2 or not (w1.is_contiguous() and w2.is_contiguous()):
-        raise ValueError("w1 and w2 must be contiguous (out, in) matrices")
     check_choice(act, "act", tuple(ACTIVATIONS))
     check_choice(gate, "gate", tuple(GATES))
     check_choice(pool, "pool", POOLS)
+    return w1, w2
+
+
+def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
+    """The raw ops take what `se` passes them: check it, so a direct torch.ops call with other
+    inputs gets an error rather than a wrong answer from a kernel that assumes them."""
+    _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError("x must be contiguous in NCHW or channels_last")
+    if w1.dim() != 2 or w2.dim() != 2 or not (w1.is_contiguous() and w2.is_contiguous()):
+        raise ValueError("w1 and w2 must be contiguous (out, in) matrices")
     check_choice(backend, "backend", ("triton", "cuda", "cuda-emu"))
 
 
@@ -65,7 +68,7 @@ def se_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opti
 @se_forward.register_fake
 def _(x, w1, b1, w2, b2, act, gate, pool, backend):
     N, C = x.shape[:2]
-    vec = x.new_empty((N, C), dtype=_acc(x.dtype))
+    vec = x.new_empty((N, C), dtype=acc_dtype(x.dtype))
     return (torch.empty_like(x), vec, torch.empty_like(vec),
             x.new_empty((N, w1.shape[0]), dtype=vec.dtype), torch.empty_like(vec),
             x.new_empty((N, C) if pool == "avgmax" else (0,), dtype=vec.dtype))
@@ -142,22 +145,14 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     """Fused squeeze-and-excitation: y = x * gate(w2 @ act(w1 @ pool(x) + b1) + b2).
 
     x: (N, C, H, W), float16/bfloat16/float32/float64, NCHW or channels_last (y keeps x's
-    layout; other strides are first made contiguous in x's suggested memory format).
+    layout; other strides are first copied into channels_last if channels are the innermost
+    dimension, else NCHW).
     w1: (Cr, C) or (Cr, C, 1, 1); w2: (C, Cr) or (C, Cr, 1, 1); b1 (Cr,), b2 (C,) or None.
     act: relu | silu | hardswish | gelu; gate: sigmoid | hardsigmoid;
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
-    check_tensor(x, "x", 4)
-    N, C = x.shape[:2]
-    w1 = as_matrix(w1, "w1", None, C, x)
-    Cr = w1.shape[0]
-    w2 = as_matrix(w2, "w2", C, Cr, x)
-    b1 = check_vector(b1, "b1", Cr, x)
-    b2 = check_vector(b2, "b2", C, x)
-    check_choice(act, "act", tuple(ACTIVATIONS))
-    check_choice(gate, "gate", tuple(GATES))
-    check_choice(pool, "pool", POOLS)
+    w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
     name = resolve(backend, x.device)
     if name == "reference" or x.numel() == 0:
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._alloc import acc_dtype
+
 # The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest even); kernels
 # cast their outputs through `cast_to` so both round the same way.
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
@@ -82,12 +84,8 @@ def gate_grad(z, GATE: tl.constexpr):
 
 
 def tl_acc_dtype(dtype: torch.dtype):
-    """Accumulation dtype: fp64 for fp64 inputs, fp32 otherwise (fp16/bf16/fp32)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """attnkernels._alloc.acc_dtype as a Triton dtype."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._alloc import empty, empty_like
-from ._common import (acc_dtype, activation, activation_grad, arrival_counters, cast_to, gate,
+from .._alloc import acc_dtype, empty, empty_like
+from ._common import (activation, activation_grad, arrival_counters, cast_to, gate,
                       gate_grad, target_programs, tl_acc_dtype)
 
 
