@@ -10,8 +10,13 @@ would run):
            y written once. Chosen when the slab fits in a block's shared memory and N >= #SMs.
   "split"  squeeze+excite kernel (all blocks of a sample reduce slices; the last one runs the MLP)
            followed by a vectorized rescale kernel walking the samples in reverse order.
-Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused or
-``with force_variant("fused"): ...`` (tests; ``bps`` also sets the squeeze blocks per sample).
+  "pipelined"  the same work in one launch: persistent blocks take squeeze slices and rescale
+           chunks in ticket order, each sample's rescale `lag` samples behind its squeeze, so the
+           second read of x comes from L2 (lag sized from the L2 size). Not chosen by "auto" until
+           a GPU run has measured it against "split".
+Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
+``with force_variant("fused"): ...`` (tests, benchmarks; ``bps`` also sets the squeeze blocks per
+sample, ``lag`` the pipelined lag in samples).
 ATTNKERNELS_CUDA_POISON=1 (or attnkernels._alloc.poisoned()) fills every output and workspace
 with NaN before the kernels run.
 """
@@ -35,7 +40,7 @@ _EXT = {"cuda": "attnkernels._C", "cuda-emu": "attnkernels._C_emu"}
 _ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3}
 _GATE = {"sigmoid": 0, "hardsigmoid": 1}
 _POOL = {"avg": 0, "avgmax": 1}
-_VARIANT = {"auto": 0, "split": 1, "fused": 2}
+_VARIANT = {"auto": 0, "split": 1, "fused": 2, "pipelined": 3}
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 _mods: dict[str, object] = {}
@@ -76,14 +81,15 @@ def _ext_for(t: torch.Tensor):
     return mod
 
 
-def _variant_request() -> tuple[int, int]:
+def _variant_request() -> tuple[int, int, int]:
+    """(variant code, squeeze blocks per sample, pipelined lag); 0 = the dispatcher's choice."""
     forced = getattr(_local, "forced", None)
     if forced is not None:
         return forced
     v = os.environ.get("ATTNKERNELS_SE_VARIANT", "auto") or "auto"
     if v not in _VARIANT:
         raise ValueError(f"ATTNKERNELS_SE_VARIANT must be one of {tuple(_VARIANT)}, got {v!r}")
-    return _VARIANT[v], 0
+    return _VARIANT[v], 0, 0
 
 
 def _poison() -> bool:
@@ -93,13 +99,16 @@ def _poison() -> bool:
 
 
 @contextlib.contextmanager
-def force_variant(variant: str = "auto", bps: int = 0):
-    """Force the SE forward variant ("auto", "split", "fused") in this thread; `bps` > 0 sets the
-    number of squeeze blocks per sample targeted by the split forward and the backward."""
+def force_variant(variant: str = "auto", bps: int = 0, lag: int = 0):
+    """Force the SE forward variant ("auto", "split", "fused", "pipelined") in this thread; `bps`
+    > 0 sets the number of squeeze blocks per sample targeted by the split and pipelined forwards
+    and the backward, `lag` > 0 the pipelined variant's lag in samples."""
     if variant not in _VARIANT:
         raise ValueError(f"variant must be one of {tuple(_VARIANT)}, got {variant!r}")
+    if bps < 0 or lag < 0:
+        raise ValueError(f"bps and lag must be >= 0, got bps={bps}, lag={lag}")
     prev = getattr(_local, "forced", None)
-    _local.forced = (_VARIANT[variant], int(bps))
+    _local.forced = (_VARIANT[variant], int(bps), int(lag))
     try:
         yield
     finally:
@@ -107,7 +116,7 @@ def force_variant(variant: str = "auto", bps: int = 0):
 
 
 def last_variant() -> str | None:
-    """The SE forward variant of the last se_forward call ("fused" or "split")."""
+    """The SE forward variant of the last se_forward call ("split", "pipelined" or "fused")."""
     return _last_variant
 
 
@@ -125,9 +134,9 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
     """-> (y, s, z, u, p, pmax); see attnkernels/se.py for the contract."""
     global _last_variant
     ext = _ext_for(x)
-    variant, bps = _variant_request()
+    variant, bps, lag = _variant_request()
     y, s, z, u, p, pmax, ran = ext.se_forward(x, w1, b1, w2, b2, _ACT[act], _GATE[gate], _POOL[pool],
-                                              variant, bps, _poison())
+                                              variant, bps, lag, _poison())
     _last_variant = ran
     return y, s, z, u, p, pmax
 
@@ -135,7 +144,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act: str, gate: str, pool: str):
     """-> (dx, dw1, db1, dw2, db2); see attnkernels/se.py for the contract."""
     ext = _ext_for(x)
-    _, bps = _variant_request()
+    _, bps, _ = _variant_request()
     dx, dw1, db1, dw2, db2 = ext.se_backward(dy, x, w1, w2, s, z, u, p, pmax, _ACT[act], _GATE[gate],
                                              _POOL[pool], bps, _poison())
     return dx, dw1, db1, dw2, db2

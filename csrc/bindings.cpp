@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -80,11 +81,15 @@ void* stream_of(const at::Tensor& x) {
 #endif
 }
 
-// N zeroed counters private to the stream (the kernels leave them zeroed).
+// N zeroed counters private to the stream: the kernels leave them zeroed, so they are allocated
+// once per (device, stream). The emulated build keeps one set per calling thread (its launches are
+// synchronous) and checks after every call that the kernels did re-zero them.
 unsigned* counters_for(const at::Tensor& x, int64_t n, std::vector<at::Tensor>& keep) {
 #ifdef AK_BUILD_EMU
-  keep.push_back(at::zeros({n}, x.options().dtype(at::kInt)));
-  return reinterpret_cast<unsigned*>(keep.back().data_ptr());
+  (void)keep;
+  static thread_local at::Tensor t;
+  if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 64)}, x.options().dtype(at::kInt));
+  return reinterpret_cast<unsigned*>(t.data_ptr());
 #else
   static std::mutex mu;
   static auto* cache = new std::map<std::pair<int, void*>, at::Tensor>();  // never freed
@@ -93,6 +98,21 @@ unsigned* counters_for(const at::Tensor& x, int64_t n, std::vector<at::Tensor>& 
   if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 1024)}, x.options().dtype(at::kInt));
   (void)keep;
   return reinterpret_cast<unsigned*>(t.data_ptr());
+#endif
+}
+
+void check_counters_rezeroed(const unsigned* c, int64_t n, const char* op) {
+#ifdef AK_BUILD_EMU
+  int64_t bad = -1;
+  for (int64_t i = 0; i < n && bad < 0; ++i)
+    if (c[i] != 0u) bad = i;
+  if (bad >= 0) {
+    std::fill(const_cast<unsigned*>(c), const_cast<unsigned*>(c) + n, 0u);
+    TORCH_CHECK(false, op, " (", kBackend, "): the kernels left counter ", bad, " of ", n,
+                " non-zero (a missing reset would corrupt the next call on this stream)");
+  }
+#else
+  (void)c, (void)n, (void)op;
 #endif
 }
 
@@ -131,7 +151,7 @@ impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, int6
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::string> se_forward(
     const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool, int64_t variant,
-    int64_t bps_hint, bool poison) {
+    int64_t bps_hint, int64_t lag_hint, bool poison) {
   TORCH_CHECK(on_device(x), "se (", kBackend, "): x is on the wrong device (", x.device(), ")");
   const bool nhwc = layout_of(x, "x");
   const at::ScalarType dt = x.scalar_type();
@@ -150,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     check_tensor(*b2, x, "b2", dt, 1);
     TORCH_CHECK(b2->size(0) == C, "se: b2 must be (C,)");
   }
-  TORCH_CHECK(variant >= 0 && variant <= 2, "se: bad variant code");
+  TORCH_CHECK(variant >= 0 && variant <= 3, "se: bad variant code");
   impl::Problem pr = problem(x, w1, nhwc, act, gate, pool);
 #ifndef AK_BUILD_EMU
   c10::cuda::CUDAGuard guard(x.device());
@@ -177,8 +197,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   io.u = u.data_ptr();
   io.p = p.data_ptr();
   io.pmax = pool == 1 ? pmax.data_ptr() : nullptr;
-  io.counters = counters_for(x, N, keep);
-  std::string ran = impl::forward(pr, io, (int)variant, (int)bps_hint, stream_of(x), make_alloc(x, keep, poison));
+  io.counters = counters_for(x, N + 1, keep);  // + the pipelined variant's ticket
+  std::string ran = impl::forward(pr, io, (int)variant, (int)bps_hint, (int)lag_hint, stream_of(x),
+                                  make_alloc(x, keep, poison));
+  check_counters_rezeroed(io.counters, N + 1, "se_forward");
   return {y, s, z, u, p, pmax, ran};
 }
 
@@ -238,6 +260,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   io.db2 = db2.data_ptr();
   io.counters = counters_for(x, N, keep);
   impl::backward(pr, io, (int)bps_hint, stream_of(x), make_alloc(x, keep, poison));
+  check_counters_rezeroed(io.counters, N, "se_backward");
   return {dx, dw1, db1, dw2, db2};
 }
 
@@ -266,7 +289,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("se_forward", &se_forward, "SE forward -> (y, s, z, u, p, pmax, variant)", pybind11::arg("x"),
         pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("act"),
         pybind11::arg("gate"), pybind11::arg("pool"), pybind11::arg("variant") = 0, pybind11::arg("bps_hint") = 0,
-        pybind11::arg("poison") = false);
+        pybind11::arg("lag_hint") = 0, pybind11::arg("poison") = false);
   m.def("se_backward", &se_backward, "SE backward -> (dx, dw1, db1, dw2, db2)", pybind11::arg("dy"),
         pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("w2"), pybind11::arg("s"), pybind11::arg("z"),
         pybind11::arg("u"), pybind11::arg("p"), pybind11::arg("pmax"), pybind11::arg("act"), pybind11::arg("gate"),

@@ -55,7 +55,7 @@ def builds(tmp_path_factory):
 
 def run(builds, case, env=None, exe="selftest"):
     e = dict(os.environ)
-    for k in ("CUEMU_SCHEDULE", "CUEMU_STRICT", "CUEMU_POISON_SHARED", "CUEMU_THREADS"):
+    for k in ("CUEMU_SCHEDULE", "CUEMU_STRICT", "CUEMU_POISON_SHARED", "CUEMU_THREADS", "CUEMU_SPIN_TIMEOUT_S"):
         e.pop(k, None)
     e.update(env or {})
     p = subprocess.run([str(builds["dir"] / exe), case], env=e, capture_output=True, text=True,
@@ -92,6 +92,19 @@ def test_random_schedule_keeps_correct_kernels_correct(builds, case):
 def test_single_worker_thread(builds):
     ok(builds, "atomics", {"CUEMU_THREADS": "1"})
     ok(builds, "block_reduce", {"CUEMU_THREADS": "1"})
+
+
+def test_inter_block_waits_in_ticket_order(builds):
+    """A block may spin-wait on one that started earlier (ticket order): any worker count."""
+    for threads in ("1", "2", "5"):
+        ok(builds, "ticket_chain", {"CUEMU_THREADS": threads})
+    ok(builds, "wait_later_block", {"CUEMU_THREADS": "2"})
+
+
+def test_spin_wait_that_cannot_end_raises(builds):
+    """One worker runs block 0 to completion before block 1 starts: its wait raises, no hang."""
+    raises(builds, "wait_later_block", r"spin-wait still waiting", r"k_wait_later_block",
+           env={"CUEMU_THREADS": "1", "CUEMU_SPIN_TIMEOUT_S": "0.5"})
 
 
 def test_missing_barrier_exposed_by_random_schedule(builds):

@@ -27,9 +27,12 @@ if not DEVICES:
 ACTS = ("relu", "silu", "hardswish", "gelu")
 GATES = ("sigmoid", "hardsigmoid")
 POOLS = ("avg", "avgmax")
-# (variant, squeeze blocks per sample hint): auto, split with 1 block/sample, with several blocks
-# (HW segments / pixel splits + the last-block MLP), and the single-pass shared-memory kernel.
-VARIANTS = (("auto", 0), ("split", 1), ("split", 3), ("split", 64), ("fused", 0))
+# (variant, squeeze blocks per sample hint[, pipelined lag]): auto, split with 1 block/sample, with
+# several blocks (HW segments / pixel splits + the last-block MLP), the single-pass shared-memory
+# kernel, and the one-launch pipelined kernel with its default lag (here: all samples squeezed
+# before the first rescale) and with lags of 1 and 2 samples (squeezes and rescales interleaved).
+VARIANTS = (("auto", 0), ("split", 1), ("split", 3), ("split", 64), ("fused", 0), ("pipelined", 0),
+            ("pipelined", 3, 1), ("pipelined", 1, 2))
 TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 1e-2),
        torch.bfloat16: (1e-2, 2e-2)}
 
@@ -149,7 +152,7 @@ SHAPES = [  # (N, C, H, W), Cr
 @pytest.mark.parametrize("shape,cr", SHAPES)
 def test_shapes_dtypes_layouts(device, dtype, channels_last, shape, cr):
     x, w1, b1, w2, b2 = make(shape, cr, dtype, device, channels_last)
-    for variant in (("split", 3), ("fused", 0)):
+    for variant in (("split", 3), ("fused", 0), ("pipelined", 2, 1)):
         check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avgmax", variant)
 
 
@@ -161,6 +164,7 @@ def test_act_gate_pool(device, act, gate, pool):
         check_case(x, w1, b1, w2, b2, act, gate, pool, ("split", 2))
     x, w1, b1, w2, b2 = make((2, 12, 5, 6), 3, torch.float32, device)
     check_case(x, w1, b1, w2, b2, act, gate, pool, ("fused", 0))
+    check_case(x, w1, b1, w2, b2, act, gate, pool, ("pipelined", 2, 1), backward=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -175,7 +179,7 @@ def test_variants(device, variant, channels_last, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("variant", [("split", 1), ("split", 4), ("fused", 0)])
+@pytest.mark.parametrize("variant", [("split", 1), ("split", 4), ("fused", 0), ("pipelined", 4, 1)])
 def test_avgmax_ties(device, channels_last, variant):
     """Few distinct values: the max is tied; its gradient is split evenly like torch.amax."""
     for dtype in (torch.float32, torch.bfloat16):
@@ -189,7 +193,7 @@ def test_no_bias_misaligned(device, channels_last):
     for dtype in (torch.float16, torch.float32):
         x, w1, b1, w2, b2 = make((2, 16, 6, 6), 4, dtype, device, channels_last, bias=False,
                                  misalign=(device == "cpu"))
-        for variant in (("split", 3), ("fused", 0)):
+        for variant in (("split", 3), ("fused", 0), ("pipelined", 3, 1)):
             check_case(x, w1, None, w2, None, "hardswish", "sigmoid", "avg", variant,
                        dy_misalign=(device == "cpu"))
 
@@ -200,6 +204,37 @@ def test_repeat_calls_reuse_counters(device):
     for n in (1, 4, 2, 9):
         x, w1, b1, w2, b2 = make((n, 8, 4, 4), 2, torch.float32, device, seed=n)
         check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("split", 5))
+        check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("pipelined", 3, 2), backward=False)
+    x, w1, b1, w2, b2 = make((5, 8, 4, 4), 2, torch.float32, device)
+    check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("split", 5))  # after the pipelined ones
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lag", [1, 3, 100])
+def test_pipelined_many_items(device, lag):
+    """Many samples with several squeeze slices and rescale chunks each, more work items than
+    persistent blocks: the ticket order, the per-sample flags and the lag all get exercised."""
+    for cl in (False, True):
+        x, w1, b1, w2, b2 = make((11, 24, 20, 20), 6, torch.float16, device, cl, seed=lag)
+        check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", ("pipelined", 3, lag), backward=False)
+    x, w1, b1, w2, b2 = make((7, 16, 23, 23), 4, torch.float32, device)  # HW odd: element path
+    check_case(x, w1, b1, w2, b2, "relu", "hardsigmoid", "avg", ("pipelined", 2, lag), backward=False)
+
+
+@pytest.mark.skipif("cpu" not in DEVICES, reason="needs the emulated build")
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_pipelined_worker_counts(threads):
+    """One emulator worker (items run strictly in ticket order, never waiting) and three (waits on
+    blocks running concurrently)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = _SCRIPT_HEAD.format(root=os.path.dirname(tests), tests=tests) + (
+        "for cl in (False, True):\n"
+        "    x, w1, b1, w2, b2 = T.make((9, 24, 20, 20), 6, torch.float16, 'cpu', cl)\n"
+        "    T.check_case(x, w1, b1, w2, b2, 'silu', 'sigmoid', 'avgmax', ('pipelined', 3, 1), backward=False)\n"
+        "print('OK')\n")
+    env = dict(os.environ, CUEMU_THREADS=threads, CUEMU_SPIN_TIMEOUT_S="60")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def test_variant_dispatch_reporting():
@@ -207,6 +242,12 @@ def test_variant_dispatch_reporting():
     v = cuda_mod.se_forward_variant((512, 64, 7, 7), torch.float16, device=dev)
     assert v in ("fused", "split")
     assert cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev) == "split"
+    with cuda_mod.force_variant("pipelined"):
+        assert cuda_mod.se_forward_variant((4, 64, 7, 7), torch.float16, device=dev) == "pipelined"
+    with pytest.raises(ValueError, match="variant"):
+        cuda_mod.force_variant("persistent").__enter__()
+    with pytest.raises(ValueError, match="lag"):
+        cuda_mod.force_variant("pipelined", lag=-1).__enter__()
     with cuda_mod.force_variant("fused"):
         assert cuda_mod.se_forward_variant((1, 8, 4, 4), torch.float32, device=dev) == "fused"
         with pytest.raises(RuntimeError, match="shared memory"):
@@ -224,13 +265,15 @@ def test_input_checks():
         cuda_mod.se_forward(x, w1[:, :4], b1, w2, b2, "relu", "sigmoid", "avg")
 
 
-_RANDOM_SCRIPT = r"""
+_SCRIPT_HEAD = r"""
 import torch, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 import test_se_cuda_emu as T
+"""
+_RANDOM_SCRIPT = _SCRIPT_HEAD + r"""
 for cl in (False, True):
-    for variant in (("split", 3), ("fused", 0)):
+    for variant in (("split", 3), ("fused", 0), ("pipelined", 2, 1)):
         x, w1, b1, w2, b2 = T.make((3, 20, 9, 9), 5, torch.float32, "cpu", cl, ties=True)
         T.check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", variant)
 print("OK")

@@ -9,13 +9,21 @@
 //   ak::Stream                          cudaStream_t (nvcc) / dummy (emu)
 //   ak::launch(kernel, grid, block, dyn_smem_bytes, stream, args...)   validated, throws std::runtime_error
 //   ak::set_max_dynamic_shared_memory(kernel, bytes)                   opt-in above 48 KB (<= 227 KB)
+//   ak::max_active_blocks(kernel, threads, dyn_smem_bytes)             resident blocks per SM (persistent
+//                                       grids); emu: 2
 //   ak::load_vec<V>(ptr) / ak::store_vec<V>(ptr, v)                    vector access, alignment-checked in emu
 //                                       (unless AK_NO_ALIGN_CHECK is defined)
+//   ak::load_vec_last<V>(ptr) / ak::store_vec_stream<V>(ptr, v)        16-byte access with the evict-first
+//                                       hint (ld/st.global.cs): last use of x, y that is not read again
+//   ak::ld_volatile(ptr), ak::spin_pause(iter)                          inter-block spin-waits: the wait
+//                                       loop body; emu: throws if the launch failed or after
+//                                       CUEMU_SPIN_TIMEOUT_S (a wait on a block that never runs)
 // Never include torch headers from here: nvcc builds need only <cuda_runtime.h>.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -73,10 +81,39 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
                 "ak::set_max_dynamic_shared_memory");
 }
 
+template <typename... P>
+inline int max_active_blocks(void (*kernel)(P...), int threads, size_t dyn_smem) {
+  int n = 0;
+  detail::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, dyn_smem),
+                "ak::max_active_blocks");
+  return n;
+}
+
 template <typename V>
 __device__ __forceinline__ V load_vec(const V* p) { return *p; }
 template <typename V>
 __device__ __forceinline__ void store_vec(V* p, const V& v) { *p = v; }
+template <typename V>
+__device__ __forceinline__ V load_vec_last(const V* p) {
+  static_assert(sizeof(V) == 16, "16-byte vectors only");
+  const int4 r = __ldcs(reinterpret_cast<const int4*>(p));
+  V v;
+  memcpy(&v, &r, 16);
+  return v;
+}
+template <typename V>
+__device__ __forceinline__ void store_vec_stream(V* p, const V& v) {
+  static_assert(sizeof(V) == 16, "16-byte vectors only");
+  int4 r;
+  memcpy(&r, &v, 16);
+  __stcs(reinterpret_cast<int4*>(p), r);
+}
+__device__ __forceinline__ unsigned ld_volatile(const unsigned* p) { return *const_cast<const volatile unsigned*>(p); }
+__device__ __forceinline__ void spin_pause(unsigned) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  __nanosleep(64);
+#endif
+}
 }  // namespace ak
 
 #else  // ------------------------------------------------------------ host compiler: emulator
@@ -101,6 +138,9 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
   ::cuemu::set_max_dynamic_shared_memory(kernel, bytes);
 }
 
+template <typename... P>
+inline int max_active_blocks(void (*)(P...), int, size_t) { return 2; }
+
 template <typename V>
 inline V load_vec(const V* p) {
 #ifndef AK_NO_ALIGN_CHECK
@@ -115,6 +155,12 @@ inline void store_vec(V* p, const V& v) {
 #endif
   *p = v;
 }
+template <typename V>
+inline V load_vec_last(const V* p) { return load_vec(p); }
+template <typename V>
+inline void store_vec_stream(V* p, const V& v) { store_vec(p, v); }
+inline unsigned ld_volatile(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+inline void spin_pause(unsigned iter) { ::cuemu::spin_pause(iter); }
 }  // namespace ak
 
 #endif

@@ -52,6 +52,7 @@ struct Options {
   bool poison_static = false;  // CUEMU_POISON_SHARED=1
   unsigned threads = 0;  // CUEMU_THREADS=N (0: hardware concurrency)
   size_t stack_bytes = 256 * 1024;  // CUEMU_STACK_KB
+  double spin_timeout_s = 60.0;     // CUEMU_SPIN_TIMEOUT_S: inter-block spin-waits (spin_pause)
 
   static Options from_env() {
     Options o;
@@ -75,6 +76,7 @@ struct Options {
     };
     o.strict = flag("CUEMU_STRICT");
     o.poison_static = flag("CUEMU_POISON_SHARED");
+    if (const char* s = std::getenv("CUEMU_SPIN_TIMEOUT_S")) o.spin_timeout_s = std::atof(s);
     if (const char* s = std::getenv("CUEMU_THREADS")) o.threads = static_cast<unsigned>(std::atoi(s));
     if (const char* s = std::getenv("CUEMU_STACK_KB")) {
       long kb = std::atol(s);
@@ -854,6 +856,28 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem,
   L.payload = &payload;
   L.opts = Options::from_env();
   detail::run_grid(L);
+}
+
+// The body of an inter-block spin-wait loop (iter = 0, 1, 2, ... within one wait). Workers take
+// blocks in blockIdx order and run each to completion, so a wait on a block that started earlier
+// (e.g. an item with a smaller atomic ticket) progresses on another worker. A wait that cannot end
+// (on a block that has not started, or after another block failed) raises instead of hanging.
+inline void spin_pause(unsigned iter) {
+  detail::BlockRunner* R = detail::runner();
+  detail::LaunchCtx* L = R->launch();
+  if (L->failed.load())
+    throw Error("cuemu: " + L->kernel_name + ": spin-wait abandoned, another block failed");
+  using clock = std::chrono::steady_clock;
+  static thread_local clock::time_point t0;
+  if (iter == 0) {
+    t0 = clock::now();
+  } else if (std::chrono::duration<double>(clock::now() - t0).count() > L->opts.spin_timeout_s) {
+    throw Error("cuemu: " + L->kernel_name + ": inter-block spin-wait still waiting after " +
+                std::to_string(L->opts.spin_timeout_s) +
+                " s (CUEMU_SPIN_TIMEOUT_S): waiting on a block that has not started?");
+  }
+  R->yield_runnable();
+  if (iter >= 16) std::this_thread::yield();
 }
 
 inline unsigned char* dynamic_shared_memory() {

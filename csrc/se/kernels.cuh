@@ -4,6 +4,9 @@
 //   se_squeeze_excite_kernel  blocks over (sample, slice): per-channel sum (+max) partials; the last
 //                             block of each sample (atomic counter) runs fc1+act, fc2+gate.
 //   se_rescale_kernel         y = x * s, vectorized, samples in reverse order.
+//   se_pipelined_kernel       both in one launch: persistent blocks take squeeze slices and rescale
+//                             chunks in ticket order, each rescale a lag behind its squeeze, so the
+//                             second read of x hits L2.
 //   se_fused_kernel           one block per sample: slab in shared memory, x read once.
 // Backward
 //   se_bwd_reduce_kernel      ds = sum dy*x (+ tie count), last block per sample: gate/MLP backward.
@@ -40,6 +43,9 @@ enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 constexpr int kThreads = 256;       // squeeze / rescale / backward block size
 constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block size
 constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
+// Pipelined forward: at most this many persistent blocks per SM (the launch asks the occupancy
+// calculator how many fit; the launch bounds ask for 3 where that costs no spills).
+constexpr int kPipeBlocksPerSM = 3;
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -171,8 +177,11 @@ template <typename T> struct FwdParams {
   int ctv;     // NHWC: vector columns per tile
   int ctiles;  // NHWC: tiles over channels
   int vec;     // rescale: vectorized path allowed
-  int chunks;  // rescale: blocks per sample
+  int chunks;  // rescale: blocks (items) per sample
+  int rs_span; // rescale: units (16-byte vectors if vec, else elements) per block (item)
   int nhwc;    // rescale: channels_last
+  int lag;     // pipelined: samples between a squeeze and the rescale issued with it
+  unsigned* ticket;  // pipelined: work-item counter, zero on entry and exit
 };
 
 template <typename T> struct BwdParams {
@@ -547,8 +556,9 @@ AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S
   }
 }
 
-// Last-block election: true in every thread of the last block of sample n to finish.
-AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag) {
+// Last-block election: true in every thread of the last block of sample n to finish. `reset`
+// re-zeroes the counter for the next launch (the pipelined forward counts on, see there).
+AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag, bool reset = true) {
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -559,7 +569,7 @@ AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag) 
   const bool last = *flag != 0;
   if (last) {
     __threadfence();
-    if (threadIdx.x == 0) counters[n] = 0u;  // ready for the next launch on this stream
+    if (reset && threadIdx.x == 0) counters[n] = 0u;  // ready for the next launch on this stream
   }
   return last;
 }
@@ -583,35 +593,40 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(FwdParam
   fwd_epilogue<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + P.C);
 }
 
-// y[n] = x[n] * s[n, c] over one sample's elements [start, E) with stride.
-template <typename T, bool NHWC>
-AK_INL void scale_sample(const T* src, T* dst, const typename Acc<T>::type* sv, int C, int HW,
-                         int start, int stride, bool vec) {
+// y = x * s over units [u0, u1) of one sample, `step` apart; a unit is a 16-byte vector when vec
+// (NCHW: HW % V == 0, so a vector never straddles two channels; NHWC: C % V == 0), else an element.
+// sv[c - c_lo] is the gate of channel c. LAST: the last read of x and a y not read again here, so
+// both get the evict-first hint and leave L2 to the x still waiting for its rescale.
+template <typename T, bool NHWC, bool LAST>
+AK_INL void scale_range(const T* src, T* dst, const typename Acc<T>::type* sv, int c_lo, int C, int HW,
+                        int u0, int u1, int step, bool vec) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
-  const int E = C * HW;
   if (vec) {
-    const int nv = E / V;
     const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(src);
     Vec<T>* d4 = reinterpret_cast<Vec<T>*>(dst);
-    for (int i = start; i < nv; i += stride) {
-      Vec<T> t = ak::load_vec(s4 + i);
+    AK_UNROLL2
+    for (int i = u0; i < u1; i += step) {
+      Vec<T> t = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
       const int e = i * V;
       if (!NHWC) {
-        const A sc = sv[e / HW];
+        const A sc = sv[e / HW - c_lo];
         AK_PRAGMA_UNROLL(V)
         for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
       } else {
-        const int c0 = e % C;
+        const int c0 = e % C - c_lo;
         AK_PRAGMA_UNROLL(V)
         for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
       }
-      ak::store_vec(d4 + i, t);
+      if (LAST)
+        ak::store_vec_stream(d4 + i, t);
+      else
+        ak::store_vec(d4 + i, t);
     }
   } else {
-    for (int e = start; e < E; e += stride) {
+    for (int e = u0; e < u1; e += step) {
       const int c = NHWC ? e % C : e / HW;
-      dst[e] = Cvt<T>::from(to_acc(src[e]) * sv[c]);
+      dst[e] = Cvt<T>::from(to_acc(src[e]) * sv[c - c_lo]);
     }
   }
 }
@@ -620,12 +635,99 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
   const int q = blockIdx.x / P.chunks, chunk = blockIdx.x - q * P.chunks;
   const int n = P.N - 1 - q;  // reverse order of the squeeze: the tail of x is still in L2
-  const size_t off = (size_t)n * P.C * P.HW;
-  const int start = chunk * blockDim.x + threadIdx.x, stride = P.chunks * blockDim.x;
+  const int E = P.C * P.HW, units = P.vec ? E / Vec<T>::N : E;
+  const size_t off = (size_t)n * E;
+  const int u0 = chunk * P.rs_span, u1 = min(units, u0 + P.rs_span);
+  const typename Acc<T>::type* sv = P.s + (size_t)n * P.C;
   if (P.nhwc)
-    scale_sample<T, true>(P.x + off, P.y + off, P.s + (size_t)n * P.C, P.C, P.HW, start, stride, P.vec != 0);
+    scale_range<T, true, false>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x, P.vec != 0);
   else
-    scale_sample<T, false>(P.x + off, P.y + off, P.s + (size_t)n * P.C, P.C, P.HW, start, stride, P.vec != 0);
+    scale_range<T, false, false>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x, P.vec != 0);
+}
+
+// Work item of ticket t in the pipelined forward: the squeeze slices of samples [0, L) first, then
+// for k = 0, 1, ...: the squeeze slices of sample k + L (while there is one), the rescale chunks of k.
+struct PipeItem {
+  bool squeeze;
+  int n, idx;  // sample, slice (squeeze) or chunk (rescale)
+};
+AK_HD_INL PipeItem pipe_item(long long t, int N, int bps, int chunks, int L) {
+  const long long head = (long long)L * bps;
+  if (t < head) return PipeItem{true, (int)(t / bps), (int)(t % bps)};
+  t -= head;
+  const long long g = (long long)bps + chunks, full = (long long)(N - L) * g;
+  if (t < full) {
+    const int k = (int)(t / g), r = (int)(t - (long long)k * g);
+    return r < bps ? PipeItem{true, k + L, r} : PipeItem{false, k, r - bps};
+  }
+  t -= full;
+  return PipeItem{false, N - L + (int)(t / chunks), (int)(t % chunks)};
+}
+
+// Squeeze and rescale in one launch. gridDim.x persistent blocks take work items in the order of
+// an atomic ticket (pipe_item); the rescale of sample k is issued after the squeeze of k + lag, so
+// when it reads x[k] again the slab is still in L2 (the host sizes lag from the L2 size) and x
+// crosses HBM once. A rescale spin-waits for its sample's MLP, which the last of the sample's
+// squeeze slices runs. Every item a block waits for holds a smaller ticket, so it was taken by a
+// block that is running or done: no deadlock, whatever the residency (the emulator runs it too).
+// counters[n]: bps squeeze arrivals, +1 when s[n] is ready, +1 per finished chunk; the last chunk
+// re-zeroes it, and the block taking the last ticket re-zeroes the ticket.
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kThreads, NHWC ? 2 : kPipeBlocksPerSM) se_pipelined_kernel(FwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  unsigned* ticket = reinterpret_cast<unsigned*>(smem_raw) + 1;
+  A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
+  const int C = P.C, HW = P.HW, bps = P.bps, chunks = P.chunks, E = C * HW;
+  const int units = P.vec ? E / V : E;
+  const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
+  for (;;) {
+    if (threadIdx.x == 0) {
+      const unsigned t = atomicAdd(P.ticket, 1u);
+      if (t == total + gridDim.x - 1) atomicExch(P.ticket, 0u);  // every block has taken its last
+      *ticket = t;
+    }
+    __syncthreads();
+    const unsigned t = *ticket;
+    if (t >= total) return;
+    const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
+    const int n = it.n;
+    const size_t off = (size_t)n * E;
+    if (it.squeeze) {
+      A* pa = P.ws_a + (size_t)n * P.S * C;
+      A* pb = P.ws_b + (size_t)n * P.S * C;
+      squeeze_block<T, false, MAXP, NHWC>(P.x + off, nullptr, C, HW, it.idx, P.S, P.G, P.seg_len, P.upb,
+                                          P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb, scratch);
+      if (last_block_of_sample(P.counters, n, bps, flag, false)) {
+        fwd_epilogue<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + C);
+        __threadfence();  // s[n] visible before the flag
+        __syncthreads();
+        if (threadIdx.x == 0) atomicAdd(P.counters + n, 1u);
+      }
+    } else {
+      if (threadIdx.x == 0) {
+        for (unsigned i = 0; ak::ld_volatile(P.counters + n) <= (unsigned)bps; ++i) ak::spin_pause(i);
+        __threadfence();
+      }
+      __syncthreads();
+      // the gates this chunk needs, through L2 (not L1: s[n] was written during this launch)
+      const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
+      const int c_lo = NHWC ? 0 : (P.vec ? u0 * V : u0) / HW;
+      const int c_hi = NHWC ? C - 1 : ((P.vec ? u1 * V : u1) - 1) / HW;
+      const A* sn = P.s + (size_t)n * C;
+      for (int c = c_lo + (int)threadIdx.x; c <= c_hi; c += blockDim.x) scratch[c - c_lo] = ld_cg(sn + c);
+      __syncthreads();
+      scale_range<T, NHWC, true>(P.x + off, P.y + off, scratch, c_lo, C, HW, u0 + threadIdx.x, u1, blockDim.x,
+                                 P.vec != 0);
+      __syncthreads();
+      if (threadIdx.x == 0 && atomicAdd(P.counters + n, 1u) == (unsigned)(bps + chunks))
+        atomicExch(P.counters + n, 0u);  // the sample's last chunk: ready for the next launch
+    }
+    __syncthreads();  // the ticket and the scratch are rewritten by the next item
+  }
 }
 
 // Single pass: one block per sample, the sample's slab staged in shared memory.
@@ -665,7 +767,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(FwdParams<T>
     }
   }
   fwd_epilogue<T, POOL>(P, n, sa, sb, 1, false, sa, sh);
-  scale_sample<T, NHWC>(slab, P.y + (size_t)n * E, sa, C, HW, tid, nt, (P.vec & 1) != 0);
+  const bool vec = (P.vec & 1) != 0;
+  scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E, sa, 0, C, HW, tid, vec ? E / V : E, nt, vec);
 }
 
 // ------------------------------------------------------------------ backward kernels

@@ -17,6 +17,7 @@ namespace AK_SE_NS {
 struct DevInfo {
   int sms;
   int smem_optin;  // bytes of dynamic shared memory one block may opt into
+  long long l2;    // L2 cache bytes
 };
 
 #if defined(__CUDACC__)
@@ -28,16 +29,20 @@ inline DevInfo dev_info() {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 0 && dev < 128 && cache[dev].sms > 0) return cache[dev];
-  DevInfo d{0, 0};
+  DevInfo d{0, 0, 0};
+  int l2 = 0;
   check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
              "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
+  d.l2 = l2;
   if (dev >= 0 && dev < 128) cache[dev] = d;
   return d;
 }
 #else
-// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory.
-inline DevInfo dev_info() { return DevInfo{8, 227 * 1024}; }
+// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and a
+// 4 MB L2 (so the pipelined variant's lag is below N at test sizes).
+inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20}; }
 #endif
 
 template <typename K> inline void smem_attr(K kernel, size_t bytes) {
@@ -107,25 +112,44 @@ template <typename T> inline size_t fused_smem_bytes(const Problem& pr, const Ge
   return slab + ((size_t)2 * pr.C + pr.Cr + g.red_elems) * sizeof(A);
 }
 
-template <typename T> inline bool choose_fused(const Problem& pr, int variant, const DevInfo& d) {
+// Pipelined forward: bytes per work item (squeeze slice or rescale chunk; the ticket window,
+// kPipeBlocksPerSM * #SMs items, must stay well inside L2 next to the lag), share of L2 the lag's
+// slabs (squeezed, not yet rescaled) may fill.
+constexpr long long kPipeItemBytes = 32 * 1024;
+constexpr double kPipeL2Share = 0.3;
+
+enum Variant { V_SPLIT = 0, V_FUSED = 1, V_PIPELINED = 2 };
+inline const char* variant_name(int v) { return v == V_FUSED ? "fused" : v == V_PIPELINED ? "pipelined" : "split"; }
+
+// Samples between a squeeze and the rescale issued with it, in [1, N].
+template <typename T> inline int pipe_lag(const Problem& pr, int lag_hint, const DevInfo& d) {
+  if (lag_hint > 0) return std::min(lag_hint, pr.N);
+  const double slab = (double)pr.C * pr.HW * sizeof(T);
+  const long long lag = (long long)(kPipeL2Share * (double)d.l2 / slab);
+  return (int)std::max(1LL, std::min<long long>(lag, pr.N));
+}
+
+template <typename T> inline int choose_variant(const Problem& pr, int variant, const DevInfo& d) {
   const Geom gf = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
   const bool fits = fused_smem_bytes<T>(pr, gf) <= (size_t)d.smem_optin;
   if (variant == VAR_FUSED) {
     if (!fits)
       throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf)) +
                                " bytes of shared memory; the device allows " + std::to_string(d.smem_optin));
-    return true;
+    return V_FUSED;
   }
-  if (variant == VAR_SPLIT) return false;
+  if (variant == VAR_SPLIT) return V_SPLIT;
+  if (variant == VAR_PIPELINED) return V_PIPELINED;
   // One block per sample: worth it when the slab fits and there is at least a wave of samples.
-  return fits && pr.N >= d.sms;
+  // (The pipelined variant is not chosen automatically until a GPU run has measured it.)
+  return fits && pr.N >= d.sms ? V_FUSED : V_SPLIT;
 }
 
 template <typename T, int POOL, bool NHWC>
-void launch_forward(FwdParams<T>& P, bool fused, const Geom& g, size_t smem, ak::Stream st,
+void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t smem, ak::Stream st,
                     const Alloc& alloc) {
   using A = typename Acc<T>::type;
-  if (fused) {
+  if (var == V_FUSED) {
     auto k = se_fused_kernel<T, POOL, NHWC>;
     smem_attr(k, smem);
     ak::launch(k, dim3((unsigned)P.N), dim3(kFusedThreads), smem, st, P);
@@ -135,6 +159,14 @@ void launch_forward(FwdParams<T>& P, bool fused, const Geom& g, size_t smem, ak:
   A* w = static_cast<A*>(alloc(2 * ws * sizeof(A)));
   P.ws_a = w;
   P.ws_b = w + ws;
+  if (var == V_PIPELINED) {  // grid: the item count capped at what the SMs hold at once
+    auto k = se_pipelined_kernel<T, POOL, NHWC>;
+    smem_attr(k, smem);
+    const int per_sm = std::max(1, std::min(kPipeBlocksPerSM, ak::max_active_blocks(k, kThreads, smem)));
+    grid = (int)std::min<long long>(grid, (long long)per_sm * dev_info().sms);
+    ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+    return;
+  }
   auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
   smem_attr(k1, smem);
   ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
@@ -153,12 +185,13 @@ template <typename Params> inline void set_problem(Params& P, const Problem& pr)
 }
 
 template <typename T>
-std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
-                      const Alloc& alloc) {
+std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_hint, int lag_hint,
+                      void* stream, const Alloc& alloc) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   const DevInfo d = dev_info();
-  const bool fused = choose_fused<T>(pr, variant, d);
+  int var = choose_variant<T>(pr, variant, d);
+  const bool fused = var == V_FUSED;
   FwdParams<T> P{};
   P.x = static_cast<const T*>(io.x);
   P.w1 = static_cast<const T*>(io.w1);
@@ -177,17 +210,30 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   const bool vec_scale =
       (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) && aligned16(io.y);
   P.vec = vec_scale ? 1 : 0;
-  const long long nv = vec_scale ? E / V : E;
-  P.chunks = (int)std::max(1LL, cdiv(nv, (long long)kThreads * 4));
+  const long long units = vec_scale ? E / V : E;
+  // rescale work per block (item): 4 units per thread (split), 8 (pipelined: fewer tickets)
+  P.rs_span = kThreads * (var == V_PIPELINED ? 8 : 4);
+  P.chunks = (int)std::max(1LL, cdiv(units, (long long)P.rs_span));
   P.nhwc = pr.nhwc ? 1 : 0;
   Geom g;
   size_t smem;
+  int grid = 0;
   if (fused) {
     g = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
     smem = fused_smem_bytes<T>(pr, g);
     if (E % V == 0 && aligned16(io.x)) P.vec |= 2;
   } else {
-    g = squeeze_geom<T>(pr, d.sms, bps_hint, aligned16(io.x), kThreads);
+    int hint = bps_hint;
+    if (var == V_PIPELINED && hint <= 0)  // squeeze slices about as large as the rescale chunks
+      hint = (int)std::min<long long>(4LL * d.sms, std::max(1LL, cdiv(E * (long long)sizeof(T), kPipeItemBytes)));
+    g = squeeze_geom<T>(pr, d.sms, hint, aligned16(io.x), kThreads);
+    if (var == V_PIPELINED) {
+      const long long total = (long long)pr.N * (g.bps + P.chunks);
+      grid = (int)std::min<long long>(total, (long long)d.sms * kPipeBlocksPerSM);  // launch_forward caps it
+      if (total + grid >= (1LL << 32)) var = V_SPLIT;  // the 32-bit ticket would wrap
+      P.lag = pipe_lag<T>(pr, lag_hint, d);
+      P.ticket = io.counters + pr.N;
+    }
     smem = kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr) * sizeof(A);
     if (smem > (size_t)d.smem_optin)
       throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
@@ -203,12 +249,12 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   const ak::Stream st = to_stream(stream);
   const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
   switch (key) {
-    case 0: launch_forward<T, POOL_AVG, false>(P, fused, g, smem, st, alloc); break;
-    case 1: launch_forward<T, POOL_AVG, true>(P, fused, g, smem, st, alloc); break;
-    case 2: launch_forward<T, POOL_AVGMAX, false>(P, fused, g, smem, st, alloc); break;
-    default: launch_forward<T, POOL_AVGMAX, true>(P, fused, g, smem, st, alloc); break;
+    case 0: launch_forward<T, POOL_AVG, false>(P, var, grid, g, smem, st, alloc); break;
+    case 1: launch_forward<T, POOL_AVG, true>(P, var, grid, g, smem, st, alloc); break;
+    case 2: launch_forward<T, POOL_AVGMAX, false>(P, var, grid, g, smem, st, alloc); break;
+    default: launch_forward<T, POOL_AVGMAX, true>(P, var, grid, g, smem, st, alloc); break;
   }
-  return fused ? "fused" : "split";
+  return variant_name(var);
 }
 
 template <typename T, int POOL, bool NHWC>
@@ -289,28 +335,26 @@ void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, 
   }
 }
 
-std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
-                    const Alloc& alloc) {
+std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, int lag_hint,
+                    void* stream, const Alloc& alloc) {
   switch (pr.dtype) {
-    case DT_F32: return forward_t<float>(pr, io, variant, bps_hint, stream, alloc);
-    case DT_F16: return forward_t<__half>(pr, io, variant, bps_hint, stream, alloc);
-    case DT_BF16: return forward_t<__nv_bfloat16>(pr, io, variant, bps_hint, stream, alloc);
-    case DT_F64: return forward_t<double>(pr, io, variant, bps_hint, stream, alloc);
+    case DT_F32: return forward_t<float>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_F16: return forward_t<__half>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_BF16: return forward_t<__nv_bfloat16>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_F64: return forward_t<double>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
   }
   throw std::runtime_error("se: unsupported dtype");
 }
 
 std::string forward_variant(const Problem& pr, int variant) {
   const DevInfo d = dev_info();
-  bool f = false;
   switch (pr.dtype) {
-    case DT_F32: f = choose_fused<float>(pr, variant, d); break;
-    case DT_F16: f = choose_fused<__half>(pr, variant, d); break;
-    case DT_BF16: f = choose_fused<__nv_bfloat16>(pr, variant, d); break;
-    case DT_F64: f = choose_fused<double>(pr, variant, d); break;
+    case DT_F32: return variant_name(choose_variant<float>(pr, variant, d));
+    case DT_F16: return variant_name(choose_variant<__half>(pr, variant, d));
+    case DT_BF16: return variant_name(choose_variant<__nv_bfloat16>(pr, variant, d));
+    case DT_F64: return variant_name(choose_variant<double>(pr, variant, d));
     default: throw std::runtime_error("se: unsupported dtype");
   }
-  return f ? "fused" : "split";
 }
 
 void backward(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc) {

@@ -15,7 +15,7 @@ namespace se {
 namespace AK_SE_NS {
 
 enum Dtype { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2, DT_F64 = 3 };
-enum VariantReq { VAR_AUTO = 0, VAR_SPLIT = 1, VAR_FUSED = 2 };
+enum VariantReq { VAR_AUTO = 0, VAR_SPLIT = 1, VAR_FUSED = 2, VAR_PIPELINED = 3 };
 
 struct Problem {
   int dtype;
@@ -27,7 +27,7 @@ struct Problem {
 struct FwdIO {
   const void *x, *w1, *b1, *w2, *b2;  // b1/b2 may be null
   void *y, *s, *z, *u, *p, *pmax;      // pmax only for avgmax
-  unsigned* counters;                  // >= N zeroed counters, private to the stream
+  unsigned* counters;                  // >= N + 1 zeroed counters, private to the stream
 };
 
 struct BwdIO {
@@ -39,10 +39,11 @@ struct BwdIO {
 // Workspace allocator (stream-ordered; freed after the call returns).
 using Alloc = std::function<void*(size_t bytes)>;
 
-// Runs the forward; returns the variant that ran ("fused" or "split").
-// bps_hint > 0 overrides the target number of squeeze blocks per sample (tests).
-std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, void* stream,
-                    const Alloc& alloc);
+// Runs the forward; returns the variant that ran ("split", "pipelined" or "fused").
+// bps_hint > 0 overrides the target number of squeeze blocks per sample, lag_hint > 0 the lag (in
+// samples) of the pipelined variant (tests, benchmarks).
+std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, int lag_hint,
+                    void* stream, const Alloc& alloc);
 // The variant forward() would pick (no launch).
 std::string forward_variant(const Problem& pr, int variant);
 void backward(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc);

@@ -281,6 +281,31 @@ __global__ void k_fp16(const __half* a, const __nv_bfloat16* b, float* out, int 
                       rsqrtf(4.f) + __fdividef(1.f, 4.f) + min(i, 3) - max(0.5f, 0.25f) + erff(0.f) +
                       __frcp_rn(2.f) + sv[threadIdx.x % 2].y;
 }
+// Inter-block wait in ticket order: block with ticket t waits for ticket t-1 to finish, then
+// extends a running sum (a chain through every block): progresses on any number of workers.
+__global__ void k_ticket_chain(unsigned* ticket, unsigned* done, int* out) {
+  __shared__ unsigned t;
+  if (threadIdx.x == 0) t = atomicAdd(ticket, 1u);
+  __syncthreads();
+  const unsigned my = t;
+  if (threadIdx.x == 0) {
+    if (my > 0)
+      for (unsigned i = 0; ak::ld_volatile(done + my - 1) == 0u; ++i) ak::spin_pause(i);
+    __threadfence();
+    out[my] = (my > 0 ? out[my - 1] : 0) + 1;
+    __threadfence();
+    atomicExch(done + my, 1u);
+  }
+}
+// Block 0 waits for block 1: fine with two workers, a wait that cannot end with one.
+__global__ void k_wait_later_block(unsigned* flag) {
+  if (threadIdx.x != 0) return;
+  if (blockIdx.x == 0) {
+    for (unsigned i = 0; ak::ld_volatile(flag) == 0u; ++i) ak::spin_pause(i);
+  } else {
+    atomicExch(flag, 1u);
+  }
+}
 __global__ void k_spin(int* flag, int* out) {
   // intra-block producer/consumer through shared memory with __nanosleep back-off
   __shared__ volatile int ready;
@@ -507,6 +532,24 @@ static int c_spin() {
   return 0;
 }
 
+static int c_ticket_chain() {
+  const int nb = 64;
+  unsigned ticket = 0;
+  std::vector<unsigned> done(nb, 0u);
+  std::vector<int> out(nb, -1);
+  ak::launch(k_ticket_chain, dim3(nb), dim3(64), 0, S, &ticket, done.data(), out.data());
+  for (int i = 0; i < nb; ++i) CHECK(out[i] == i + 1);
+  std::printf("PASS ticket_chain\n");
+  return 0;
+}
+
+static int c_wait_later_block() {
+  unsigned flag = 0;
+  ak::launch(k_wait_later_block, dim3(2), dim3(32), 0, S, &flag);
+  std::printf("PASS wait_later_block\n");
+  return 0;
+}
+
 void tu2_scale(float* x, float a, int n);
 static int c_multi_tu() {
   std::vector<float> x(1000);
@@ -545,6 +588,8 @@ int main(int argc, char** argv) {
       {"perf", c_perf},
       {"fp16", c_fp16},
       {"spin", c_spin},
+      {"ticket_chain", c_ticket_chain},
+      {"wait_later_block", c_wait_later_block},
       {"static_poison", c_static_poison},
       {"multi_tu", c_multi_tu},
       {"bad_shfl_src", [] { return run_expect_error(k_bad_shfl_src, dim3(1), dim3(32), buf.data()); }},
