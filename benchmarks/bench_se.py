@@ -140,6 +140,9 @@ def parse_args(argv=None):
     p.add_argument("--modes", default=None, help="comma list of fwd,fwdbwd")
     p.add_argument("--impls", default=None,
                    help="comma list of eager,compile,triton,cuda (default: all available)")
+    p.add_argument("--cuda-variants", default=None,
+                   help="comma list of split,pipelined,fused: also time the cuda backend with each "
+                        "SE forward variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-graphs", action="store_true",
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
@@ -327,8 +330,18 @@ def make_modules(C, Cr, act, gate, dtype):
 
 
 def _backend_of(impl):
-    """attnkernels backend name of a kernel impl column ("cuda" is "cuda-emu" on the CPU)."""
+    """attnkernels backend name of a kernel impl column ("cuda" is "cuda-emu" on the CPU;
+    "cuda:<variant>" is the cuda backend with that SE forward variant forced)."""
+    impl = impl.split(":")[0]
     return "cuda-emu" if (impl == "cuda" and DEV != "cuda") else impl
+
+
+def _variant_forced(impl):
+    """The context an impl column runs in: force_variant for "cuda:<variant>", else nothing."""
+    if ":" not in impl:
+        return contextlib.nullcontext()
+    from attnkernels.cuda import force_variant
+    return force_variant(impl.split(":", 1)[1])
 
 
 def _call_fwd(m, x):
@@ -442,7 +455,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                        peak_mb=float("nan"), variant="-", check="-", n_sets=n_sets,
                        bytes=BYTES_FACTOR[mode] * xbytes, compile_s=float("nan"),
                        graph_ms=float("nan"), graph_pct_copy=float("nan"), note="")
-            if impl == "cuda":
+            if impl.startswith("cuda"):
                 row["variant"] = "n/a"
             if impl not in mods:
                 row["note"] = compile_note or "unavailable"
@@ -450,6 +463,8 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                 continue
             m, params, be = mods[impl]
             prev_be = ak.set_backend(be) if be is not None else None
+            forced = _variant_forced(impl)
+            forced.__enter__()
             try:
                 if mode == "fwd":
                     body = lambda s, m=m: _call_fwd(m, s[0])  # noqa: E731
@@ -465,7 +480,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                 if impl == "compile":
                     row["compile_s"] = time.perf_counter() - t0
                 first = out if mode == "fwd" else out[0]
-                if impl == "cuda":
+                if impl.startswith("cuda"):
                     row["variant"] = _variant()
                 if impl == "eager":
                     ref_out = first.detach()
@@ -506,6 +521,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                 if os.environ.get("BENCH_SE_TRACEBACK"):
                     traceback.print_exc()
             finally:
+                forced.__exit__(None, None, None)
                 if prev_be is not None:
                     ak.set_backend(prev_be)
             results[(mode, impl)] = row
@@ -521,7 +537,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
             log(f"   {mode:7s} {impl:8s} {fmt_num(row['ms'], 4):>9s} ms  "
                 f"{fmt_num(row['gbps'], 0):>6s} GB/s  {fmt_num(row['pct_copy'], 0):>4s}% copy  "
                 f"x{fmt_num(row['x_eager'], 2)} vs eager  peak {fmt_num(row['peak_mb'], 1)} MB  "
-                f"{row['variant'] if impl == 'cuda' else ''} {row['check']} {row['note']}")
+                f"{row['variant'] if impl.startswith('cuda') else ''} {row['check']} {row['note']}")
     del mods, tv, fused
     _empty_cache()
     return results
@@ -683,6 +699,9 @@ def main(argv=None):
         impls = [i for i in impls if i in want]
         if "eager" not in impls:  # eager is the baseline of the check and the speedups
             impls = ["eager"] + impls
+    if args.cuda_variants and _backend_of("cuda") in avail:
+        impls += [f"cuda:{v}" for v in _csv_list(args.cuda_variants, ("split", "pipelined", "fused"),
+                                                 "cuda variant")]
     modes = _csv_list(args.modes, MODES, "mode") if args.modes else list(MODES)
 
     gpu = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (smoke test)"

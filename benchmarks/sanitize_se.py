@@ -5,7 +5,7 @@
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_se.py [--backends cuda]
 
 attnkernels.se forward + backward on the "cuda" backend (each forward variant: auto, split,
-fused, when attnkernels.cuda can force them) and on "triton", for a few small shapes, dtypes and
+fused, pipelined with its default lag and with lag 1, when attnkernels.cuda can force them) and on "triton", for a few small shapes, dtypes and
 layouts, pools avg and avgmax, several act/gate pairs. Outputs are poisoned with NaN first where
 the backend supports it (ATTNKERNELS_CUDA_POISON=1) and compared with the eager reference (a
 mismatch is reported and makes the exit status 1). Exit 0 when every case ran and matched; 2 if
@@ -105,14 +105,17 @@ def main(argv=None):
         variants = [None]
         is_cuda = backend in ("cuda", "cuda-emu")
         if is_cuda and cuda_mod is not None and hasattr(cuda_mod, "force_variant"):
-            variants = ["auto", "split", "fused"]
+            # (variant, squeeze blocks per sample, pipelined lag): lag 1 interleaves squeezes and
+            # rescales even where the default lag (from the L2 size) covers the whole batch
+            variants = [("auto",), ("split",), ("fused",), ("pipelined",), ("pipelined", 0, 1)]
         for variant in variants:
             for i, shape in enumerate(SHAPES):
                 for j, (dtype, cl, act, gate, pool) in enumerate(CASES):
-                    label = (f"{backend}{'/' + variant if variant else ''} {shape} "
+                    vname = "/".join(str(v) for v in variant) if variant else ""
+                    label = (f"{backend}{'/' + vname if variant else ''} {shape} "
                              f"{str(dtype).replace('torch.', '')} {'cl' if cl else 'nchw'} {act}/{gate}/{pool}")
                     try:
-                        ctx = cuda_mod.force_variant(variant) if variant else contextlib.nullcontext()
+                        ctx = cuda_mod.force_variant(*variant) if variant else contextlib.nullcontext()
                         with ctx:
                             bad = run_case(ak, backend, shape, dtype, cl, act, gate, pool, 10 * i + j)
                         ran_variant = ""
@@ -125,7 +128,7 @@ def main(argv=None):
                             print(f"[ok] {label}{ran_variant}", flush=True)
                         ran += 1
                     except Exception as e:
-                        if variant == "fused" and "shared memory" in str(e):
+                        if variant == ("fused",) and "shared memory" in str(e):
                             print(f"[skip] {label}: {str(e)[:200]}", flush=True)
                             continue
                         failures += 1
