@@ -12,8 +12,9 @@ would run):
            followed by a vectorized rescale kernel walking the samples in reverse order.
   "pipelined"  the same work in one launch: persistent blocks take squeeze slices and rescale
            chunks in ticket order, each sample's rescale `lag` samples behind its squeeze, so the
-           second read of x comes from L2 (lag sized from the L2 size). Not chosen by "auto" until
-           a GPU run has measured it against "split".
+           second read of x comes from L2 (lag sized from the L2 size). Forcing it also runs the
+           backward's reduction and dx the same way (one launch, dy re-read from L2; then the
+           weight-gradient kernel). Not chosen by "auto" until a GPU run has measured it.
 Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
 ``with force_variant("fused"): ...`` (tests, benchmarks; ``bps`` also sets the squeeze blocks per
 sample, ``lag`` the pipelined lag in samples).
@@ -144,7 +145,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act: str, gate: str, pool: str):
     """-> (dx, dw1, db1, dw2, db2); see attnkernels/se.py for the contract."""
     ext = _ext_for(x)
-    _, bps, _ = _variant_request()
+    variant, bps, lag = _variant_request()
     dx, dw1, db1, dw2, db2 = ext.se_backward(dy, x, w1, w2, s, z, u, p, pmax, _ACT[act], _GATE[gate],
-                                             _POOL[pool], bps, _poison())
+                                             _POOL[pool], variant, bps, lag, _poison())
     return dx, dw1, db1, dw2, db2

@@ -207,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
     const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
-    int64_t gate, int64_t pool, int64_t bps_hint, bool poison) {
+    int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
   TORCH_CHECK(on_device(x), "se (", kBackend, "): x is on the wrong device (", x.device(), ")");
   const bool nhwc = layout_of(x, "x");
   const at::ScalarType dt = x.scalar_type(), at_ = acc_dtype(dt);
@@ -258,9 +258,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   io.db1 = db1.data_ptr();
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
-  io.counters = counters_for(x, N, keep);
-  impl::backward(pr, io, (int)bps_hint, stream_of(x), make_alloc(x, keep, poison));
-  check_counters_rezeroed(io.counters, N, "se_backward");
+  TORCH_CHECK(variant >= 0 && variant <= 3, "se: bad variant code");
+  io.counters = counters_for(x, N + 1, keep);  // + the pipelined variant's ticket
+  impl::backward(pr, io, (int)variant, (int)bps_hint, (int)lag_hint, stream_of(x), make_alloc(x, keep, poison));
+  check_counters_rezeroed(io.counters, N + 1, "se_backward");
   return {dx, dw1, db1, dw2, db2};
 }
 
@@ -293,6 +294,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("se_backward", &se_backward, "SE backward -> (dx, dw1, db1, dw2, db2)", pybind11::arg("dy"),
         pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("w2"), pybind11::arg("s"), pybind11::arg("z"),
         pybind11::arg("u"), pybind11::arg("p"), pybind11::arg("pmax"), pybind11::arg("act"), pybind11::arg("gate"),
-        pybind11::arg("pool"), pybind11::arg("bps_hint") = 0, pybind11::arg("poison") = false);
+        pybind11::arg("pool"), pybind11::arg("variant") = 0, pybind11::arg("bps_hint") = 0,
+        pybind11::arg("lag_hint") = 0, pybind11::arg("poison") = false);
   m.def("se_forward_variant", &se_forward_variant, "the forward variant the dispatcher would pick");
 }

@@ -34,5 +34,5 @@ def test_se_kernels_no_spills(tmp_path):
     assert not bad, f"{len(bad)} kernels spill or use a stack frame: {bad[:5]}"
     names = " ".join(kernels)
     for kind in ("se_squeeze_excite_kernel", "se_rescale_kernel", "se_fused_kernel", "se_bwd_reduce_kernel",
-                 "se_wgrad_kernel", "se_dx_kernel"):
+                 "se_wgrad_kernel", "se_dx_kernel", "se_pipelined_kernel", "se_bwd_pipelined_kernel"):
         assert kind in names, kind

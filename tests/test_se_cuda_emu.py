@@ -164,7 +164,7 @@ def test_act_gate_pool(device, act, gate, pool):
         check_case(x, w1, b1, w2, b2, act, gate, pool, ("split", 2))
     x, w1, b1, w2, b2 = make((2, 12, 5, 6), 3, torch.float32, device)
     check_case(x, w1, b1, w2, b2, act, gate, pool, ("fused", 0))
-    check_case(x, w1, b1, w2, b2, act, gate, pool, ("pipelined", 2, 1), backward=False)
+    check_case(x, w1, b1, w2, b2, act, gate, pool, ("pipelined", 2, 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -204,7 +204,7 @@ def test_repeat_calls_reuse_counters(device):
     for n in (1, 4, 2, 9):
         x, w1, b1, w2, b2 = make((n, 8, 4, 4), 2, torch.float32, device, seed=n)
         check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("split", 5))
-        check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("pipelined", 3, 2), backward=False)
+        check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("pipelined", 3, 2))
     x, w1, b1, w2, b2 = make((5, 8, 4, 4), 2, torch.float32, device)
     check_case(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", ("split", 5))  # after the pipelined ones
 
@@ -212,13 +212,14 @@ def test_repeat_calls_reuse_counters(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lag", [1, 3, 100])
 def test_pipelined_many_items(device, lag):
-    """Many samples with several squeeze slices and rescale chunks each, more work items than
-    persistent blocks: the ticket order, the per-sample flags and the lag all get exercised."""
+    """Many samples with several reduce slices and elementwise chunks each, more work items than
+    persistent blocks: the ticket order, the per-sample flags and the lag all get exercised, in
+    the pipelined forward and the pipelined backward."""
     for cl in (False, True):
         x, w1, b1, w2, b2 = make((11, 24, 20, 20), 6, torch.float16, device, cl, seed=lag)
-        check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", ("pipelined", 3, lag), backward=False)
+        check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", ("pipelined", 3, lag))
     x, w1, b1, w2, b2 = make((7, 16, 23, 23), 4, torch.float32, device)  # HW odd: element path
-    check_case(x, w1, b1, w2, b2, "relu", "hardsigmoid", "avg", ("pipelined", 2, lag), backward=False)
+    check_case(x, w1, b1, w2, b2, "relu", "hardsigmoid", "avg", ("pipelined", 2, lag))
 
 
 @pytest.mark.skipif("cpu" not in DEVICES, reason="needs the emulated build")
@@ -230,7 +231,7 @@ def test_pipelined_worker_counts(threads):
     script = _SCRIPT_HEAD.format(root=os.path.dirname(tests), tests=tests) + (
         "for cl in (False, True):\n"
         "    x, w1, b1, w2, b2 = T.make((9, 24, 20, 20), 6, torch.float16, 'cpu', cl)\n"
-        "    T.check_case(x, w1, b1, w2, b2, 'silu', 'sigmoid', 'avgmax', ('pipelined', 3, 1), backward=False)\n"
+        "    T.check_case(x, w1, b1, w2, b2, 'silu', 'sigmoid', 'avgmax', ('pipelined', 3, 1))\n"
         "print('OK')\n")
     env = dict(os.environ, CUEMU_THREADS=threads, CUEMU_SPIN_TIMEOUT_S="60")
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

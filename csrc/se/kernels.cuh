@@ -12,6 +12,8 @@
 //   se_bwd_reduce_kernel      ds = sum dy*x (+ tie count), last block per sample: gate/MLP backward.
 //   se_wgrad_kernel           dw1/db1/dw2/db2 from the per-sample vectors (deterministic).
 //   se_dx_kernel              dx = dy*s + A[n,c] + B[n,c]*(x == pmax[n,c]).
+//   se_bwd_pipelined_kernel   reduce + dx in one launch, ticket-ordered like the pipelined forward
+//                             (dy and x re-read from L2), then se_wgrad_kernel.
 #pragma once
 
 #include <math.h>
@@ -43,9 +45,13 @@ enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 constexpr int kThreads = 256;       // squeeze / rescale / backward block size
 constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block size
 constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
-// Pipelined forward: at most this many persistent blocks per SM (the launch asks the occupancy
-// calculator how many fit; the launch bounds ask for 3 where that costs no spills).
+// Pipelined kernels: at most this many persistent blocks per SM (the launch asks the occupancy
+// calculator how many fit). The launch bounds ask for 3 (80 registers) where that costs no spills:
+// not with channels_last's per-thread channel vectors, nor in double.
 constexpr int kPipeBlocksPerSM = 3;
+template <typename T, bool NHWC> constexpr int pipe_min_blocks() {
+  return (NHWC || sizeof(T) == 8) ? 2 : kPipeBlocksPerSM;
+}
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -213,8 +219,11 @@ template <typename T> struct BwdParams {
   int bps, S, G, seg_len, upb, vc, ctv, ctiles;
   int vec_in;  // x and dy have the same 16-byte alignment (row vector loads)
   int vec;     // dx pass vectorized
-  int chunks;
+  int chunks;  // dx: blocks (items) per sample
+  int rs_span; // dx: units (16-byte vectors if vec, else elements) per block (item)
   int nhwc, pool;
+  int lag;           // pipelined: samples between a reduce and the dx issued with it
+  unsigned* ticket;  // pipelined: work-item counter, zero on entry and exit
 };
 
 // ------------------------------------------------------------------ squeeze building blocks
@@ -574,6 +583,85 @@ AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag, 
   return last;
 }
 
+// ------------------------------------------------------------------ ticket-ordered (pipelined) kernels
+// Persistent blocks take work items in the order of an atomic ticket: per sample, `bps` reduce
+// slices (the last one runs the sample's epilogue) and `chunks` elementwise chunks that need the
+// epilogue's results. A chunk spin-waits for its sample; every item it waits for holds a smaller
+// ticket, so it was taken by a block that is running or done: no deadlock whatever the residency
+// (and the emulator, whose workers take blocks in order and run them to completion, runs it too).
+// counters[n]: bps slice arrivals, +1 when the epilogue's results are out, +1 per finished chunk;
+// the sample's last chunk re-zeroes it, the block taking the launch's last ticket the ticket.
+
+// This block's next item (every thread gets it). Each of the gridDim.x blocks takes one ticket
+// past `total` before it exits; the block taking the very last one re-zeroes the counter.
+AK_INL unsigned take_ticket(unsigned* ticket, unsigned total, unsigned* slot) {
+  if (threadIdx.x == 0) {
+    const unsigned t = atomicAdd(ticket, 1u);
+    if (t == total + gridDim.x - 1) atomicExch(ticket, 0u);
+    *slot = t;
+  }
+  __syncthreads();
+  return *slot;
+}
+
+// The last slice of a sample has written the sample's epilogue results: publish them.
+AK_INL void publish_sample(unsigned* cnt) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) atomicAdd(cnt, 1u);
+}
+
+// Before a chunk: wait until the sample's slices and epilogue are done.
+AK_INL void wait_sample(const unsigned* cnt, int bps) {
+  if (threadIdx.x == 0) {
+    for (unsigned i = 0; ak::ld_volatile(cnt) <= (unsigned)bps; ++i) ak::spin_pause(i);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// After a chunk: count it; the sample's last chunk re-zeroes the counter for the next launch.
+AK_INL void chunk_done(unsigned* cnt, int bps, int chunks) {
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(cnt, 1u) == (unsigned)(bps + chunks)) atomicExch(cnt, 0u);
+}
+
+// Work item of ticket t: the reduce slices of samples [0, L) first, then for k = 0, 1, ...: the
+// slices of sample k + L (while there is one), the chunks of sample k. The lag L keeps sample k's
+// data in L2 between its two passes (the host sizes it from the L2 size).
+struct PipeItem {
+  bool reduce;
+  int n, idx;  // sample, slice (reduce) or chunk
+};
+AK_HD_INL PipeItem pipe_item(long long t, int N, int bps, int chunks, int L) {
+  const long long head = (long long)L * bps;
+  if (t < head) return PipeItem{true, (int)(t / bps), (int)(t % bps)};
+  t -= head;
+  const long long g = (long long)bps + chunks, full = (long long)(N - L) * g;
+  if (t < full) {
+    const int k = (int)(t / g), r = (int)(t - (long long)k * g);
+    return r < bps ? PipeItem{true, k + L, r} : PipeItem{false, k, r - bps};
+  }
+  t -= full;
+  return PipeItem{false, N - L + (int)(t / chunks), (int)(t % chunks)};
+}
+
+// Channels [c_lo, c_hi] that units [u0, u1) of a sample touch (units as in scale_range).
+AK_INL void chunk_channels(int u0, int u1, int V, int C, int HW, bool nhwc, int& c_lo, int& c_hi) {
+  if (nhwc) {
+    c_lo = 0;
+    c_hi = C - 1;
+  } else {
+    c_lo = u0 * V / HW;
+    c_hi = (u1 * V - 1) / HW;
+  }
+}
+
+// dst[c - c_lo] = src[c] through L2: values written during this launch (L1 is not coherent).
+template <typename A> AK_INL void stage_channels(const A* src, A* dst, int c_lo, int c_hi) {
+  for (int c = c_lo + (int)threadIdx.x; c <= c_hi; c += blockDim.x) dst[c - c_lo] = ld_cg(src + c);
+}
+
 // ------------------------------------------------------------------ forward kernels
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(FwdParams<T> P) {
@@ -645,88 +733,49 @@ __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
     scale_range<T, false, false>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x, P.vec != 0);
 }
 
-// Work item of ticket t in the pipelined forward: the squeeze slices of samples [0, L) first, then
-// for k = 0, 1, ...: the squeeze slices of sample k + L (while there is one), the rescale chunks of k.
-struct PipeItem {
-  bool squeeze;
-  int n, idx;  // sample, slice (squeeze) or chunk (rescale)
-};
-AK_HD_INL PipeItem pipe_item(long long t, int N, int bps, int chunks, int L) {
-  const long long head = (long long)L * bps;
-  if (t < head) return PipeItem{true, (int)(t / bps), (int)(t % bps)};
-  t -= head;
-  const long long g = (long long)bps + chunks, full = (long long)(N - L) * g;
-  if (t < full) {
-    const int k = (int)(t / g), r = (int)(t - (long long)k * g);
-    return r < bps ? PipeItem{true, k + L, r} : PipeItem{false, k, r - bps};
-  }
-  t -= full;
-  return PipeItem{false, N - L + (int)(t / chunks), (int)(t % chunks)};
-}
-
-// Squeeze and rescale in one launch. gridDim.x persistent blocks take work items in the order of
-// an atomic ticket (pipe_item); the rescale of sample k is issued after the squeeze of k + lag, so
-// when it reads x[k] again the slab is still in L2 (the host sizes lag from the L2 size) and x
-// crosses HBM once. A rescale spin-waits for its sample's MLP, which the last of the sample's
-// squeeze slices runs. Every item a block waits for holds a smaller ticket, so it was taken by a
-// block that is running or done: no deadlock, whatever the residency (the emulator runs it too).
-// counters[n]: bps squeeze arrivals, +1 when s[n] is ready, +1 per finished chunk; the last chunk
-// re-zeroes it, and the block taking the last ticket re-zeroes the ticket.
+// Squeeze and rescale in one launch (the ticket-ordered scheme above): slices squeeze, the
+// sample's last slice runs the MLP, chunks rescale a lag behind, so the rescale's read of x hits L2
+// and x crosses HBM once.
 template <typename T, int POOL, bool NHWC>
-__global__ void __launch_bounds__(kThreads, NHWC ? 2 : kPipeBlocksPerSM) se_pipelined_kernel(FwdParams<T> P) {
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_pipelined_kernel(FwdParams<T> P) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   constexpr bool MAXP = POOL == POOL_AVGMAX;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
   int* flag = reinterpret_cast<int*>(smem_raw);
-  unsigned* ticket = reinterpret_cast<unsigned*>(smem_raw) + 1;
+  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
   A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
   const int C = P.C, HW = P.HW, bps = P.bps, chunks = P.chunks, E = C * HW;
-  const int units = P.vec ? E / V : E;
+  const int vv = P.vec ? V : 1, units = E / vv;
   const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
   for (;;) {
-    if (threadIdx.x == 0) {
-      const unsigned t = atomicAdd(P.ticket, 1u);
-      if (t == total + gridDim.x - 1) atomicExch(P.ticket, 0u);  // every block has taken its last
-      *ticket = t;
-    }
-    __syncthreads();
-    const unsigned t = *ticket;
+    const unsigned t = take_ticket(P.ticket, total, slot);
     if (t >= total) return;
     const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
     const int n = it.n;
     const size_t off = (size_t)n * E;
-    if (it.squeeze) {
+    unsigned* cnt = P.counters + n;
+    if (it.reduce) {
       A* pa = P.ws_a + (size_t)n * P.S * C;
       A* pb = P.ws_b + (size_t)n * P.S * C;
       squeeze_block<T, false, MAXP, NHWC>(P.x + off, nullptr, C, HW, it.idx, P.S, P.G, P.seg_len, P.upb,
                                           P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb, scratch);
       if (last_block_of_sample(P.counters, n, bps, flag, false)) {
         fwd_epilogue<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + C);
-        __threadfence();  // s[n] visible before the flag
-        __syncthreads();
-        if (threadIdx.x == 0) atomicAdd(P.counters + n, 1u);
+        publish_sample(cnt);
       }
     } else {
-      if (threadIdx.x == 0) {
-        for (unsigned i = 0; ak::ld_volatile(P.counters + n) <= (unsigned)bps; ++i) ak::spin_pause(i);
-        __threadfence();
-      }
-      __syncthreads();
-      // the gates this chunk needs, through L2 (not L1: s[n] was written during this launch)
+      wait_sample(cnt, bps);
       const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
-      const int c_lo = NHWC ? 0 : (P.vec ? u0 * V : u0) / HW;
-      const int c_hi = NHWC ? C - 1 : ((P.vec ? u1 * V : u1) - 1) / HW;
-      const A* sn = P.s + (size_t)n * C;
-      for (int c = c_lo + (int)threadIdx.x; c <= c_hi; c += blockDim.x) scratch[c - c_lo] = ld_cg(sn + c);
+      int c_lo, c_hi;
+      chunk_channels(u0, u1, vv, C, HW, NHWC, c_lo, c_hi);
+      stage_channels(P.s + (size_t)n * C, scratch, c_lo, c_hi);
       __syncthreads();
       scale_range<T, NHWC, true>(P.x + off, P.y + off, scratch, c_lo, C, HW, u0 + threadIdx.x, u1, blockDim.x,
                                  P.vec != 0);
-      __syncthreads();
-      if (threadIdx.x == 0 && atomicAdd(P.counters + n, 1u) == (unsigned)(bps + chunks))
-        atomicExch(P.counters + n, 0u);  // the sample's last chunk: ready for the next launch
+      chunk_done(cnt, bps, chunks);
     }
-    __syncthreads();  // the ticket and the scratch are rewritten by the next item
+    __syncthreads();  // the slot, flag and scratch are rewritten by the next item
   }
 }
 
@@ -866,9 +915,12 @@ __global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
   }
 }
 
-// dx over one sample's elements [start, E) with stride.
-template <typename T, bool MAXP, bool NHWC>
-AK_INL void dx_sample(const BwdParams<T>& P, int n, int start, int stride) {
+// dx over units [u0, u1) of sample n, `step` apart (units as in scale_range). s and pmax are read
+// by channel c, the coefficients ca/cb by c - c_lo. LAST: the last reads of dy and x and a dx not
+// read again here get the evict-first hint.
+template <typename T, bool MAXP, bool NHWC, bool LAST>
+AK_INL void dx_range(const BwdParams<T>& P, int n, const typename Acc<T>::type* ca,
+                     const typename Acc<T>::type* cb, int c_lo, int u0, int u1, int step) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   const int C = P.C, HW = P.HW, E = C * HW;
@@ -877,20 +929,20 @@ AK_INL void dx_sample(const BwdParams<T>& P, int n, int start, int stride) {
   const T* dys = P.dy + off;
   T* dxs = P.dx + off;
   const A* sv = P.s + nC;
-  const A* ca = P.coef_a + nC;
-  const A* cb = MAXP ? P.coef_b + nC : nullptr;
   const A* pm = MAXP ? P.pmax + nC : nullptr;
   auto one = [&](A d, A xv, int c) {
-    A r = d * sv[c] + ca[c];
-    if (MAXP && xv == pm[c]) r += cb[c];
+    A r = d * sv[c] + ca[c - c_lo];
+    if (MAXP && xv == pm[c]) r += cb[c - c_lo];
     return r;
   };
   if (P.vec) {
-    const int nv = E / V;
-    for (int i = start; i < nv; i += stride) {
-      const Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys) + i);
+    const Vec<T>* d4 = reinterpret_cast<const Vec<T>*>(dys);
+    const Vec<T>* x4 = reinterpret_cast<const Vec<T>*>(xs);
+    Vec<T>* o4 = reinterpret_cast<Vec<T>*>(dxs);
+    for (int i = u0; i < u1; i += step) {
+      const Vec<T> d = LAST ? ak::load_vec_last(d4 + i) : ak::load_vec(d4 + i);
       Vec<T> xx, o;
-      if (MAXP) xx = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs) + i);
+      if (MAXP) xx = LAST ? ak::load_vec_last(x4 + i) : ak::load_vec(x4 + i);
       const int e = i * V;
       if (!NHWC) {
         const int c = e / HW;
@@ -902,10 +954,13 @@ AK_INL void dx_sample(const BwdParams<T>& P, int n, int start, int stride) {
         for (int k = 0; k < V; ++k)
           o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c0 + k));
       }
-      ak::store_vec(reinterpret_cast<Vec<T>*>(dxs) + i, o);
+      if (LAST)
+        ak::store_vec_stream(o4 + i, o);
+      else
+        ak::store_vec(o4 + i, o);
     }
   } else {
-    for (int e = start; e < E; e += stride) {
+    for (int e = u0; e < u1; e += step) {
       const int c = NHWC ? e % C : e / HW;
       dxs[e] = Cvt<T>::from(one(to_acc(dys[e]), MAXP ? to_acc(xs[e]) : A(0), c));
     }
@@ -916,12 +971,66 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
   const int q = blockIdx.x / P.chunks, chunk = blockIdx.x - q * P.chunks;
   const int n = P.N - 1 - q;  // reverse order of the reduction pass
-  const int start = chunk * blockDim.x + threadIdx.x, stride = P.chunks * blockDim.x;
+  const int E = P.C * P.HW, units = P.vec ? E / Vec<T>::N : E;
+  const int u0 = chunk * P.rs_span + threadIdx.x, u1 = min(units, chunk * P.rs_span + P.rs_span);
+  const size_t nC = (size_t)n * P.C;
+  const auto* ca = P.coef_a + nC;
+  const auto* cb = P.coef_b + nC;
   switch ((P.pool == POOL_AVGMAX ? 2 : 0) + (P.nhwc ? 1 : 0)) {
-    case 0: dx_sample<T, false, false>(P, n, start, stride); break;
-    case 1: dx_sample<T, false, true>(P, n, start, stride); break;
-    case 2: dx_sample<T, true, false>(P, n, start, stride); break;
-    default: dx_sample<T, true, true>(P, n, start, stride); break;
+    case 0: dx_range<T, false, false, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    case 1: dx_range<T, false, true, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    case 2: dx_range<T, true, false, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    default: dx_range<T, true, true, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+  }
+}
+
+// The backward's reduction and dx in one launch (the ticket-ordered scheme): slices reduce
+// sum(dy*x) (+ tie counts), the sample's last slice runs the gate/MLP backward, dx chunks follow a
+// lag behind and re-read dy (and x) from L2. The weight gradients need every sample: se_wgrad_kernel
+// runs after.
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd_pipelined_kernel(BwdParams<T> P) {
+  using A = typename Acc<T>::type;
+  constexpr int V = Vec<T>::N;
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
+  A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
+  const int C = P.C, HW = P.HW, bps = P.bps, chunks = P.chunks, E = C * HW;
+  const int vv = P.vec ? V : 1, units = E / vv;
+  const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
+  for (;;) {
+    const unsigned t = take_ticket(P.ticket, total, slot);
+    if (t >= total) return;
+    const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
+    const int n = it.n;
+    const size_t off = (size_t)n * E, nC = (size_t)n * C;
+    unsigned* cnt = P.counters + n;
+    if (it.reduce) {
+      A* pa = P.ws_a + (size_t)n * P.S * C;
+      A* pb = P.ws_b + (size_t)n * P.S * C;
+      squeeze_block<T, true, MAXP, NHWC>(P.x + off, P.dy + off, C, HW, it.idx, P.S, P.G, P.seg_len, P.upb,
+                                         P.vc, P.ctv, P.ctiles, P.vec_in != 0, MAXP ? P.pmax + nC : nullptr,
+                                         pa, pb, scratch);
+      if (last_block_of_sample(P.counters, n, bps, flag, false)) {
+        bwd_epilogue<T, POOL>(P, n, pa, pb, P.S, scratch, scratch + C, scratch + C + P.Cr);
+        publish_sample(cnt);
+      }
+    } else {
+      wait_sample(cnt, bps);
+      const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
+      int c_lo, c_hi;
+      chunk_channels(u0, u1, vv, C, HW, NHWC, c_lo, c_hi);
+      A* ca = scratch;
+      A* cb = scratch + (c_hi - c_lo + 1);
+      stage_channels(P.coef_a + nC, ca, c_lo, c_hi);
+      if (MAXP) stage_channels(P.coef_b + nC, cb, c_lo, c_hi);
+      __syncthreads();
+      dx_range<T, MAXP, NHWC, true>(P, n, ca, cb, c_lo, u0 + threadIdx.x, u1, blockDim.x);
+      chunk_done(cnt, bps, chunks);
+    }
+    __syncthreads();  // the slot, flag and scratch are rewritten by the next item
   }
 }
 

@@ -258,19 +258,29 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
 }
 
 template <typename T, int POOL, bool NHWC>
-void launch_backward(BwdParams<T>& P, const Geom& g, size_t smem, ak::Stream st) {
+void launch_backward(BwdParams<T>& P, bool pipelined, int grid, const Geom& g, size_t smem, ak::Stream st) {
+  const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
+  const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
+  if (pipelined) {
+    auto k = se_bwd_pipelined_kernel<T, POOL, NHWC>;
+    smem_attr(k, smem);
+    const int per_sm = std::max(1, std::min(kPipeBlocksPerSM, ak::max_active_blocks(k, kThreads, smem)));
+    grid = (int)std::min<long long>(grid, (long long)per_sm * dev_info().sms);
+    ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+    ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
+    return;
+  }
   auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
   smem_attr(k1, smem);
   ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
-  const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
-  const long long blocks = std::min(cdiv(total, kThreads), 65535LL);
-  ak::launch(se_wgrad_kernel<T>, dim3((unsigned)blocks), dim3(kThreads), (size_t)0, st, P);
+  ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
   ak::launch(se_dx_kernel<T>, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads),
              (size_t)0, st, P);
 }
 
 template <typename T>
-void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc) {
+void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int lag_hint, void* stream,
+                const Alloc& alloc) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   const DevInfo d = dev_info();
@@ -295,7 +305,12 @@ void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, 
       ((reinterpret_cast<uintptr_t>(io.x) ^ reinterpret_cast<uintptr_t>(io.dy)) & 15u) == 0;
   const bool vec_in = pr.nhwc ? (aligned16(io.x) && aligned16(io.dy)) : same_align;
   P.vec_in = vec_in ? 1 : 0;
-  const Geom g = squeeze_geom<T>(pr, d.sms, bps_hint, vec_in, kThreads);
+  const long long E = (long long)pr.C * pr.HW;
+  bool pipelined = variant == VAR_PIPELINED;
+  int hint = bps_hint;
+  if (pipelined && hint <= 0)  // reduce slices about as large as the dx chunks
+    hint = (int)std::min<long long>(4LL * d.sms, std::max(1LL, cdiv(E * (long long)sizeof(T), kPipeItemBytes)));
+  const Geom g = squeeze_geom<T>(pr, d.sms, hint, vec_in, kThreads);
   P.bps = g.bps;
   P.S = g.S;
   P.G = g.G;
@@ -304,13 +319,21 @@ void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, 
   P.vc = g.vc;
   P.ctv = g.ctv;
   P.ctiles = g.ctiles;
-  const long long E = (long long)pr.C * pr.HW;
   const bool vec = (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) &&
                    aligned16(io.dy) && aligned16(io.dx);
   P.vec = vec ? 1 : 0;
-  P.chunks = (int)std::max(1LL, cdiv(vec ? E / V : E, (long long)kThreads * 4));
+  P.rs_span = kThreads * (pipelined ? 8 : 4);
+  P.chunks = (int)std::max(1LL, cdiv(vec ? E / V : E, (long long)P.rs_span));
   P.nhwc = pr.nhwc ? 1 : 0;
   P.pool = pr.pool;
+  int grid = 0;
+  if (pipelined) {
+    const long long total = (long long)pr.N * (g.bps + P.chunks);
+    grid = (int)std::min<long long>(total, (long long)d.sms * kPipeBlocksPerSM);  // launch_backward caps it
+    if (total + grid >= (1LL << 32)) pipelined = false;  // the 32-bit ticket would wrap
+    P.lag = pipe_lag<T>(pr, lag_hint, d);
+    P.ticket = io.counters + pr.N;
+  }
   // workspace: partials (2 x N*S*C), dz, coef_a, coef_b (N*C each), du, h (N*Cr each)
   const size_t nsc = (size_t)pr.N * g.S * pr.C, nc = (size_t)pr.N * pr.C, ncr = (size_t)pr.N * pr.Cr;
   A* w = static_cast<A*>(alloc((2 * nsc + 3 * nc + 2 * ncr) * sizeof(A)));
@@ -321,17 +344,19 @@ void backward_t(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, 
   P.coef_b = P.coef_a + nc;
   P.du = P.coef_b + nc;
   P.h = P.du + ncr;
+  // scratch: reduction tiles, or the epilogue's vectors, or (pipelined dx) two coefficient ranges
   const size_t smem =
-      kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr + (size_t)kThreads * V) * sizeof(A);
+      kHeader + std::max<size_t>({g.red_elems, (size_t)pr.C + pr.Cr + (size_t)kThreads * V,
+                                  pipelined ? 2 * (size_t)pr.C : 0}) * sizeof(A);
   if (smem > (size_t)d.smem_optin)
     throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
   const ak::Stream st = to_stream(stream);
   const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
   switch (key) {
-    case 0: launch_backward<T, POOL_AVG, false>(P, g, smem, st); break;
-    case 1: launch_backward<T, POOL_AVG, true>(P, g, smem, st); break;
-    case 2: launch_backward<T, POOL_AVGMAX, false>(P, g, smem, st); break;
-    default: launch_backward<T, POOL_AVGMAX, true>(P, g, smem, st); break;
+    case 0: launch_backward<T, POOL_AVG, false>(P, pipelined, grid, g, smem, st); break;
+    case 1: launch_backward<T, POOL_AVG, true>(P, pipelined, grid, g, smem, st); break;
+    case 2: launch_backward<T, POOL_AVGMAX, false>(P, pipelined, grid, g, smem, st); break;
+    default: launch_backward<T, POOL_AVGMAX, true>(P, pipelined, grid, g, smem, st); break;
   }
 }
 
@@ -357,12 +382,13 @@ std::string forward_variant(const Problem& pr, int variant) {
   }
 }
 
-void backward(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc) {
+void backward(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int lag_hint, void* stream,
+              const Alloc& alloc) {
   switch (pr.dtype) {
-    case DT_F32: return backward_t<float>(pr, io, bps_hint, stream, alloc);
-    case DT_F16: return backward_t<__half>(pr, io, bps_hint, stream, alloc);
-    case DT_BF16: return backward_t<__nv_bfloat16>(pr, io, bps_hint, stream, alloc);
-    case DT_F64: return backward_t<double>(pr, io, bps_hint, stream, alloc);
+    case DT_F32: return backward_t<float>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_F16: return backward_t<__half>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_BF16: return backward_t<__nv_bfloat16>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+    case DT_F64: return backward_t<double>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
   }
   throw std::runtime_error("se: unsupported dtype");
 }

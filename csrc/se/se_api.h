@@ -33,7 +33,7 @@ struct FwdIO {
 struct BwdIO {
   const void *dy, *x, *w1, *w2, *s, *z, *u, *p, *pmax;
   void *dx, *dw1, *db1, *dw2, *db2;
-  unsigned* counters;
+  unsigned* counters;  // >= N + 1 zeroed counters, private to the stream
 };
 
 // Workspace allocator (stream-ordered; freed after the call returns).
@@ -46,7 +46,10 @@ std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hin
                     void* stream, const Alloc& alloc);
 // The variant forward() would pick (no launch).
 std::string forward_variant(const Problem& pr, int variant);
-void backward(const Problem& pr, const BwdIO& io, int bps_hint, void* stream, const Alloc& alloc);
+// The backward: VAR_PIPELINED runs the ticket-ordered reduce+dx kernel (then the weight
+// gradients), any other variant the split kernels.
+void backward(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int lag_hint, void* stream,
+              const Alloc& alloc);
 
 }  // namespace AK_SE_NS
 }  // namespace se
