@@ -1,7 +1,10 @@
-"""Compile csrc/se/se_cuda.cu for sm_90 with `nvcc -Xptxas -v` and check every kernel: no register
-spills, no local-memory stack frame, no compiler warnings. Skipped when nvcc is missing."""
+"""Compile csrc/se/se_cuda.cu for sm_90 once with `nvcc -Xptxas -v -keep` and read what the GPU
+will run: every kernel without register spills, local-memory stack frames or compiler warnings,
+and (from the kept PTX) the memory instructions the kernels' tricks rely on. Skipped when nvcc is
+missing."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -18,13 +21,26 @@ def _nvcc():
     return cand if os.path.isfile(cand) else shutil.which("nvcc")
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
-def test_se_kernels_no_spills(tmp_path):
-    cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-c",
-           os.path.join(ROOT, "csrc", "se", "se_cuda.cu"), "-o", str(tmp_path / "se_cuda.o")]
+pytestmark = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """(ptxas -v output, PTX text) of one sm_90 compile."""
+    out_dir = tmp_path_factory.mktemp("se_cuda")
+    cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-keep", "--keep-dir", str(out_dir),
+           "-c", os.path.join(ROOT, "csrc", "se", "se_cuda.cu"), "-o", str(out_dir / "se_cuda.o")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
+    ptx = glob.glob(str(out_dir / "*.ptx"))
+    assert ptx, f"nvcc -keep left no PTX in {out_dir}"
+    with open(ptx[0]) as f:
+        return out, f.read()
+
+
+def test_se_kernels_no_spills(build):
+    out, _ = build
     assert "warning" not in out.lower(), [l for l in out.splitlines() if "warning" in l.lower()][:10]
     kernels = re.findall(r"Compiling entry function '([^']+)' for 'sm_90'", out)
     spills = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", out)
@@ -36,3 +52,31 @@ def test_se_kernels_no_spills(tmp_path):
     for kind in ("se_squeeze_excite_kernel", "se_rescale_kernel", "se_fused_kernel", "se_bwd_reduce_kernel",
                  "se_wgrad_kernel", "se_dx_kernel", "se_pipelined_kernel", "se_bwd_pipelined_kernel"):
         assert kind in names, kind
+
+
+def _entries(ptx):
+    """kernel name -> its PTX body."""
+    parts = re.split(r"^\.visible \.entry (\S+)\(", ptx, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def test_se_kernels_memory_instructions(build):
+    """16-byte accesses where the kernels vectorize; the pipelined kernels' second pass loads and
+    stores with the evict-first hint (.cs) and reads the in-launch gates through L2 (.cg); the
+    split rescale keeps plain 16-byte accesses."""
+    entries = _entries(build[1])
+    bf16 = "13__nv_bfloat16"
+    checks = {  # kernel (bf16 instantiations) -> PTX that must appear
+        "19se_pipelined_kernel": ("ld.global.cs.v4", "st.global.cs.v4", "ld.global.cg.f32", "nanosleep"),
+        "23se_bwd_pipelined_kernel": ("ld.global.cs.v4", "st.global.cs.v4", "ld.global.cg.f32", "nanosleep"),
+        "17se_rescale_kernel": ("ld.global.v4", "st.global.v4"),
+        "24se_squeeze_excite_kernel": ("ld.global.v4",),
+    }
+    for kind, needles in checks.items():
+        bodies = {k: v for k, v in entries.items() if kind in k and bf16 in k}
+        assert bodies, f"no bf16 {kind} in the PTX"
+        for name, body in bodies.items():
+            for needle in needles:
+                assert needle in body, f"{name}: no {needle}"
+            if kind == "17se_rescale_kernel":
+                assert ".cs." not in body, f"{name}: the split rescale should not use evict-first"
