@@ -662,6 +662,41 @@ template <typename A> AK_INL void stage_channels(const A* src, A* dst, int c_lo,
   for (int c = c_lo + (int)threadIdx.x; c <= c_hi; c += blockDim.x) dst[c - c_lo] = ld_cg(src + c);
 }
 
+// The work loop of a ticket-ordered kernel (FwdParams and BwdParams both carry what it reads;
+// dynamic smem starts with the kHeader bytes it uses). slice(n, idx) reduces one slice of sample
+// n; epilogue(n) runs in the sample's last slice; chunk(n, u0, u1, c_lo, c_hi) processes units
+// [u0, u1) (16-byte vectors if P.vec, else elements; channels c_lo..c_hi) once the epilogue's
+// results are out.
+template <bool NHWC, int V, typename Params, typename Slice, typename Epilogue, typename Chunk>
+AK_INL void pipelined_loop(const Params& P, unsigned char* smem_raw, Slice&& slice, Epilogue&& epilogue,
+                           Chunk&& chunk) {
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
+  const int bps = P.bps, chunks = P.chunks, vv = P.vec ? V : 1, units = P.C * P.HW / vv;
+  const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
+  for (;;) {
+    const unsigned t = take_ticket(P.ticket, total, slot);
+    if (t >= total) return;
+    const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
+    unsigned* cnt = P.counters + it.n;
+    if (it.reduce) {
+      slice(it.n, it.idx);
+      if (last_block_of_sample(P.counters, it.n, bps, flag, false)) {
+        epilogue(it.n);
+        publish_sample(cnt);
+      }
+    } else {
+      wait_sample(cnt, bps);
+      const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
+      int c_lo, c_hi;
+      chunk_channels(u0, u1, vv, P.C, P.HW, NHWC, c_lo, c_hi);
+      chunk(it.n, u0, u1, c_lo, c_hi);
+      chunk_done(cnt, bps, chunks);
+    }
+    __syncthreads();  // the slot, flag and scratch are rewritten by the next item
+  }
+}
+
 // ------------------------------------------------------------------ forward kernels
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(FwdParams<T> P) {
@@ -739,44 +774,24 @@ __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_pipelined_kernel(FwdParams<T> P) {
   using A = typename Acc<T>::type;
-  constexpr int V = Vec<T>::N;
-  constexpr bool MAXP = POOL == POOL_AVGMAX;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
-  int* flag = reinterpret_cast<int*>(smem_raw);
-  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
   A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
-  const int C = P.C, HW = P.HW, bps = P.bps, chunks = P.chunks, E = C * HW;
-  const int vv = P.vec ? V : 1, units = E / vv;
-  const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
-  for (;;) {
-    const unsigned t = take_ticket(P.ticket, total, slot);
-    if (t >= total) return;
-    const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
-    const int n = it.n;
-    const size_t off = (size_t)n * E;
-    unsigned* cnt = P.counters + n;
-    if (it.reduce) {
-      A* pa = P.ws_a + (size_t)n * P.S * C;
-      A* pb = P.ws_b + (size_t)n * P.S * C;
-      squeeze_block<T, false, MAXP, NHWC>(P.x + off, nullptr, C, HW, it.idx, P.S, P.G, P.seg_len, P.upb,
-                                          P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb, scratch);
-      if (last_block_of_sample(P.counters, n, bps, flag, false)) {
-        fwd_epilogue<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + C);
-        publish_sample(cnt);
-      }
-    } else {
-      wait_sample(cnt, bps);
-      const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
-      int c_lo, c_hi;
-      chunk_channels(u0, u1, vv, C, HW, NHWC, c_lo, c_hi);
-      stage_channels(P.s + (size_t)n * C, scratch, c_lo, c_hi);
-      __syncthreads();
-      scale_range<T, NHWC, true>(P.x + off, P.y + off, scratch, c_lo, C, HW, u0 + threadIdx.x, u1, blockDim.x,
-                                 P.vec != 0);
-      chunk_done(cnt, bps, chunks);
-    }
-    __syncthreads();  // the slot, flag and scratch are rewritten by the next item
-  }
+  const int C = P.C, HW = P.HW;
+  const size_t E = (size_t)C * HW, SC = (size_t)P.S * C;
+  pipelined_loop<NHWC, Vec<T>::N>(
+      P, smem_raw,
+      [&](int n, int idx) {
+        squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC>(P.x + n * E, nullptr, C, HW, idx, P.S, P.G, P.seg_len,
+                                                           P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
+                                                           P.ws_a + n * SC, P.ws_b + n * SC, scratch);
+      },
+      [&](int n) { fwd_epilogue<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, true, scratch, scratch + C); },
+      [&](int n, int u0, int u1, int c_lo, int c_hi) {
+        stage_channels(P.s + (size_t)n * C, scratch, c_lo, c_hi);
+        __syncthreads();
+        scale_range<T, NHWC, true>(P.x + n * E, P.y + n * E, scratch, c_lo, C, HW, u0 + threadIdx.x, u1,
+                                   blockDim.x, P.vec != 0);
+      });
 }
 
 // Single pass: one block per sample, the sample's slab staged in shared memory.
@@ -991,47 +1006,29 @@ __global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd_pipelined_kernel(BwdParams<T> P) {
   using A = typename Acc<T>::type;
-  constexpr int V = Vec<T>::N;
   constexpr bool MAXP = POOL == POOL_AVGMAX;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
-  int* flag = reinterpret_cast<int*>(smem_raw);
-  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
   A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
-  const int C = P.C, HW = P.HW, bps = P.bps, chunks = P.chunks, E = C * HW;
-  const int vv = P.vec ? V : 1, units = E / vv;
-  const unsigned total = (unsigned)P.N * (unsigned)(bps + chunks);  // < 2^32 - gridDim.x (host)
-  for (;;) {
-    const unsigned t = take_ticket(P.ticket, total, slot);
-    if (t >= total) return;
-    const PipeItem it = pipe_item(t, P.N, bps, chunks, P.lag);
-    const int n = it.n;
-    const size_t off = (size_t)n * E, nC = (size_t)n * C;
-    unsigned* cnt = P.counters + n;
-    if (it.reduce) {
-      A* pa = P.ws_a + (size_t)n * P.S * C;
-      A* pb = P.ws_b + (size_t)n * P.S * C;
-      squeeze_block<T, true, MAXP, NHWC>(P.x + off, P.dy + off, C, HW, it.idx, P.S, P.G, P.seg_len, P.upb,
-                                         P.vc, P.ctv, P.ctiles, P.vec_in != 0, MAXP ? P.pmax + nC : nullptr,
-                                         pa, pb, scratch);
-      if (last_block_of_sample(P.counters, n, bps, flag, false)) {
-        bwd_epilogue<T, POOL>(P, n, pa, pb, P.S, scratch, scratch + C, scratch + C + P.Cr);
-        publish_sample(cnt);
-      }
-    } else {
-      wait_sample(cnt, bps);
-      const int u0 = it.idx * P.rs_span, u1 = min(units, u0 + P.rs_span);
-      int c_lo, c_hi;
-      chunk_channels(u0, u1, vv, C, HW, NHWC, c_lo, c_hi);
-      A* ca = scratch;
-      A* cb = scratch + (c_hi - c_lo + 1);
-      stage_channels(P.coef_a + nC, ca, c_lo, c_hi);
-      if (MAXP) stage_channels(P.coef_b + nC, cb, c_lo, c_hi);
-      __syncthreads();
-      dx_range<T, MAXP, NHWC, true>(P, n, ca, cb, c_lo, u0 + threadIdx.x, u1, blockDim.x);
-      chunk_done(cnt, bps, chunks);
-    }
-    __syncthreads();  // the slot, flag and scratch are rewritten by the next item
-  }
+  const int C = P.C, HW = P.HW;
+  const size_t E = (size_t)C * HW, SC = (size_t)P.S * C;
+  pipelined_loop<NHWC, Vec<T>::N>(
+      P, smem_raw,
+      [&](int n, int idx) {
+        squeeze_block<T, true, MAXP, NHWC>(P.x + n * E, P.dy + n * E, C, HW, idx, P.S, P.G, P.seg_len, P.upb, P.vc,
+                                           P.ctv, P.ctiles, P.vec_in != 0, MAXP ? P.pmax + (size_t)n * C : nullptr,
+                                           P.ws_a + n * SC, P.ws_b + n * SC, scratch);
+      },
+      [&](int n) {
+        bwd_epilogue<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, scratch, scratch + C, scratch + C + P.Cr);
+      },
+      [&](int n, int u0, int u1, int c_lo, int c_hi) {
+        A* ca = scratch;
+        A* cb = scratch + (c_hi - c_lo + 1);
+        stage_channels(P.coef_a + (size_t)n * C, ca, c_lo, c_hi);
+        if (MAXP) stage_channels(P.coef_b + (size_t)n * C, cb, c_lo, c_hi);
+        __syncthreads();
+        dx_range<T, MAXP, NHWC, true>(P, n, ca, cb, c_lo, u0 + threadIdx.x, u1, blockDim.x);
+      });
 }
 
 }  // namespace se
