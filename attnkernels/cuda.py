@@ -16,21 +16,20 @@ would run):
            backward's reduction and dx the same way (one launch, dy re-read from L2; then the
            weight-gradient kernel). Not chosen by "auto" until a GPU run has measured it.
 Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
-``with force_variant("fused"): ...`` (tests, benchmarks; ``bps`` also sets the squeeze blocks per
-sample, ``lag`` the pipelined lag in samples).
+``with force_variant("fused"): ...`` (attnkernels/_variant.py; tests, benchmarks: ``bps`` also
+sets the squeeze blocks per sample, ``lag`` the pipelined lag in samples).
 ATTNKERNELS_CUDA_POISON=1 (or attnkernels._alloc.poisoned()) fills every output and workspace
 with NaN before the kernels run.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import threading
 
 import torch
 
 from ._alloc import poisoning
+from ._variant import force_variant, request
 
 __all__ = [
     "unavailable_reason", "se_forward", "se_backward", "last_variant", "se_forward_variant",
@@ -46,7 +45,6 @@ _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 
 
 _mods: dict[str, object] = {}
 _errors: dict[str, str] = {}
-_local = threading.local()
 _last_variant: str | None = None
 
 
@@ -84,36 +82,14 @@ def _ext_for(t: torch.Tensor):
 
 def _variant_request() -> tuple[int, int, int]:
     """(variant code, squeeze blocks per sample, pipelined lag); 0 = the dispatcher's choice."""
-    forced = getattr(_local, "forced", None)
-    if forced is not None:
-        return forced
-    v = os.environ.get("ATTNKERNELS_SE_VARIANT", "auto") or "auto"
-    if v not in _VARIANT:
-        raise ValueError(f"ATTNKERNELS_SE_VARIANT must be one of {tuple(_VARIANT)}, got {v!r}")
-    return _VARIANT[v], 0, 0
+    v, bps, lag = request()
+    return _VARIANT[v], bps, lag
 
 
 def _poison() -> bool:
     """NaN-fill outputs and workspaces first: inside attnkernels._alloc.poisoned() (the tests),
     or with ATTNKERNELS_CUDA_POISON=1."""
     return poisoning() or os.environ.get("ATTNKERNELS_CUDA_POISON", "0") not in ("", "0")
-
-
-@contextlib.contextmanager
-def force_variant(variant: str = "auto", bps: int = 0, lag: int = 0):
-    """Force the SE forward variant ("auto", "split", "fused", "pipelined") in this thread; `bps`
-    > 0 sets the number of squeeze blocks per sample targeted by the split and pipelined forwards
-    and the backward, `lag` > 0 the pipelined variant's lag in samples."""
-    if variant not in _VARIANT:
-        raise ValueError(f"variant must be one of {tuple(_VARIANT)}, got {variant!r}")
-    if bps < 0 or lag < 0:
-        raise ValueError(f"bps and lag must be >= 0, got bps={bps}, lag={lag}")
-    prev = getattr(_local, "forced", None)
-    _local.forced = (_VARIANT[variant], int(bps), int(lag))
-    try:
-        yield
-    finally:
-        _local.forced = prev
 
 
 def last_variant() -> str | None:

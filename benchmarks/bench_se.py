@@ -143,6 +143,8 @@ def parse_args(argv=None):
     p.add_argument("--cuda-variants", default=None,
                    help="comma list of split,pipelined,fused: also time the cuda backend with each "
                         "SE forward variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick)")
+    p.add_argument("--triton-variants", default=None,
+                   help="comma list of split,pipelined: the same for the triton backend (columns triton:<variant>)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-graphs", action="store_true",
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
@@ -337,10 +339,10 @@ def _backend_of(impl):
 
 
 def _variant_forced(impl):
-    """The context an impl column runs in: force_variant for "cuda:<variant>", else nothing."""
+    """The context an impl column runs in: force_variant for "<backend>:<variant>", else nothing."""
     if ":" not in impl:
         return contextlib.nullcontext()
-    from attnkernels.cuda import force_variant
+    from attnkernels._variant import force_variant
     return force_variant(impl.split(":", 1)[1])
 
 
@@ -354,10 +356,12 @@ def _call_fwdbwd(m, x, dy, params):
     return torch.autograd.grad(y, [x] + params, dy)
 
 
-def _variant():
+def _variant(impl="cuda"):
+    """The variant the impl's backend last ran ("n/a" if it does not say)."""
     try:
         import importlib
-        mod = importlib.import_module("attnkernels.cuda")
+        mod = importlib.import_module("attnkernels.triton.se" if impl.startswith("triton")
+                                      else "attnkernels.cuda")
         fn = getattr(mod, "last_variant", None)
         if fn is None:
             return "n/a"
@@ -455,7 +459,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                        peak_mb=float("nan"), variant="-", check="-", n_sets=n_sets,
                        bytes=BYTES_FACTOR[mode] * xbytes, compile_s=float("nan"),
                        graph_ms=float("nan"), graph_pct_copy=float("nan"), note="")
-            if impl.startswith("cuda"):
+            if impl.startswith(("cuda", "triton")):
                 row["variant"] = "n/a"
             if impl not in mods:
                 row["note"] = compile_note or "unavailable"
@@ -480,8 +484,8 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
                 if impl == "compile":
                     row["compile_s"] = time.perf_counter() - t0
                 first = out if mode == "fwd" else out[0]
-                if impl.startswith("cuda"):
-                    row["variant"] = _variant()
+                if impl.startswith(("cuda", "triton")):
+                    row["variant"] = _variant(impl)
                 if impl == "eager":
                     ref_out = first.detach()
                     ref32 = _fp32_reference(tv, mode, sets[0]) if dtype != torch.float32 else None
@@ -537,7 +541,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
             log(f"   {mode:7s} {impl:8s} {fmt_num(row['ms'], 4):>9s} ms  "
                 f"{fmt_num(row['gbps'], 0):>6s} GB/s  {fmt_num(row['pct_copy'], 0):>4s}% copy  "
                 f"x{fmt_num(row['x_eager'], 2)} vs eager  peak {fmt_num(row['peak_mb'], 1)} MB  "
-                f"{row['variant'] if impl.startswith('cuda') else ''} {row['check']} {row['note']}")
+                f"{row['variant'] if impl.startswith(('cuda', 'triton')) else ''} {row['check']} {row['note']}")
     del mods, tv, fused
     _empty_cache()
     return results
@@ -699,6 +703,9 @@ def main(argv=None):
         impls = [i for i in impls if i in want]
         if "eager" not in impls:  # eager is the baseline of the check and the speedups
             impls = ["eager"] + impls
+    if args.triton_variants and "triton" in avail:
+        impls += [f"triton:{v}" for v in _csv_list(args.triton_variants, ("split", "pipelined"),
+                                                   "triton variant")]
     if args.cuda_variants and _backend_of("cuda") in avail:
         impls += [f"cuda:{v}" for v in _csv_list(args.cuda_variants, ("split", "pipelined", "fused"),
                                                  "cuda variant")]

@@ -5,7 +5,8 @@
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_se.py [--backends cuda]
 
 attnkernels.se forward + backward on the "cuda" backend (each forward variant: auto, split,
-fused, pipelined with its default lag and with lag 1, when attnkernels.cuda can force them) and on "triton", for a few small shapes, dtypes and
+fused, pipelined with its default lag and with lag 1, when attnkernels.cuda can force them) and on "triton"
+(its default and pipelined with lag 1), for a few small shapes, dtypes and
 layouts, pools avg and avgmax, several act/gate pairs. Outputs are poisoned with NaN first where
 the backend supports it (ATTNKERNELS_CUDA_POISON=1) and compared with the eager reference (a
 mismatch is reported and makes the exit status 1). Exit 0 when every case ran and matched; 2 if
@@ -85,6 +86,7 @@ def main(argv=None):
         print("sanitize_se.py: needs a CUDA GPU", file=sys.stderr)
         return 2
     import attnkernels as ak
+    from attnkernels._variant import force_variant
     avail = ak.available_backends(DEV)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     print(f"sanitize_se: {torch.cuda.get_device_name(0) if DEV == 'cuda' else 'cpu'}; torch {torch.__version__}; "
@@ -108,6 +110,8 @@ def main(argv=None):
             # (variant, squeeze blocks per sample, pipelined lag): lag 1 interleaves squeezes and
             # rescales even where the default lag (from the L2 size) covers the whole batch
             variants = [("auto",), ("split",), ("fused",), ("pipelined",), ("pipelined", 0, 1)]
+        elif backend == "triton":
+            variants = [None, ("pipelined", 0, 1)]
         for variant in variants:
             for i, shape in enumerate(SHAPES):
                 for j, (dtype, cl, act, gate, pool) in enumerate(CASES):
@@ -115,7 +119,7 @@ def main(argv=None):
                     label = (f"{backend}{'/' + vname if variant else ''} {shape} "
                              f"{str(dtype).replace('torch.', '')} {'cl' if cl else 'nchw'} {act}/{gate}/{pool}")
                     try:
-                        ctx = cuda_mod.force_variant(*variant) if variant else contextlib.nullcontext()
+                        ctx = force_variant(*variant) if variant else contextlib.nullcontext()
                         with ctx:
                             bad = run_case(ak, backend, shape, dtype, cl, act, gate, pool, 10 * i + j)
                         ran_variant = ""

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import attnkernels as ak
 from attnkernels import reference
 from attnkernels._alloc import poisoned
+from attnkernels._variant import force_variant
 from conftest import DEVICE
 from utils import assert_matches, rand, to64
 
@@ -178,6 +179,32 @@ def test_se_repeated_calls_reuse_counters(kernel_backend):
         case = make_case(shape, torch.float32, seed=i)
         y = ak.se(*case, backend=kernel_backend)
         torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
+
+
+def _backend_module(backend):
+    import importlib
+    return importlib.import_module("attnkernels.triton.se" if backend == "triton" else "attnkernels.cuda")
+
+
+@pytest.mark.parametrize("lag", [1, 2, 0], ids=lambda v: f"lag{v}")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_pipelined_variant(kernel_backend, lag, channels_last):
+    """The one-launch pipelined forward (and on cuda the pipelined backward): ticket-ordered
+    squeeze and rescale, interleaved when the lag is below N (lag 0: the default, from the L2
+    size). Repeated calls: the ready counters and the ticket re-zero themselves."""
+    mod = _backend_module(kernel_backend)
+    for shape, dtype in (((5, 24, 9, 9, 6), torch.float32), ((4, 300, 3, 3, 20), torch.bfloat16),
+                         ((3, 1, 1, 1, 1), torch.float32)):
+        case = make_case(shape, dtype, channels_last, seed=lag)
+        with force_variant("pipelined", lag=lag):
+            run_and_check(kernel_backend, case, "silu", "sigmoid", "avgmax")
+            assert mod.last_variant() == "pipelined"
+            run_and_check(kernel_backend, case, "relu", "hardsigmoid", "avg", check_grad=False)
+    if kernel_backend == "triton":
+        from attnkernels.triton._common import arrival_counters
+        assert not arrival_counters(torch.device(DEVICE), 1).any(), "counters left non-zero"
+    y = ak.se(*case, backend=kernel_backend)  # the default variant after the pipelined ones
+    torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))

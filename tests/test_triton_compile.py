@@ -1,9 +1,10 @@
 """Compile the SE Triton kernels ahead of time for sm_90 (no GPU needed): catches what the
 interpreter accepts but the compiler rejects, and checks that the kernels streaming x use 16-byte
-vector loads/stores. The kernels must be imported without TRITON_INTERPRET, so the tests run
+vector loads/stores (with the evict-first hint in the pipelined kernel's second pass). The kernels must be imported without TRITON_INTERPRET, so the tests run
 this file as a script in a subprocess (one run, all checks)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,14 +82,19 @@ def main():
                     "rescale": (se._se_excite_rescale, dict(HAS_B2=True, ACT=act, GATE=gate)),
                     "bwd_reduce": (se._se_bwd_reduce, dict(ACT=act, GATE=gate, POOL_MAX=True, SPLIT=False, BLOCK_ROWS=8)),
                     "bwd_dx": (se._se_bwd_dx, dict(POOL_MAX=True)),
+                    "pipelined": (se._se_pipelined, dict(HAS_B1=True, HAS_B2=True, ACT=act, GATE=gate, POOL_MAX=True,
+                                                         SPLIT=True, BLOCK_ROWS=8, SPIN_CAP=0)),
                 }
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
-                    if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx"):
+                    if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined"):
                         ptx = k.asm["ptx"]
                         ok = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
-                        if name != "squeeze":
+                        if name == "pipelined":  # the rescale's last read of x and its y: evict-first
+                            ok = ok and bool(re.search(r"ld\.global\.L1::evict_first\S*\.v4", ptx))
+                            ok = ok and bool(re.search(r"st\.global\.L1::evict_first\S*\.v4", ptx))
+                        elif name != "squeeze":
                             ok = ok and "st.global.v4" in ptx
                         vector[f"{name} {'cl' if cl else 'nchw'}"] = ok
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=64, BLOCK_B=32))

@@ -21,6 +21,11 @@ Backward
   3. _se_bwd_dx: each program forms dp = W1[:, cb]^T du for its channels, then
      dx = dy * s + dp_avg / HW (+ dp_max / ties where x is a tied max), in reverse order.
 No (N, C, H, W) intermediate besides y and dx; autograd keeps x and per-(n, c) vectors only.
+
+Variant "pipelined" (attnkernels/_variant.py; opt-in until measured on a GPU): _se_pipelined runs
+the forward's two grids in one launch of persistent programs that take their tiles in the order
+of an atomic ticket, each sample's rescale a lag behind its squeeze, so the rescale's read of x
+hits L2 (the CUDA backend's pipelined kernels do the same; csrc/se/kernels.cuh).
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ import torch
 import triton
 import triton.language as tl
 
+import functools
+
 from .._alloc import acc_dtype, empty, empty_like
+from .._variant import request
 from ._common import (activation, activation_grad, arrival_counters, cast_to, gate,
                       gate_grad, target_programs, tl_acc_dtype)
 
@@ -114,13 +122,18 @@ def _combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.co
 
 @triton.jit
 def _channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
-                   APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+                   APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                   CG: tl.constexpr = False):
     """out[c] = sum_r W[c, r] * f(v[r]) for this program's channels c, over all n_in inputs r
-    (f = act if APPLY_ACT): the per-channel half of a layer, e.g. z = W2[cb, :] @ act(u)."""
+    (f = act if APPLY_ACT): the per-channel half of a layer, e.g. z = W2[cb, :] @ act(u).
+    CG: v was written during this launch, read it through L2 (L1 is not coherent)."""
     out = tl.zeros([c.shape[0]], dtype=ACC)
     for r0 in range(0, n_in, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        v = tl.load(v_ptr + r, mask=r < n_in, other=0.0)
+        if CG:
+            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0, cache_modifier=".cg")
+        else:
+            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0)
         if APPLY_ACT:
             v = activation(v, ACT)
         out += _matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
@@ -140,13 +153,15 @@ def _matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC
 # forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _se_squeeze(
-    x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
+def _squeeze_tile(
+    pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
 ):
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(tl.program_id(0), n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u."""
+    done = False
+    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     base = x_ptr + n.to(tl.int64) * C * HW
     acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
@@ -183,6 +198,51 @@ def _se_squeeze(
                 if HAS_B1:
                     u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
                 tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
+            done = True
+    return done
+
+
+@triton.jit
+def _se_squeeze(
+    x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+):
+    _squeeze_tile(tl.program_id(0), x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
+                  pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+                  HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS)
+
+
+@triton.jit
+def _rescale_tile(
+    pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr,
+    C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, LAST: tl.constexpr,
+):
+    """Excite + rescale tile pid of the grid. LAST: u was written during this launch (read it
+    through L2) and this is x's last read (evict-first, as is y's store)."""
+    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    # layer 2 for this block's channels: z = W2[cb, :] @ act(u) + b2[cb]
+    z = _channel_layer(w2_ptr, Cr, 1, u_ptr + n * Cr, Cr, c, cmask, ACT, True, ACC, BLOCK_R, LAST)
+    if HAS_B2:
+        z += tl.load(b2_ptr + c, mask=cmask, other=0.0).to(ACC)
+    s = gate(z, GATE)
+    if sp == 0:
+        tl.store(z_ptr + n * C + c, z, mask=cmask)
+        tl.store(s_ptr + n * C + c, s, mask=cmask)
+    off_n = n.to(tl.int64) * C * HW
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        if LAST:
+            x = tl.load(x_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
+            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m,
+                     eviction_policy="evict_first")
+        else:
+            x = tl.load(x_ptr + ptrs, mask=m, other=0.0)
+            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -193,21 +253,89 @@ def _se_excite_rescale(
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # reverse order of the squeeze
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    # layer 2 for this block's channels: z = W2[cb, :] @ act(u) + b2[cb]
-    z = _channel_layer(w2_ptr, Cr, 1, u_ptr + n * Cr, Cr, c, cmask, ACT, True, ACC, BLOCK_R)
-    if HAS_B2:
-        z += tl.load(b2_ptr + c, mask=cmask, other=0.0).to(ACC)
-    s = gate(z, GATE)
-    if sp == 0:
-        tl.store(z_ptr + n * C + c, z, mask=cmask)
-        tl.store(s_ptr + n * C + c, s, mask=cmask)
-    off_n = n.to(tl.int64) * C * HW
-    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        x = tl.load(x_ptr + ptrs, mask=m, other=0.0)
-        tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m)
+    _rescale_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, C, HW, Cr, n_cblk, n_split,
+                  hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C, BLOCK_HW, BLOCK_R,
+                  False)
+
+
+@triton.jit
+def _take_ticket(ticket_ptr, last_ticket):
+    """This program's next work item; the program taking the launch's last ticket (every program
+    takes one past the work before it exits) re-zeroes the counter for the next call."""
+    t = tl.atomic_add(ticket_ptr, 1, sem="relaxed")
+    if t == last_ticket:
+        tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")
+    return t
+
+
+@triton.jit
+def _pipe_item(t, N, per_sample, L):
+    """(is_squeeze, n, tile) of ticket t: the squeeze tiles of samples [0, L), then for k = 0, 1,
+    ...: the squeeze tiles of sample k + L (while there is one), the rescale tiles of sample k."""
+    head = L * per_sample
+    full = (N - L) * 2 * per_sample
+    is_squeeze = t < head
+    n = t // per_sample
+    idx = t % per_sample
+    if t >= head:
+        r = t - head
+        if r < full:
+            k = r // (2 * per_sample)
+            j = r % (2 * per_sample)
+            is_squeeze = j < per_sample
+            n = tl.where(is_squeeze, k + L, k)
+            idx = tl.where(is_squeeze, j, j - per_sample)
+        else:
+            r = r - full
+            n = N - L + r // per_sample
+            idx = r % per_sample
+    return is_squeeze, n, idx
+
+
+@triton.jit
+def _se_pipelined(
+    x_ptr, y_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
+    pmax_ptr, s_ptr, z_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw, lag,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+    POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr,
+):
+    """Squeeze and rescale in one launch: persistent programs take the tiles of both grids in
+    ticket order (_pipe_item), each sample's rescale `lag` samples behind its squeeze, so the
+    rescale re-reads x from L2. A rescale tile waits for its sample's u, written by a squeeze tile
+    with a smaller ticket, i.e. by a program that is running or done: no deadlock, whatever the
+    residency. ready[n] (after the split and block counters): +1 when u[n] is out, +1 per rescale
+    tile; the sample's last tile re-zeroes it. SPIN_CAP > 0 bounds a wait (the interpreter runs
+    programs one after another, so a wait there is a bug: give up and let the test fail)."""
+    per_sample = n_cblk * n_split
+    total = N * 2 * per_sample
+    ready_ptr = counter_ptr + N + N * n_cblk
+    ticket_ptr = ready_ptr + N
+    last_ticket = total + tl.num_programs(0) - 1
+    t = _take_ticket(ticket_ptr, last_ticket)
+    while t < total:
+        is_squeeze, n, idx = _pipe_item(t, N, per_sample, lag)
+        pid = n * per_sample + idx
+        if is_squeeze:
+            if _squeeze_tile(pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
+                             pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+                             HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS):
+                tl.debug_barrier()  # every thread's u stores before the release
+                tl.atomic_add(ready_ptr + n, 1, sem="release")
+        else:
+            r = tl.atomic_add(ready_ptr + n, 0, sem="acquire")
+            spins = 0
+            while (r == 0) & ((SPIN_CAP == 0) | (spins < SPIN_CAP)):
+                r = tl.atomic_add(ready_ptr + n, 0, sem="acquire")
+                spins += 1
+            _rescale_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, C, HW, Cr, n_cblk,
+                          n_split, hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C,
+                          BLOCK_HW, BLOCK_R, True)
+            tl.debug_barrier()
+            if tl.atomic_add(ready_ptr + n, 1, sem="relaxed") == per_sample:
+                tl.atomic_xchg(ready_ptr + n, 0, sem="relaxed")
+        t = _take_ticket(ticket_ptr, last_ticket)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +499,33 @@ def _workspaces(N, Cr, a, dtype, device):
     return ws, wsu, counters, rows
 
 
+_last_variant = None
+_PIPE_L2_SHARE = 0.3  # share of L2 the lag's slabs (squeezed, not yet rescaled) may fill
+
+
+def last_variant():
+    """The SE forward variant of the last se_forward call: "split" or "pipelined"."""
+    return _last_variant
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    return 4 << 20  # the interpreter: a small pretend L2, so the default lag stays below N in tests
+
+
+def _pipe_lag(x, lag):
+    if lag > 0:
+        return min(lag, x.shape[0])
+    slab = x[0].numel() * x.element_size()
+    return max(1, min(x.shape[0], int(_PIPE_L2_SHARE * _l2_bytes(x.device) / slab)))
+
+
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
+    """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined; any other the two-launch
+    split forward (the default until a GPU run has measured the pipelined one)."""
+    global _last_variant
     N, C = x.shape[:2]
     Cr = w1.shape[0]
     acc = acc_dtype(x.dtype)
@@ -382,10 +536,23 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     u = empty((N, Cr), acc, x.device)
     pmax = empty((N, C) if pool_max else (0,), acc, x.device)
     ws, wsu, counters, rows = _workspaces(N, Cr, a, acc, x.device)
+    y = empty_like(x)
+    variant, _, lag = request()
+    if variant == "pipelined":
+        # + per-sample ready counters and the ticket after the split and block counters
+        counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
+        n_prog = min(grid[0] * 2, target_programs(x.device))
+        _se_pipelined[(n_prog,)](
+            x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
+            u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
+            HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=act, GATE=gate, POOL_MAX=pool_max,
+            ACC=accd, SPIN_CAP=0 if x.device.type == "cuda" else 1, num_warps=4)
+        _last_variant = "pipelined"
+        return y, s, z, u, p, pmax
+    _last_variant = "split"
     _se_squeeze[grid](x, w1, b1 if b1 is not None else w1, ws, wsu, counters, u, p,
                       pmax if pool_max else p, N, **a, **rows, HAS_B1=b1 is not None,
                       POOL_MAX=pool_max, ACC=accd, num_warps=4)
-    y = empty_like(x)
     _se_excite_rescale[grid](x, y, w2, b2 if b2 is not None else w2, u, s, z, **a,
                              HAS_B2=b2 is not None, ACT=act, GATE=gate, ACC=accd, num_warps=4)
     return y, s, z, u, p, pmax
