@@ -84,14 +84,16 @@ def main():
                     "bwd_dx": (se._se_bwd_dx, dict(POOL_MAX=True)),
                     "pipelined": (se._se_pipelined, dict(HAS_B1=True, HAS_B2=True, ACT=act, GATE=gate, POOL_MAX=True,
                                                          SPLIT=True, BLOCK_ROWS=8, SPIN_CAP=0)),
+                    "bwd_pipelined": (se._se_bwd_pipelined, dict(ACT=act, GATE=gate, POOL_MAX=True, SPLIT=True,
+                                                                 BLOCK_ROWS=8, SPIN_CAP=0)),
                 }
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
-                    if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined"):
+                    if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined", "bwd_pipelined"):
                         ptx = k.asm["ptx"]
                         ok = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
-                        if name == "pipelined":  # the rescale's last read of x and its y: evict-first
+                        if "pipelined" in name:  # the second pass's last reads and its stores: evict-first
                             ok = ok and bool(re.search(r"ld\.global\.L1::evict_first\S*\.v4", ptx))
                             ok = ok and bool(re.search(r"st\.global\.L1::evict_first\S*\.v4", ptx))
                         elif name != "squeeze":

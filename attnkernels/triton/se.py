@@ -25,7 +25,8 @@ No (N, C, H, W) intermediate besides y and dx; autograd keeps x and per-(n, c) v
 Variant "pipelined" (attnkernels/_variant.py; opt-in until measured on a GPU): _se_pipelined runs
 the forward's two grids in one launch of persistent programs that take their tiles in the order
 of an atomic ticket, each sample's rescale a lag behind its squeeze, so the rescale's read of x
-hits L2 (the CUDA backend's pipelined kernels do the same; csrc/se/kernels.cuh).
+hits L2; _se_bwd_pipelined does the same for the backward's reduction and dx (dy re-read from
+L2), then _se_bwd_weights runs. The CUDA backend's pipelined kernels do the same.
 """
 from __future__ import annotations
 
@@ -269,6 +270,31 @@ def _take_ticket(ticket_ptr, last_ticket):
 
 
 @triton.jit
+def _publish(ready_ptr):
+    """The sample's epilogue results are stored (by every thread): release them."""
+    tl.debug_barrier()
+    tl.atomic_add(ready_ptr, 1, sem="release")
+
+
+@triton.jit
+def _wait_ready(ready_ptr, SPIN_CAP: tl.constexpr):
+    """Wait for _publish of the sample (SPIN_CAP > 0: give up after that many retries)."""
+    r = tl.atomic_add(ready_ptr, 0, sem="acquire")
+    spins = 0
+    while (r == 0) & ((SPIN_CAP == 0) | (spins < SPIN_CAP)):
+        r = tl.atomic_add(ready_ptr, 0, sem="acquire")
+        spins += 1
+
+
+@triton.jit
+def _tile_done(ready_ptr, per_sample):
+    """Count an elementwise tile; the sample's last re-zeroes the counter for the next call."""
+    tl.debug_barrier()
+    if tl.atomic_add(ready_ptr, 1, sem="relaxed") == per_sample:
+        tl.atomic_xchg(ready_ptr, 0, sem="relaxed")
+
+
+@triton.jit
 def _pipe_item(t, N, per_sample, L):
     """(is_squeeze, n, tile) of ticket t: the squeeze tiles of samples [0, L), then for k = 0, 1,
     ...: the squeeze tiles of sample k + L (while there is one), the rescale tiles of sample k."""
@@ -321,20 +347,13 @@ def _se_pipelined(
             if _squeeze_tile(pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
                              pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
                              HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS):
-                tl.debug_barrier()  # every thread's u stores before the release
-                tl.atomic_add(ready_ptr + n, 1, sem="release")
+                _publish(ready_ptr + n)
         else:
-            r = tl.atomic_add(ready_ptr + n, 0, sem="acquire")
-            spins = 0
-            while (r == 0) & ((SPIN_CAP == 0) | (spins < SPIN_CAP)):
-                r = tl.atomic_add(ready_ptr + n, 0, sem="acquire")
-                spins += 1
+            _wait_ready(ready_ptr + n, SPIN_CAP)
             _rescale_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, C, HW, Cr, n_cblk,
                           n_split, hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C,
                           BLOCK_HW, BLOCK_R, True)
-            tl.debug_barrier()
-            if tl.atomic_add(ready_ptr + n, 1, sem="relaxed") == per_sample:
-                tl.atomic_xchg(ready_ptr + n, 0, sem="relaxed")
+            _tile_done(ready_ptr + n, per_sample)
         t = _take_ticket(ticket_ptr, last_ticket)
 
 
@@ -342,15 +361,17 @@ def _se_pipelined(
 # backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _se_bwd_reduce(
-    dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
+def _bwd_reduce_tile(
+    pid, dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
     dz_ptr, du_ptr, ties_ptr,
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
 ):
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(tl.program_id(0), n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    """Reduction tile pid; True in the program that finished the sample's du."""
+    done = False
+    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     off_n = n.to(tl.int64) * C * HW
     acc_ds = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
@@ -387,6 +408,23 @@ def _se_bwd_reduce(
                 dh = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
                 u = tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0)
                 tl.store(du_ptr + n * Cr + r, dh * activation_grad(u, ACT), mask=r < Cr)
+            done = True
+    return done
+
+
+@triton.jit
+def _se_bwd_reduce(
+    dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
+    dz_ptr, du_ptr, ties_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+):
+    _bwd_reduce_tile(tl.program_id(0), dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr,
+                     counter_ptr, dz_ptr, du_ptr, ties_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split,
+                     stride_c, stride_hw, ACT, GATE, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R,
+                     BLOCK_ROWS)
 
 
 @triton.jit
@@ -430,6 +468,49 @@ def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2
 
 
 @triton.jit
+def _bwd_dx_tile(
+    pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
+    C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, LAST: tl.constexpr,
+):
+    """dx tile pid. LAST: du and the tie counts were written during this launch (read them
+    through L2) and this is dy's (and x's) last read (evict-first, as is dx's store)."""
+    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
+    dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
+    s = tl.load(s_ptr + n * C + c, mask=cmask, other=0.0)
+    if POOL_MAX:
+        pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
+        if LAST:
+            ties = tl.load(ties_ptr + n * C + c, mask=cmask, other=1.0, cache_modifier=".cg")
+        else:
+            ties = tl.load(ties_ptr + n * C + c, mask=cmask, other=1.0)
+        coef_max = 0.5 * dp / ties
+        dp = 0.5 * dp
+    coef_avg = dp / HW
+    off_n = n.to(tl.int64) * C * HW
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        if LAST:
+            dy = tl.load(dy_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
+        else:
+            dy = tl.load(dy_ptr + ptrs, mask=m, other=0.0)
+        g = dy.to(ACC) * s[:, None] + coef_avg[:, None]
+        if POOL_MAX:
+            if LAST:
+                x = tl.load(x_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first").to(ACC)
+            else:
+                x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
+            g += tl.where(x == pm[:, None], coef_max[:, None], 0.0)
+        if LAST:
+            tl.store(dx_ptr + ptrs, cast_to(g, dx_ptr.dtype.element_ty), mask=m, eviction_policy="evict_first")
+        else:
+            tl.store(dx_ptr + ptrs, cast_to(g, dx_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _se_bwd_dx(
     dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
     C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
@@ -437,24 +518,43 @@ def _se_bwd_dx(
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # reverse order of the reduction
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
-    dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R)
-    s = tl.load(s_ptr + n * C + c, mask=cmask, other=0.0)
-    if POOL_MAX:
-        pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
-        coef_max = 0.5 * dp / tl.load(ties_ptr + n * C + c, mask=cmask, other=1.0)
-        dp = 0.5 * dp
-    coef_avg = dp / HW
-    off_n = n.to(tl.int64) * C * HW
-    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        g = tl.load(dy_ptr + ptrs, mask=m, other=0.0).to(ACC) * s[:, None] + coef_avg[:, None]
-        if POOL_MAX:
-            x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
-            g += tl.where(x == pm[:, None], coef_max[:, None], 0.0)
-        tl.store(dx_ptr + ptrs, cast_to(g, dx_ptr.dtype.element_ty), mask=m)
+    _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr, n_cblk,
+                 n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW, BLOCK_R, False)
+
+
+@triton.jit
+def _se_bwd_pipelined(
+    dy_ptr, x_ptr, dx_ptr, w1_ptr, w2_ptr, s_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
+    dz_ptr, du_ptr, ties_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw, lag,
+    ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr,
+):
+    """The backward's reduction and dx in one launch, ticket-ordered like _se_pipelined: a dx tile
+    waits for its sample's du and re-reads dy (and x) from L2. _se_bwd_weights runs after."""
+    per_sample = n_cblk * n_split
+    total = N * 2 * per_sample
+    ready_ptr = counter_ptr + N + N * n_cblk
+    ticket_ptr = ready_ptr + N
+    last_ticket = total + tl.num_programs(0) - 1
+    t = _take_ticket(ticket_ptr, last_ticket)
+    while t < total:
+        is_reduce, n, idx = _pipe_item(t, N, per_sample, lag)
+        pid = n * per_sample + idx
+        if is_reduce:
+            if _bwd_reduce_tile(pid, dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr,
+                                counter_ptr, dz_ptr, du_ptr, ties_ptr, N, C, HW, Cr, n_cblk, n_split,
+                                hw_per_split, stride_c, stride_hw, ACT, GATE, POOL_MAX, ACC, SPLIT, BLOCK_C,
+                                BLOCK_HW, BLOCK_R, BLOCK_ROWS):
+                _publish(ready_ptr + n)
+        else:
+            _wait_ready(ready_ptr + n, SPIN_CAP)
+            _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr,
+                         n_cblk, n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW,
+                         BLOCK_R, True)
+            _tile_done(ready_ptr + n, per_sample)
+        t = _take_ticket(ticket_ptr, last_ticket)
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,6 +622,17 @@ def _pipe_lag(x, lag):
     return max(1, min(x.shape[0], int(_PIPE_L2_SHARE * _l2_bytes(x.device) / slab)))
 
 
+def _pipe_programs(grid, device):
+    """Persistent programs of a pipelined launch: the tiles of both grids, capped at a few per SM."""
+    return max(1, min(2 * grid[0], target_programs(device)))
+
+
+def _spin_cap(device):
+    """0 (wait as long as it takes) on a GPU; the interpreter runs programs one after another, so a
+    wait there is a bug: give up after one retry and let the wrong answer fail the tests."""
+    return 0 if device.type == "cuda" else 1
+
+
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined; any other the two-launch
     split forward (the default until a GPU run has measured the pipelined one)."""
@@ -541,12 +652,11 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     if variant == "pipelined":
         # + per-sample ready counters and the ticket after the split and block counters
         counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
-        n_prog = min(grid[0] * 2, target_programs(x.device))
-        _se_pipelined[(n_prog,)](
+        _se_pipelined[(_pipe_programs(grid, x.device),)](
             x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
             u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
             HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=act, GATE=gate, POOL_MAX=pool_max,
-            ACC=accd, SPIN_CAP=0 if x.device.type == "cuda" else 1, num_warps=4)
+            ACC=accd, SPIN_CAP=_spin_cap(x.device), num_warps=4)
         _last_variant = "pipelined"
         return y, s, z, u, p, pmax
     _last_variant = "split"
@@ -559,6 +669,8 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
 
 
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
+    """Variant "pipelined" runs the reduction and dx in one launch (_se_bwd_pipelined), then the
+    weight gradients; any other: reduction, weight gradients, dx."""
     N, C = x.shape[:2]
     Cr = w1.shape[0]
     pool_max = pool == "avgmax"
@@ -567,8 +679,18 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     ws, wsu, counters, rows = _workspaces(N, Cr, a, s.dtype, x.device)
     dz, du = empty_like(s), empty_like(u)
     ties = empty_like(s) if pool_max else s
-    _se_bwd_reduce[grid](dy, x, w2, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
-                         N, **a, **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd, num_warps=4)
+    dx = empty_like(x)
+    variant, _, lag = request()
+    pipelined = variant == "pipelined"
+    if pipelined:
+        counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
+        _se_bwd_pipelined[(_pipe_programs(grid, x.device),)](
+            dy, x, dx, w1, w2, s, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
+            N, **a, lag=_pipe_lag(x, lag), **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd,
+            SPIN_CAP=_spin_cap(x.device), num_warps=4)
+    else:
+        _se_bwd_reduce[grid](dy, x, w2, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
+                             N, **a, **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd, num_warps=4)
     dw1, dw2 = empty_like(w1), empty_like(w2)
     db1, db2 = empty((Cr,), w1.dtype, x.device), empty((C,), w2.dtype, x.device)
     block_a = min(triton.next_power_of_2(C), 64)
@@ -576,7 +698,8 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     n_tiles = 2 * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b)
     _se_bwd_weights[(n_tiles,)](dz, du, u, p, dw1, db1, dw2, db2, N, C, Cr, ACT=act, ACC=accd,
                                 BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
-    dx = empty_like(x)
+    if pipelined:
+        return dx, dw1, db1, dw2, db2
     _se_bwd_dx[grid](dy, x, dx, w1, du, s, pmax if pool_max else s, ties, **a,
                      POOL_MAX=pool_max, ACC=accd, num_warps=4)
     return dx, dw1, db1, dw2, db2
