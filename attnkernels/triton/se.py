@@ -270,6 +270,16 @@ def _take_ticket(ticket_ptr, last_ticket):
 
 
 @triton.jit
+def _pipe_setup(counter_ptr, N, n_cblk, n_split):
+    """(tiles per sample, work items, ready counters, ticket, last ticket) of a pipelined launch;
+    ready[n] and the ticket follow the split and block counters in the counter buffer."""
+    per_sample = n_cblk * n_split
+    total = N * 2 * per_sample
+    ready_ptr = counter_ptr + N + N * n_cblk
+    return per_sample, total, ready_ptr, ready_ptr + N, total + tl.num_programs(0) - 1
+
+
+@triton.jit
 def _publish(ready_ptr):
     """The sample's epilogue results are stored (by every thread): release them."""
     tl.debug_barrier()
@@ -334,11 +344,7 @@ def _se_pipelined(
     residency. ready[n] (after the split and block counters): +1 when u[n] is out, +1 per rescale
     tile; the sample's last tile re-zeroes it. SPIN_CAP > 0 bounds a wait (the interpreter runs
     programs one after another, so a wait there is a bug: give up and let the test fail)."""
-    per_sample = n_cblk * n_split
-    total = N * 2 * per_sample
-    ready_ptr = counter_ptr + N + N * n_cblk
-    ticket_ptr = ready_ptr + N
-    last_ticket = total + tl.num_programs(0) - 1
+    per_sample, total, ready_ptr, ticket_ptr, last_ticket = _pipe_setup(counter_ptr, N, n_cblk, n_split)
     t = _take_ticket(ticket_ptr, last_ticket)
     while t < total:
         is_squeeze, n, idx = _pipe_item(t, N, per_sample, lag)
@@ -533,11 +539,7 @@ def _se_bwd_pipelined(
 ):
     """The backward's reduction and dx in one launch, ticket-ordered like _se_pipelined: a dx tile
     waits for its sample's du and re-reads dy (and x) from L2. _se_bwd_weights runs after."""
-    per_sample = n_cblk * n_split
-    total = N * 2 * per_sample
-    ready_ptr = counter_ptr + N + N * n_cblk
-    ticket_ptr = ready_ptr + N
-    last_ticket = total + tl.num_programs(0) - 1
+    per_sample, total, ready_ptr, ticket_ptr, last_ticket = _pipe_setup(counter_ptr, N, n_cblk, n_split)
     t = _take_ticket(ticket_ptr, last_ticket)
     while t < total:
         is_reduce, n, idx = _pipe_item(t, N, per_sample, lag)
