@@ -168,7 +168,7 @@ if want pytest; then
   XDIST=()
   if "$PYTHON" -c "import xdist" >/dev/null 2>&1; then XDIST=(-n 8); fi
   run_step 03-pytest "pytest tests ${XDIST[*]:-}" "$(timeout_for 330 "${BENCH_RESERVE_S:-150}")" \
-    "$PYTHON" -m pytest -q tests -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+    "$PYTHON" -m pytest -q tests -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"}
   key=$(grep -E '[0-9]+ (passed|failed|error|errors|skipped)|no tests ran' "$STEP_LOG" | tail -n 1 | sed 's/=//g' | oneline)
   [ -n "$key" ] || key="no pytest summary line (see log)"
   fails=$(grep -E '^(FAILED|ERROR) ' "$STEP_LOG" | head -n 5 | oneline)

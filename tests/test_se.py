@@ -251,9 +251,16 @@ def test_se_bad_input(mutate, exc, match):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_se_cuda_graph_capture(kernel_backend):
-    """Forward and backward are capturable (no host sync, per-stream workspaces) and a replay
-    on new input values matches the reference."""
+@pytest.mark.parametrize("variant", ["auto", "pipelined"])
+def test_se_cuda_graph_capture(kernel_backend, variant):
+    """Forward and backward are capturable (no host sync, per-stream workspaces) and replays on
+    new input values match the reference (replays reuse the counters: the kernels re-zero them;
+    the pipelined variant with lag 1 interleaves its squeezes and rescales)."""
+    with force_variant(variant, lag=1 if variant == "pipelined" else 0):
+        _graph_capture_case(kernel_backend)
+
+
+def _graph_capture_case(kernel_backend):
     x, w1, b1, w2, b2 = make_case((4, 24, 9, 9, 6), torch.float32, channels_last=True, seed=11)
     x = x.requires_grad_()
     side = torch.cuda.Stream()
@@ -267,16 +274,17 @@ def test_se_cuda_graph_capture(kernel_backend):
     with torch.cuda.graph(g, stream=side):
         y = ak.se(x, w1, b1, w2, b2, pool="avgmax", backend=kernel_backend)
         y.sum().backward()
-    with torch.no_grad():
-        x.copy_(make_case((4, 24, 9, 9, 6), torch.float32, channels_last=True, seed=12)[0])
-    x.grad.zero_()
-    g.replay()
-    torch.cuda.synchronize()
-    xr = x.detach().clone().requires_grad_()
-    yr = reference.se(xr, w1, b1, w2, b2, "relu", "sigmoid", "avgmax")
-    yr.sum().backward()
-    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    for seed in (12, 13):
+        with torch.no_grad():
+            x.copy_(make_case((4, 24, 9, 9, 6), torch.float32, channels_last=True, seed=seed)[0])
+        x.grad.zero_()
+        g.replay()
+        torch.cuda.synchronize()
+        xr = x.detach().clone().requires_grad_()
+        yr = reference.se(xr, w1, b1, w2, b2, "relu", "sigmoid", "avgmax")
+        yr.sum().backward()
+        torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_se_double_backward_raises(kernel_backend):
