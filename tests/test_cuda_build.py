@@ -63,7 +63,7 @@ def _entries(ptx):
 def test_se_kernels_memory_instructions(build):
     """16-byte accesses where the kernels vectorize; the pipelined kernels' second pass loads and
     stores with the evict-first hint (.cs) and reads the in-launch gates through L2 (.cg); the
-    split rescale keeps plain 16-byte accesses."""
+    split rescale keeps plain 16-byte accesses; the fused kernel's cluster path uses DSMEM."""
     entries = _entries(build[1])
     bf16 = "13__nv_bfloat16"
     checks = {  # kernel (bf16 instantiations) -> PTX that must appear
@@ -71,6 +71,8 @@ def test_se_kernels_memory_instructions(build):
         "23se_bwd_pipelined_kernel": ("ld.global.cs.v4", "st.global.cs.v4", "ld.global.cg.f32", "nanosleep"),
         "17se_rescale_kernel": ("ld.global.v4", "st.global.v4"),
         "24se_squeeze_excite_kernel": ("ld.global.v4",),
+        # the cluster path: DSMEM addresses and cluster barriers (sm_90)
+        "15se_fused_kernel": ("mapa", "barrier.cluster.arrive", "barrier.cluster.wait", "ld.global.v4"),
     }
     for kind, needles in checks.items():
         bodies = {k: v for k, v in entries.items() if kind in k and bf16 in k}

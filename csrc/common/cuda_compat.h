@@ -15,6 +15,11 @@
 //                                       (unless AK_NO_ALIGN_CHECK is defined)
 //   ak::load_vec_last<V>(ptr) / ak::store_vec_stream<V>(ptr, v)        16-byte access with the evict-first
 //                                       hint (ld/st.global.cs): last use of x, y that is not read again
+//   ak::launch_cluster(kernel, grid, block, dyn_smem, stream, cluster_x, args...)  thread-block clusters of
+//                                       cluster_x blocks along x (sm_90; emu: cluster_x must be 1)
+//   ak::cluster_rank(), ak::cluster_sync(), ak::cluster_map(ptr, rank) the block's rank in its cluster, a
+//                                       cluster-wide barrier, ptr's address in block `rank`'s shared memory
+//                                       (DSMEM); below sm_90 and in emu: clusters of one block
 //   ak::ld_volatile(ptr), ak::spin_pause(iter)                          inter-block spin-waits: the wait
 //                                       loop body; emu: throws if the launch failed or after
 //                                       CUEMU_SPIN_TIMEOUT_S (a wait on a block that never runs)
@@ -33,6 +38,7 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 
 #define AK_EMU 0
 #define AK_DYNAMIC_SHARED(T, name)                         \
@@ -79,6 +85,62 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
   detail::check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
                 "ak::set_max_dynamic_shared_memory");
+}
+
+template <typename... P, typename... A>
+inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream stream,
+                           unsigned cluster_x, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "ak::launch_cluster: wrong number of kernel arguments");
+  detail::validate_launch(grid, block, dyn_smem);
+  if (cluster_x == 0 || grid.x % cluster_x != 0)
+    throw std::runtime_error("ak::launch_cluster: grid.x " + std::to_string(grid.x) + " is not a multiple of the cluster size " +
+                             std::to_string(cluster_x));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = dyn_smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster_x;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (cluster_x > 8)  // beyond the portable size (an H100 schedules 16)
+    detail::check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                       cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                  "ak::launch_cluster (non-portable cluster size)");
+  int clusters = 0;
+  detail::check(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg), "ak::launch_cluster (occupancy)");
+  if (clusters < 1)
+    throw std::runtime_error("ak::launch_cluster: a cluster of " + std::to_string(cluster_x) + " blocks with " +
+                             std::to_string(dyn_smem) + " B of shared memory each cannot be scheduled");
+  detail::check(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), "ak::launch_cluster");
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* p, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  (void)rank;
+  return p;
+#endif
 }
 
 template <typename... P>
@@ -140,6 +202,21 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
 
 template <typename... P>
 inline int max_active_blocks(void (*)(P...), int, size_t) { return 2; }
+
+// Clusters (DSMEM) are GPU-only: the emulator runs clusters of one block, where the cluster
+// calls reduce to the block's own barrier and shared memory.
+template <typename... P, typename... A>
+inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream stream,
+                           unsigned cluster_x, A&&... args) {
+  if (cluster_x != 1)
+    throw ::cuemu::Error("cuemu: thread-block clusters of " + std::to_string(cluster_x) +
+                         " blocks are GPU-only (no DSMEM in the emulator)");
+  launch(kernel, grid, block, dyn_smem, stream, std::forward<A>(args)...);
+}
+inline unsigned cluster_rank() { return 0; }
+inline void cluster_sync() { __syncthreads(); }
+template <typename T>
+inline T* cluster_map(T* p, unsigned) { return p; }
 
 template <typename V>
 inline V load_vec(const V* p) {

@@ -7,7 +7,8 @@
 //   se_pipelined_kernel       both in one launch: persistent blocks take squeeze slices and rescale
 //                             chunks in ticket order, each rescale a lag behind its squeeze, so the
 //                             second read of x hits L2.
-//   se_fused_kernel           one block per sample: slab in shared memory, x read once.
+//   se_fused_kernel           single pass: a sample's slab in the shared memory of one block, or
+//                             (sm_90) split over a thread-block cluster that pools through DSMEM.
 // Backward
 //   se_bwd_reduce_kernel      ds = sum dy*x (+ tie count), last block per sample: gate/MLP backward.
 //   se_wgrad_kernel           dw1/db1/dw2/db2 from the per-sample vectors (deterministic).
@@ -188,6 +189,7 @@ template <typename T> struct FwdParams {
   int nhwc;    // rescale: channels_last
   int lag;     // pipelined: samples between a squeeze and the rescale issued with it
   unsigned* ticket;  // pipelined: work-item counter, zero on entry and exit
+  int cl;      // fused: blocks (cluster size) per sample
 };
 
 template <typename T> struct BwdParams {
@@ -500,13 +502,17 @@ AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
     coldots_v<T, A, 1>(W, v, M, K, red, f);
 }
 
-// Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate. On exit sp[c] = s[n,c].
+// Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate for channels
+// [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store: write p, pmax, u, z, s out
+// (one block of a cluster does; the others only need their gates).
 template <typename T, int POOL>
 AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
                          const typename Acc<T>::type* pb, int S, bool cg,
-                         typename Acc<T>::type* sp, typename Acc<T>::type* sh) {
+                         typename Acc<T>::type* sp, typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1,
+                         bool store = true) {
   using A = typename Acc<T>::type;
   const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
+  if (c_hi < 0) c_hi = C;
   const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
   for (int c = tid; c < C; c += nt) {
     A sum = A(0), mx = neg_inf(A(0));
@@ -517,9 +523,9 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
     A pv = sum / A(P.HW);
     if (POOL == POOL_AVGMAX) {
       pv = A(0.5) * pv + A(0.5) * mx;
-      P.pmax[nC + c] = mx;
+      if (store) P.pmax[nC + c] = mx;
     }
-    P.p[nC + c] = pv;
+    if (store) P.p[nC + c] = pv;
     sp[c] = pv;
   }
   __syncthreads();
@@ -527,17 +533,20 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
   const int act = P.act;
   rowdots<T, A>(P.w1, sp, Cr, C, [&](int j, A acc) {
     A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
-    P.u[nCr + j] = uv;
+    if (store) P.u[nCr + j] = uv;
     sh[j] = act_fwd(act, uv);
   });
   __syncthreads();
   const T* b2 = P.b2;
   const int gate = P.gate;
-  rowdots<T, A>(P.w2, sh, C, Cr, [&](int c, A acc) {
+  rowdots<T, A>(P.w2 + (size_t)c_lo * Cr, sh, c_hi - c_lo, Cr, [&](int i, A acc) {
+    const int c = c_lo + i;
     A zv = acc + (b2 ? to_acc(b2[c]) : A(0));
     A sv = gate_fwd(gate, zv);
-    P.z[nC + c] = zv;
-    P.s[nC + c] = sv;
+    if (store) {
+      P.z[nC + c] = zv;
+      P.s[nC + c] = sv;
+    }
     sp[c] = sv;
   });
   __syncthreads();
@@ -794,45 +803,93 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_pip
       });
 }
 
-// Single pass: one block per sample, the sample's slab staged in shared memory.
-// smem: [slab: E*sizeof(T) rounded to 16][sa: C][sb: C][sh: Cr][red]
+// The part of a sample's slab that block `rank` of its cluster holds: NCHW channels [c0, c1),
+// channels_last pixels [c0, c1) (contiguous either way); the whole slab when cl == 1.
+AK_HD_INL void fused_part(int C, int HW, bool nhwc, int cl, int rank, int& c0, int& c1) {
+  const int m = nhwc ? HW : C, per = (m + cl - 1) / cl;
+  c0 = min(m, rank * per);
+  c1 = min(m, c0 + per);
+}
+
+// Single pass (x read from HBM once, y written once): a sample's slab staged in shared memory,
+// by one block or (sm_90, P.cl > 1) split over a cluster of P.cl blocks. Each block reduces its
+// part into per-channel sums (maxes); in a cluster the blocks read each other's through DSMEM
+// (NCHW: a channel's owner has it whole; channels_last: every block has a share of every
+// channel), run the MLP for the channels they hold (block 0 writes p, u, z, s out) and rescale
+// their part from shared memory. With P.cl == 1 every cluster call is the block's own (the
+// emulator runs that; clusters are GPU-only).
+// smem: [part: rounded to 16 B][sa: C][sb: C]([fa: C][fb: C] if cl > 1)[sh: Cr][red]
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(FwdParams<T> P) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
-  const int n = blockIdx.x;
+  const int cl = P.cl, rank = cl > 1 ? (int)ak::cluster_rank() : 0;
+  const int n = blockIdx.x / cl;
   const int C = P.C, HW = P.HW, E = C * HW;
+  int c0, c1;
+  fused_part(C, HW, NHWC, cl, 0, c0, c1);
+  const int part_max = (c1 - c0) * (NHWC ? C : HW);  // elements of the largest part
+  fused_part(C, HW, NHWC, cl, rank, c0, c1);
+  const int part = (c1 - c0) * (NHWC ? C : HW), off = c0 * (NHWC ? C : HW);
   T* slab = reinterpret_cast<T*>(smem_raw);
-  A* sa = reinterpret_cast<A*>(smem_raw + ((size_t)E * sizeof(T) + 15) / 16 * 16);
+  A* sa = reinterpret_cast<A*>(smem_raw + ((size_t)part_max * sizeof(T) + 15) / 16 * 16);
   A* sb = sa + C;
-  A* sh = sb + C;
+  A* fa = cl > 1 ? sb + C : sa;  // the cluster's totals (a copy only when there are others)
+  A* fb = cl > 1 ? fa + C : sb;
+  A* sh = fb + C;
   A* red = sh + P.Cr;
-  const T* xs = P.x + (size_t)n * E;
+  const T* xs = P.x + (size_t)n * E + off;
   const int tid = threadIdx.x, nt = blockDim.x;
-  if (P.vec & 2) {  // x sample base 16-byte aligned and E % V == 0
+  if ((P.vec & 2) && off % V == 0 && part % V == 0) {  // 16-byte aligned part
     const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(xs);
     Vec<T>* d4 = reinterpret_cast<Vec<T>*>(slab);
-    for (int i = tid; i < E / V; i += nt) ak::store_vec(d4 + i, ak::load_vec(s4 + i));
+    for (int i = tid; i < part / V; i += nt) ak::store_vec(d4 + i, ak::load_vec(s4 + i));
   } else {
-    for (int i = tid; i < E; i += nt) slab[i] = xs[i];
+    for (int i = tid; i < part; i += nt) slab[i] = xs[i];
   }
   __syncthreads();
-  constexpr bool MAXP = POOL == POOL_AVGMAX;
-  if (!NHWC) {
-    nchw_units<T, false, MAXP>(slab, nullptr, C, HW, 1, HW, 0, C, P.G, true, nullptr, sa, sb);
+  if (!NHWC) {  // this block's channels, whole
+    nchw_units<T, false, MAXP>(slab, nullptr, c1 - c0, HW, 1, HW, 0, c1 - c0, P.G, true, nullptr, sa + c0,
+                               sb + c0);
     __syncthreads();
-  } else {
+  } else {  // every channel, over this block's pixels
     for (int t = 0; t < P.ctiles; ++t) {
       if (P.vc > 1)
-        nhwc_tile<T, false, MAXP, V>(slab, nullptr, C, 0, HW, t * P.ctv, P.ctv, nullptr, sa, sb, red);
+        nhwc_tile<T, false, MAXP, V>(slab, nullptr, C, 0, c1 - c0, t * P.ctv, P.ctv, nullptr, sa, sb, red);
       else
-        nhwc_tile<T, false, MAXP, 1>(slab, nullptr, C, 0, HW, t * P.ctv, P.ctv, nullptr, sa, sb, red);
+        nhwc_tile<T, false, MAXP, 1>(slab, nullptr, C, 0, c1 - c0, t * P.ctv, P.ctv, nullptr, sa, sb, red);
     }
   }
-  fwd_epilogue<T, POOL>(P, n, sa, sb, 1, false, sa, sh);
+  if (cl > 1) {  // the cluster's totals through DSMEM, in rank order (deterministic)
+    ak::cluster_sync();
+    int o0, o1;
+    fused_part(C, HW, NHWC, cl, 0, o0, o1);
+    const int per = o1 - o0;
+    for (int c = tid; c < C; c += nt) {
+      if (!NHWC) {
+        const int owner = c / per;
+        fa[c] = ak::cluster_map(sa, owner)[c];
+        if (MAXP) fb[c] = ak::cluster_map(sb, owner)[c];
+      } else {
+        A a = A(0), b = neg_inf(A(0));
+        for (int r = 0; r < cl; ++r) {
+          a += ak::cluster_map(sa, r)[c];
+          if (MAXP) b = nanmax(b, ak::cluster_map(sb, r)[c]);
+        }
+        fa[c] = a;
+        fb[c] = b;
+      }
+    }
+    __syncthreads();
+  }
+  // gates of the channels this block holds (channels_last: all of them)
+  fwd_epilogue<T, POOL>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0);
   const bool vec = (P.vec & 1) != 0;
-  scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E, sa, 0, C, HW, tid, vec ? E / V : E, nt, vec);
+  scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E + off, NHWC ? fa : fa + c0, 0, C, HW, tid,
+                              vec ? part / V : part, nt, vec);
+  if (cl > 1) ak::cluster_sync();  // the others may still read this block's sa / sb
 }
 
 // ------------------------------------------------------------------ backward kernels

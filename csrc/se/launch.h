@@ -18,6 +18,7 @@ struct DevInfo {
   int sms;
   int smem_optin;  // bytes of dynamic shared memory one block may opt into
   long long l2;    // L2 cache bytes
+  int cc_major;    // compute capability (thread-block clusters from 9)
 };
 
 #if defined(__CUDACC__)
@@ -29,20 +30,21 @@ inline DevInfo dev_info() {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 0 && dev < 128 && cache[dev].sms > 0) return cache[dev];
-  DevInfo d{0, 0, 0};
+  DevInfo d{0, 0, 0, 0};
   int l2 = 0;
   check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
              "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   d.l2 = l2;
   if (dev >= 0 && dev < 128) cache[dev] = d;
   return d;
 }
 #else
 // Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and a
-// 4 MB L2 (so the pipelined variant's lag is below N at test sizes).
-inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20}; }
+// 4 MB L2 (so the pipelined variant's lag is below N at test sizes), without clusters (no DSMEM).
+inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 8}; }
 #endif
 
 template <typename K> inline void smem_attr(K kernel, size_t bytes) {
@@ -106,10 +108,22 @@ Geom squeeze_geom(const Problem& pr, int sms, int bps_hint, bool vec_ok, int thr
   return g;
 }
 
-template <typename T> inline size_t fused_smem_bytes(const Problem& pr, const Geom& g) {
+// Shared memory of the fused kernel with `cl` blocks per sample (see se_fused_kernel).
+template <typename T> inline size_t fused_smem_bytes(const Problem& pr, const Geom& g, int cl) {
   using A = typename Acc<T>::type;
-  const size_t slab = ((size_t)pr.C * pr.HW * sizeof(T) + 15) / 16 * 16;
-  return slab + ((size_t)2 * pr.C + pr.Cr + g.red_elems) * sizeof(A);
+  int c0, c1;
+  fused_part(pr.C, pr.HW, pr.nhwc, cl, 0, c0, c1);
+  const size_t part = ((size_t)(c1 - c0) * (pr.nhwc ? pr.C : pr.HW) * sizeof(T) + 15) / 16 * 16;
+  return part + ((size_t)(cl > 1 ? 4 : 2) * pr.C + pr.Cr + g.red_elems) * sizeof(A);
+}
+
+// Blocks per sample of the fused kernel: 1 if the slab fits one block's shared memory, else the
+// smallest cluster (sm_90: 2, 4, 8, or the non-portable 16 an H100 schedules) whose parts fit;
+// 0 if none does.
+template <typename T> inline int fused_cluster(const Problem& pr, const Geom& g, const DevInfo& d) {
+  for (int cl = 1; cl <= (d.cc_major >= 9 ? 16 : 1); cl *= 2)
+    if (fused_smem_bytes<T>(pr, g, cl) <= (size_t)d.smem_optin) return cl;
+  return 0;
 }
 
 // Pipelined forward: bytes per work item (squeeze slice or rescale chunk; the ticket window,
@@ -119,7 +133,10 @@ constexpr long long kPipeItemBytes = 32 * 1024;
 constexpr double kPipeL2Share = 0.3;
 
 enum Variant { V_SPLIT = 0, V_FUSED = 1, V_PIPELINED = 2 };
-inline const char* variant_name(int v) { return v == V_FUSED ? "fused" : v == V_PIPELINED ? "pipelined" : "split"; }
+inline std::string variant_name(int v, int cl = 1) {
+  if (v == V_FUSED) return cl > 1 ? "fused-cluster" + std::to_string(cl) : "fused";
+  return v == V_PIPELINED ? "pipelined" : "split";
+}
 
 // Samples between a squeeze and the rescale issued with it, in [1, N].
 template <typename T> inline int pipe_lag(const Problem& pr, int lag_hint, const DevInfo& d) {
@@ -129,20 +146,25 @@ template <typename T> inline int pipe_lag(const Problem& pr, int lag_hint, const
   return (int)std::max(1LL, std::min<long long>(lag, pr.N));
 }
 
-template <typename T> inline int choose_variant(const Problem& pr, int variant, const DevInfo& d) {
+// The variant to run and, for "fused", its blocks per sample (*cl).
+template <typename T> inline int choose_variant(const Problem& pr, int variant, const DevInfo& d, int* cl) {
   const Geom gf = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
-  const bool fits = fused_smem_bytes<T>(pr, gf) <= (size_t)d.smem_optin;
+  *cl = fused_cluster<T>(pr, gf, d);
   if (variant == VAR_FUSED) {
-    if (!fits)
-      throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf)) +
-                               " bytes of shared memory; the device allows " + std::to_string(d.smem_optin));
+    if (*cl == 0)
+      throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf, 1)) +
+                               " bytes of shared memory (" +
+                               (d.cc_major >= 9 ? "even split over a cluster of 16 blocks" : "no clusters below sm_90") +
+                               "); the device allows " + std::to_string(d.smem_optin) + " per block");
     return V_FUSED;
   }
   if (variant == VAR_SPLIT) return V_SPLIT;
   if (variant == VAR_PIPELINED) return V_PIPELINED;
   // One block per sample: worth it when the slab fits and there is at least a wave of samples.
-  // (The pipelined variant is not chosen automatically until a GPU run has measured it.)
-  return fits && pr.N >= d.sms ? V_FUSED : V_SPLIT;
+  // (Clusters and the pipelined variant are not chosen automatically until a GPU run has
+  // measured them.)
+  if (*cl == 1 && pr.N >= d.sms) return V_FUSED;
+  return V_SPLIT;
 }
 
 template <typename T, int POOL, bool NHWC>
@@ -152,7 +174,11 @@ void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t sm
   if (var == V_FUSED) {
     auto k = se_fused_kernel<T, POOL, NHWC>;
     smem_attr(k, smem);
-    ak::launch(k, dim3((unsigned)P.N), dim3(kFusedThreads), smem, st, P);
+    const dim3 grid((unsigned)((long long)P.N * P.cl));
+    if (P.cl > 1)
+      ak::launch_cluster(k, grid, dim3(kFusedThreads), smem, st, (unsigned)P.cl, P);
+    else
+      ak::launch(k, grid, dim3(kFusedThreads), smem, st, P);
     return;
   }
   const size_t ws = (size_t)P.N * g.S * P.C;
@@ -190,7 +216,8 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   const DevInfo d = dev_info();
-  int var = choose_variant<T>(pr, variant, d);
+  int cl = 1;
+  int var = choose_variant<T>(pr, variant, d, &cl);
   const bool fused = var == V_FUSED;
   FwdParams<T> P{};
   P.x = static_cast<const T*>(io.x);
@@ -220,7 +247,8 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   int grid = 0;
   if (fused) {
     g = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
-    smem = fused_smem_bytes<T>(pr, g);
+    P.cl = cl;
+    smem = fused_smem_bytes<T>(pr, g, cl);
     if (E % V == 0 && aligned16(io.x)) P.vec |= 2;
   } else {
     int hint = bps_hint;
@@ -254,7 +282,7 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
     case 2: launch_forward<T, POOL_AVGMAX, false>(P, var, grid, g, smem, st, alloc); break;
     default: launch_forward<T, POOL_AVGMAX, true>(P, var, grid, g, smem, st, alloc); break;
   }
-  return variant_name(var);
+  return variant_name(var, fused ? cl : 1);
 }
 
 template <typename T, int POOL, bool NHWC>
@@ -373,13 +401,15 @@ std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hin
 
 std::string forward_variant(const Problem& pr, int variant) {
   const DevInfo d = dev_info();
+  int cl = 1, v = V_SPLIT;
   switch (pr.dtype) {
-    case DT_F32: return variant_name(choose_variant<float>(pr, variant, d));
-    case DT_F16: return variant_name(choose_variant<__half>(pr, variant, d));
-    case DT_BF16: return variant_name(choose_variant<__nv_bfloat16>(pr, variant, d));
-    case DT_F64: return variant_name(choose_variant<double>(pr, variant, d));
+    case DT_F32: v = choose_variant<float>(pr, variant, d, &cl); break;
+    case DT_F16: v = choose_variant<__half>(pr, variant, d, &cl); break;
+    case DT_BF16: v = choose_variant<__nv_bfloat16>(pr, variant, d, &cl); break;
+    case DT_F64: v = choose_variant<double>(pr, variant, d, &cl); break;
     default: throw std::runtime_error("se: unsupported dtype");
   }
+  return variant_name(v, cl);
 }
 
 void backward(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int lag_hint, void* stream,
