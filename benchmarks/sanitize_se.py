@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 # (N, C, H, W, Cr): tiny, odd sizes, a larger sample (~200 KB fp32: still fits the fused
 # variant's shared memory on sm_90), HW=1
-SHAPES = [(2, 16, 7, 7, 4), (3, 37, 5, 3, 5), (1, 48, 33, 31, 8), (4, 96, 1, 1, 6)]
+SHAPES = [(2, 16, 7, 7, 4), (3, 37, 5, 3, 5), (1, 48, 33, 31, 8), (4, 96, 1, 1, 6),
+          (2, 64, 40, 40, 8)]  # the last: forced "fused" runs on a cluster of 2 (sm_90)
 CASES = [  # (dtype, channels_last, act, gate, pool)
     (torch.float32, False, "relu", "sigmoid", "avg"),
     (torch.float32, True, "silu", "hardsigmoid", "avgmax"),

@@ -503,13 +503,13 @@ AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
 }
 
 // Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate for channels
-// [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store: write p, pmax, u, z, s out
-// (one block of a cluster does; the others only need their gates).
+// [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store_pu: write p, pmax, u out;
+// store_zs: z, s of [c_lo, c_hi) (in a cluster, each of p, u, z, s is written by one block).
 template <typename T, int POOL>
 AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
                          const typename Acc<T>::type* pb, int S, bool cg,
                          typename Acc<T>::type* sp, typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1,
-                         bool store = true) {
+                         bool store_pu = true, bool store_zs = true) {
   using A = typename Acc<T>::type;
   const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
   if (c_hi < 0) c_hi = C;
@@ -523,9 +523,9 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
     A pv = sum / A(P.HW);
     if (POOL == POOL_AVGMAX) {
       pv = A(0.5) * pv + A(0.5) * mx;
-      if (store) P.pmax[nC + c] = mx;
+      if (store_pu) P.pmax[nC + c] = mx;
     }
-    if (store) P.p[nC + c] = pv;
+    if (store_pu) P.p[nC + c] = pv;
     sp[c] = pv;
   }
   __syncthreads();
@@ -533,7 +533,7 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
   const int act = P.act;
   rowdots<T, A>(P.w1, sp, Cr, C, [&](int j, A acc) {
     A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
-    if (store) P.u[nCr + j] = uv;
+    if (store_pu) P.u[nCr + j] = uv;
     sh[j] = act_fwd(act, uv);
   });
   __syncthreads();
@@ -543,7 +543,7 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
     const int c = c_lo + i;
     A zv = acc + (b2 ? to_acc(b2[c]) : A(0));
     A sv = gate_fwd(gate, zv);
-    if (store) {
+    if (store_zs) {
       P.z[nC + c] = zv;
       P.s[nC + c] = sv;
     }
@@ -884,8 +884,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(FwdParams<T>
     }
     __syncthreads();
   }
-  // gates of the channels this block holds (channels_last: all of them)
-  fwd_epilogue<T, POOL>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0);
+  // gates of the channels this block holds (channels_last: all of them); block 0 writes p and u,
+  // each block the z and s of its channels (channels_last: block 0 all of them)
+  fwd_epilogue<T, POOL>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0,
+                        NHWC ? rank == 0 : true);
   const bool vec = (P.vec & 1) != 0;
   scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E + off, NHWC ? fa : fa + c0, 0, C, HW, tid,
                               vec ? part / V : part, nt, vec);
