@@ -8,8 +8,9 @@ SE forward variants (``last_variant()`` says which one ran, ``se_forward_variant
 would run):
   "fused"  one block per sample stages the sample's (C, H, W) slab in shared memory: x read once,
            y written once. Chosen when the slab fits in a block's shared memory and N >= #SMs.
-           Forced on a larger slab (sm_90), it splits each sample over a thread-block cluster of
-           2-16 blocks that pool through distributed shared memory ("fused-cluster<k>").
+           Forced on a larger slab (sm_90, and cuda-emu), it splits each sample over a
+           thread-block cluster of 2-16 blocks that pool through distributed shared memory
+           ("fused-cluster<k>").
   "split"  squeeze+excite kernel (all blocks of a sample reduce slices; the last one runs the MLP)
            followed by a vectorized rescale kernel walking the samples in reverse order.
   "pipelined"  the same work in one launch: persistent blocks take squeeze slices and rescale

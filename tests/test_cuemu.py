@@ -101,6 +101,21 @@ def test_inter_block_waits_in_ticket_order(builds):
     ok(builds, "wait_later_block", {"CUEMU_THREADS": "2"})
 
 
+def test_clusters(builds):
+    """A cluster's blocks run at once: cluster_sync and DSMEM reads of a neighbour's dynamic
+    shared memory work with any worker count."""
+    for threads in ("1", "3"):
+        ok(builds, "cluster_ring", {"CUEMU_THREADS": threads})
+    ok(builds, "cluster_ring", {"CUEMU_SCHEDULE": "random:3"})
+
+
+def test_cluster_errors(builds):
+    raises(builds, "cluster_map_static", r"cluster_map: not an address in the block's dynamic shared memory")
+    raises(builds, "cluster_divergent", r"cluster barrier: not every block of the cluster arrived",
+           env={"CUEMU_SPIN_TIMEOUT_S": "0.5"})
+    raises(builds, "cluster_bad_size", r"invalid cluster of 4 blocks")
+
+
 def test_spin_wait_that_cannot_end_raises(builds):
     """One worker runs block 0 to completion before block 1 starts: its wait raises, no hang."""
     raises(builds, "wait_later_block", r"spin-wait still waiting", r"k_wait_later_block",

@@ -238,17 +238,25 @@ def test_pipelined_worker_counts(threads):
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.mark.skipif("cuda" not in DEVICES or torch.cuda.get_device_capability()[0] < 9,
-                    reason="thread-block clusters need an sm_90 GPU")
+def _clusters_here(device):
+    return device == "cpu" or torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_clusters(channels_last):
+def test_fused_clusters(device, channels_last):
     """Slabs too large for one block's shared memory: the fused kernel splits each sample over a
-    cluster of 2-16 blocks that pool through DSMEM (GPU-only; the emulator runs clusters of one).
-    ResNet-50 stage 1 (1.6 MB bf16 slabs) takes 8 blocks in NCHW, 16 in channels_last."""
-    cases = (((2, 64, 40, 40), 8, torch.float32), ((3, 256, 56, 56), 16, torch.bfloat16),
-             ((2, 37, 61, 59), 5, torch.float16), ((2, 1024, 14, 14), 64, torch.bfloat16))
+    cluster of 2-16 blocks that pool through DSMEM (sm_90; the emulator runs a cluster's blocks at
+    once, one OS thread each). ResNet-50 stage 1 (1.6 MB bf16 slabs; GPU only here, for time)
+    takes 8 blocks in NCHW, 16 in channels_last."""
+    if not _clusters_here(device):
+        pytest.skip("thread-block clusters need sm_90")
+    cases = [((2, 64, 40, 40), 8, torch.float32), ((2, 37, 61, 59), 5, torch.float16),
+             ((2, 1024, 14, 14), 64, torch.bfloat16)]
+    if device == "cuda":
+        cases.append(((3, 256, 56, 56), 16, torch.bfloat16))
     for shape, cr, dtype in cases:
-        x, w1, b1, w2, b2 = make(shape, cr, dtype, "cuda", channels_last)
+        x, w1, b1, w2, b2 = make(shape, cr, dtype, device, channels_last)
         for act, gate, pool in (("relu", "sigmoid", "avg"), ("silu", "hardsigmoid", "avgmax")):
             # the backward reads the s, z, u, p the cluster's blocks wrote
             check_case(x, w1, b1, w2, b2, act, gate, pool, ("fused", 0), backward=pool == "avgmax")

@@ -16,10 +16,11 @@
 //   ak::load_vec_last<V>(ptr) / ak::store_vec_stream<V>(ptr, v)        16-byte access with the evict-first
 //                                       hint (ld/st.global.cs): last use of x, y that is not read again
 //   ak::launch_cluster(kernel, grid, block, dyn_smem, stream, cluster_x, args...)  thread-block clusters of
-//                                       cluster_x blocks along x (sm_90; emu: cluster_x must be 1)
+//                                       cluster_x blocks along x (sm_90, 1-D grids)
 //   ak::cluster_rank(), ak::cluster_sync(), ak::cluster_map(ptr, rank) the block's rank in its cluster, a
 //                                       cluster-wide barrier, ptr's address in block `rank`'s shared memory
-//                                       (DSMEM); below sm_90 and in emu: clusters of one block
+//                                       (DSMEM); below sm_90: clusters of one block; emu: a cluster's blocks
+//                                       run at once on their own OS threads (dynamic smem only is mapped)
 //   ak::ld_volatile(ptr), ak::spin_pause(iter)                          inter-block spin-waits: the wait
 //                                       loop body; emu: throws if the launch failed or after
 //                                       CUEMU_SPIN_TIMEOUT_S (a wait on a block that never runs)
@@ -203,20 +204,16 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
 template <typename... P>
 inline int max_active_blocks(void (*)(P...), int, size_t) { return 2; }
 
-// Clusters (DSMEM) are GPU-only: the emulator runs clusters of one block, where the cluster
-// calls reduce to the block's own barrier and shared memory.
+// Clusters: the emulator runs a cluster's blocks at once, one OS thread each (csrc/cuemu).
 template <typename... P, typename... A>
-inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream stream,
+inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, Stream,
                            unsigned cluster_x, A&&... args) {
-  if (cluster_x != 1)
-    throw ::cuemu::Error("cuemu: thread-block clusters of " + std::to_string(cluster_x) +
-                         " blocks are GPU-only (no DSMEM in the emulator)");
-  launch(kernel, grid, block, dyn_smem, stream, std::forward<A>(args)...);
+  ::cuemu::launch_cluster(kernel, grid, block, dyn_smem, cluster_x, std::forward<A>(args)...);
 }
-inline unsigned cluster_rank() { return 0; }
-inline void cluster_sync() { __syncthreads(); }
+inline unsigned cluster_rank() { return ::cuemu::cluster_rank(); }
+inline void cluster_sync(const char* f = __builtin_FILE(), unsigned l = __builtin_LINE()) { ::cuemu::cluster_sync(f, l); }
 template <typename T>
-inline T* cluster_map(T* p, unsigned) { return p; }
+inline T* cluster_map(T* p, unsigned rank) { return ::cuemu::cluster_map(p, rank); }
 
 template <typename V>
 inline V load_vec(const V* p) {

@@ -150,6 +150,37 @@ CUEMU_REDUCE_(__reduce_or_sync, unsigned, RedOr)
 CUEMU_REDUCE_(__reduce_xor_sync, unsigned, RedXor)
 #undef CUEMU_REDUCE_
 
+// ---------------------------------------------------------------- thread-block clusters
+// (launched with cuemu::launch_cluster; outside a cluster launch: a cluster of one block)
+namespace cuemu {
+inline unsigned cluster_rank() { return detail::tls_cluster ? detail::tls_cluster_rank : 0u; }
+inline unsigned cluster_size() { return detail::tls_cluster ? detail::tls_cluster->size : 1u; }
+// cluster.sync(): the block's barrier, thread (0,0,0) waits for the cluster's other blocks, the
+// block's barrier again (so every thread of every block has arrived before any goes on).
+inline void cluster_sync(const char* f = __builtin_FILE(), unsigned l = __builtin_LINE()) {
+  __syncthreads(f, l);
+  const uint3& t = threadIdx;
+  if (detail::tls_cluster && t.x == 0 && t.y == 0 && t.z == 0) detail::tls_cluster->barrier();
+  __syncthreads(f, l);
+}
+// The address of p (in this block's dynamic shared memory) in block `rank`'s (DSMEM).
+template <typename T>
+inline T* cluster_map(T* p, unsigned rank) {
+  detail::ClusterCtx* C = detail::tls_cluster;
+  if (!C) {
+    if (rank != 0) throw Error("cuemu: cluster_map: rank " + std::to_string(rank) + " outside a cluster launch");
+    return p;
+  }
+  if (rank >= C->size)
+    throw Error("cuemu: cluster_map: rank " + std::to_string(rank) + " >= cluster size " + std::to_string(C->size));
+  unsigned char* b = reinterpret_cast<unsigned char*>(const_cast<std::remove_const_t<T>*>(p));
+  unsigned char* mine = C->smem[detail::tls_cluster_rank];
+  if (b < mine || b >= mine + C->L->dyn_smem)
+    throw Error("cuemu: cluster_map: not an address in the block's dynamic shared memory (only that is mapped)");
+  return reinterpret_cast<T*>(C->smem[rank] + (b - mine));
+}
+}  // namespace cuemu
+
 // Lets the other threads of the block run (so intra-block spin-waits with __nanosleep progress).
 inline void __nanosleep(unsigned) { ::cuemu::detail::runner()->yield_runnable(); }
 

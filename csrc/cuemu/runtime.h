@@ -821,6 +821,74 @@ inline void run_grid(LaunchCtx& L) {
   if (L.err) std::rethrow_exception(L.err);
 }
 
+// A thread-block cluster in flight: its blocks run at the same time, one OS thread each, so the
+// cluster barrier is a barrier across those threads, and a block reaches the others' dynamic
+// shared memory by rank (DSMEM).
+struct ClusterCtx {
+  LaunchCtx* L = nullptr;
+  unsigned size = 1;
+  std::vector<unsigned char*> smem;  // each rank's dynamic shared memory
+  std::mutex mu;
+  std::condition_variable cv;
+  unsigned arrived = 0;
+  unsigned long long phase = 0;
+
+  // Returns when every block of the cluster has arrived; raises instead of hanging when the
+  // launch failed meanwhile or a block does not arrive within CUEMU_SPIN_TIMEOUT_S.
+  void barrier() {
+    std::unique_lock<std::mutex> lk(mu);
+    const unsigned long long my = phase;
+    if (++arrived == size) {
+      arrived = 0;
+      ++phase;
+      cv.notify_all();
+      return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    while (phase == my) {
+      cv.wait_for(lk, std::chrono::milliseconds(20));
+      if (phase != my) break;
+      if (L->failed.load())
+        throw Error("cuemu: " + L->kernel_name + ": cluster barrier abandoned, another block failed");
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > L->opts.spin_timeout_s)
+        throw Error("cuemu: " + L->kernel_name + ": cluster barrier: not every block of the cluster arrived within " +
+                    std::to_string(L->opts.spin_timeout_s) + " s (CUEMU_SPIN_TIMEOUT_S)");
+    }
+  }
+};
+inline thread_local ClusterCtx* tls_cluster = nullptr;
+inline thread_local unsigned tls_cluster_rank = 0;
+
+// Clusters of cx consecutive blocks along x, one cluster at a time, its blocks on cx OS threads.
+inline void run_grid_clusters(LaunchCtx& L, unsigned cx) {
+  const unsigned long long nclusters = L.nblocks / cx;
+  for (unsigned long long k = 0; k < nclusters && !L.failed.load(); ++k) {
+    ClusterCtx C;
+    C.L = &L;
+    C.size = cx;
+    C.smem.assign(cx, nullptr);
+    auto body = [&C, &L, k, cx](unsigned r) {
+      try {
+        BlockRunner R(&L);
+        C.smem[r] = R.dyn_smem();
+        tls_cluster = &C;
+        tls_cluster_rank = r;
+        C.barrier();  // every rank's shared memory is registered before any block runs
+        R.run_block(k * cx + r);
+      } catch (...) {
+        L.set_error(std::current_exception());
+      }
+      tls_cluster = nullptr;
+    };
+    std::vector<std::thread> ts;
+    ts.reserve(cx - 1);
+    for (unsigned r = 1; r < cx; ++r) ts.emplace_back(body, r);
+    body(0);
+    for (auto& t : ts) t.join();
+  }
+  if (L.err) std::rethrow_exception(L.err);
+}
+
 }  // namespace detail
 
 // Opt a kernel into more than 48 KB of dynamic shared memory (cudaFuncSetAttribute analogue).
@@ -833,19 +901,23 @@ inline void set_max_dynamic_shared_memory(void (*kernel)(P...), size_t bytes) {
   detail::smem_attr()[reinterpret_cast<const void*>(kernel)] = bytes;
 }
 
-// Runs the whole grid on the CPU and returns when it is done; rethrows any device-side error.
+namespace detail {
 template <typename... P, typename... A>
-inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, A&&... args) {
+inline void launch_impl(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, unsigned cluster_x,
+                        A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "cuemu::launch: wrong number of kernel arguments");
-  if (detail::tls_runner && detail::tls_runner->cur())
+  if (tls_runner && tls_runner->cur())
     throw Error("cuemu: launching a kernel from device code (dynamic parallelism) is not supported");
   const void* fn = reinterpret_cast<const void*>(kernel);
-  std::string name = detail::kernel_name_of(fn, detail::param_list<P...>());
-  detail::validate_launch(name, fn, grid, block, dyn_smem);
+  std::string name = kernel_name_of(fn, param_list<P...>());
+  validate_launch(name, fn, grid, block, dyn_smem);
+  if (cluster_x != 1 && (cluster_x == 0 || cluster_x > 16 || grid.x % cluster_x != 0 || grid.y != 1 || grid.z != 1))
+    throw Error("cuemu: " + name + ": invalid cluster of " + std::to_string(cluster_x) + " blocks for grid " +
+                fmt3(uint3{grid.x, grid.y, grid.z}) + " (1-16 blocks along x; grid.x a multiple, grid 1-D)");
   using Tuple = std::tuple<std::decay_t<P>...>;
-  using Pl = detail::Payload<void (*)(P...), Tuple>;
+  using Pl = Payload<void (*)(P...), Tuple>;
   Pl payload{kernel, Tuple(std::forward<A>(args)...)};
-  detail::LaunchCtx L;
+  LaunchCtx L;
   L.kernel_name = std::move(name);
   L.grid = grid;
   L.block = block;
@@ -855,7 +927,25 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem,
   L.invoke = &Pl::invoke;
   L.payload = &payload;
   L.opts = Options::from_env();
-  detail::run_grid(L);
+  if (cluster_x > 1)
+    run_grid_clusters(L, cluster_x);
+  else
+    run_grid(L);
+}
+}  // namespace detail
+
+// Runs the whole grid on the CPU and returns when it is done; rethrows any device-side error.
+template <typename... P, typename... A>
+inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, A&&... args) {
+  detail::launch_impl(kernel, grid, block, dyn_smem, 1u, std::forward<A>(args)...);
+}
+
+// The same with thread-block clusters of cluster_x consecutive blocks along x (1-D grids): the
+// cluster's blocks run concurrently on their own OS threads (cluster_sync, cluster_map below).
+template <typename... P, typename... A>
+inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_smem, unsigned cluster_x,
+                           A&&... args) {
+  detail::launch_impl(kernel, grid, block, dyn_smem, cluster_x, std::forward<A>(args)...);
 }
 
 // The body of an inter-block spin-wait loop (iter = 0, 1, 2, ... within one wait). Workers take

@@ -42,9 +42,9 @@ inline DevInfo dev_info() {
   return d;
 }
 #else
-// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and a
-// 4 MB L2 (so the pipelined variant's lag is below N at test sizes), without clusters (no DSMEM).
-inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 8}; }
+// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and
+// clusters, and a 4 MB L2 (so the pipelined variant's lag is below N at test sizes).
+inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 9}; }
 #endif
 
 template <typename K> inline void smem_attr(K kernel, size_t bytes) {

@@ -297,6 +297,27 @@ __global__ void k_ticket_chain(unsigned* ticket, unsigned* done, int* out) {
     atomicExch(done + my, 1u);
   }
 }
+// Clusters: every block writes into its dynamic shared memory, the cluster syncs, each block reads
+// its right neighbour's through cluster_map (DSMEM), syncs again before exiting.
+__global__ void k_cluster_ring(int* out) {
+  AK_DYNAMIC_SHARED(int, sm);
+  const unsigned r = ak::cluster_rank(), cl = 4;  // launched with clusters of 4
+  sm[threadIdx.x] = (int)(blockIdx.x * 1000 + threadIdx.x);
+  ak::cluster_sync();
+  const int* nb = ak::cluster_map(sm, (r + 1) % cl);
+  out[blockIdx.x * blockDim.x + threadIdx.x] = nb[threadIdx.x] + (int)r * 1000000;
+  ak::cluster_sync();
+}
+__global__ void k_cluster_map_static(int* out) {
+  __shared__ int st[4];
+  st[0] = 1;
+  ak::cluster_sync();
+  out[0] = *ak::cluster_map(st, 1);  // static shared memory is not mapped by the emulator
+}
+__global__ void k_cluster_divergent(int* out) {
+  if (ak::cluster_rank() != 1) ak::cluster_sync();  // rank 1 never arrives
+  out[blockIdx.x] = 1;
+}
 // Block 0 waits for block 1: fine with two workers, a wait that cannot end with one.
 __global__ void k_wait_later_block(unsigned* flag) {
   if (threadIdx.x != 0) return;
@@ -543,6 +564,18 @@ static int c_ticket_chain() {
   return 0;
 }
 
+static int c_cluster_ring() {
+  const int nb = 8, nt = 64;  // two clusters of 4
+  std::vector<int> out(nb * nt, -1);
+  ak::launch_cluster(k_cluster_ring, dim3(nb), dim3(nt), nt * sizeof(int), S, 4u, out.data());
+  for (int b = 0; b < nb; ++b) {
+    const int r = b % 4, nbr = b - r + (r + 1) % 4;
+    for (int t = 0; t < nt; ++t) CHECK(out[b * nt + t] == nbr * 1000 + t + r * 1000000);
+  }
+  std::printf("PASS cluster_ring\n");
+  return 0;
+}
+
 static int c_wait_later_block() {
   unsigned flag = 0;
   ak::launch(k_wait_later_block, dim3(2), dim3(32), 0, S, &flag);
@@ -590,6 +623,25 @@ int main(int argc, char** argv) {
       {"spin", c_spin},
       {"ticket_chain", c_ticket_chain},
       {"wait_later_block", c_wait_later_block},
+      {"cluster_ring", c_cluster_ring},
+      {"cluster_map_static",
+       [] {
+         ak::launch_cluster(k_cluster_map_static, dim3(2), dim3(32), 16, S, 2u, ibuf.data());
+         std::printf("FAIL no error raised\n");
+         return 1;
+       }},
+      {"cluster_divergent",
+       [] {
+         ak::launch_cluster(k_cluster_divergent, dim3(2), dim3(32), 16, S, 2u, ibuf.data());
+         std::printf("FAIL no error raised\n");
+         return 1;
+       }},
+      {"cluster_bad_size",
+       [] {
+         ak::launch_cluster(k_cluster_divergent, dim3(6), dim3(32), 16, S, 4u, ibuf.data());
+         std::printf("FAIL no error raised\n");
+         return 1;
+       }},
       {"static_poison", c_static_poison},
       {"multi_tu", c_multi_tu},
       {"bad_shfl_src", [] { return run_expect_error(k_bad_shfl_src, dim3(1), dim3(32), buf.data()); }},
