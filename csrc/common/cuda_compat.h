@@ -17,7 +17,8 @@
 //                                       hint (ld/st.global.cs): last use of x, y that is not read again
 //   ak::launch_cluster(kernel, grid, block, dyn_smem, stream, cluster_x, args...)  thread-block clusters of
 //                                       cluster_x blocks along x (sm_90, 1-D grids)
-//   ak::cluster_rank(), ak::cluster_sync(), ak::cluster_map(ptr, rank) the block's rank in its cluster, a
+//   ak::cluster_rank(), ak::cluster_size(), ak::cluster_sync(), ak::cluster_map(ptr, rank)
+//                                       the block's rank and its cluster's size, a
 //                                       cluster-wide barrier, ptr's address in block `rank`'s shared memory
 //                                       (DSMEM); below sm_90: clusters of one block; emu: a cluster's blocks
 //                                       run at once on their own OS threads (dynamic smem only is mapped)
@@ -127,6 +128,13 @@ __device__ __forceinline__ unsigned cluster_rank() {
   return 0;
 #endif
 }
+__device__ __forceinline__ unsigned cluster_size() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().num_blocks();
+#else
+  return 1;
+#endif
+}
 __device__ __forceinline__ void cluster_sync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cooperative_groups::this_cluster().sync();
@@ -211,6 +219,7 @@ inline void launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t d
   ::cuemu::launch_cluster(kernel, grid, block, dyn_smem, cluster_x, std::forward<A>(args)...);
 }
 inline unsigned cluster_rank() { return ::cuemu::cluster_rank(); }
+inline unsigned cluster_size() { return ::cuemu::cluster_size(); }
 inline void cluster_sync(const char* f = __builtin_FILE(), unsigned l = __builtin_LINE()) { ::cuemu::cluster_sync(f, l); }
 template <typename T>
 inline T* cluster_map(T* p, unsigned rank) { return ::cuemu::cluster_map(p, rank); }

@@ -301,7 +301,7 @@ __global__ void k_ticket_chain(unsigned* ticket, unsigned* done, int* out) {
 // its right neighbour's through cluster_map (DSMEM), syncs again before exiting.
 __global__ void k_cluster_ring(int* out) {
   AK_DYNAMIC_SHARED(int, sm);
-  const unsigned r = ak::cluster_rank(), cl = 4;  // launched with clusters of 4
+  const unsigned r = ak::cluster_rank(), cl = ak::cluster_size();
   sm[threadIdx.x] = (int)(blockIdx.x * 1000 + threadIdx.x);
   ak::cluster_sync();
   const int* nb = ak::cluster_map(sm, (r + 1) % cl);
