@@ -3,9 +3,10 @@ from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
 from .se import SEModule, SqueezeExcitation, se
 from .convert import convert, convert_report
+from ._variant import force_variant
 
 __all__ = [
-    "available_backends", "backend", "get_backend", "set_backend",
+    "available_backends", "backend", "get_backend", "set_backend", "force_variant",
     "reference", "se", "SqueezeExcitation", "SEModule", "convert", "convert_report",
 ]
 __version__ = "0.1.0"
