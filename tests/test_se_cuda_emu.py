@@ -248,7 +248,7 @@ def test_fused_clusters(device, channels_last):
     """Slabs too large for one block's shared memory: the fused kernel splits each sample over a
     cluster of 2-16 blocks that pool through DSMEM (sm_90; the emulator runs a cluster's blocks at
     once, one OS thread each). ResNet-50 stage 1 (1.6 MB bf16 slabs; GPU only here, for time)
-    takes 8 blocks in NCHW, 16 in channels_last."""
+    takes 8 blocks (16 for channels_last with avgmax)."""
     if not _clusters_here(device):
         pytest.skip("thread-block clusters need sm_90")
     cases = [((2, 64, 40, 40), 8, torch.float32), ((2, 37, 61, 59), 5, torch.float16),

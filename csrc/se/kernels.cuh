@@ -303,7 +303,8 @@ AK_HD_INL int nhwc_ctv(int C, int vc, int threads) {
 }
 
 // NHWC: one tile of ctv vector columns (starting at vector column cv0), pixels [p0, p1) of a sample.
-// red: shared scratch of (threads/ctv)*ctv*VC*2 accumulators. Ends with __syncthreads().
+// red: shared scratch of (threads/ctv)*ctv*VC accumulators, twice that with MAXP. Ends with
+// __syncthreads().
 template <typename T, bool BWD, bool MAXP, int VC>
 AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0, int ctv,
                       const typename Acc<T>::type* pm_n, typename Acc<T>::type* out_a,

@@ -103,7 +103,8 @@ Geom squeeze_geom(const Problem& pr, int sms, int bps_hint, bool vec_ok, int thr
     g.S = (int)cdiv(pr.HW, seg);
     g.seg_len = (int)seg;
     g.bps = g.ctiles * g.S;
-    g.red_elems = TY > 1 ? (size_t)TY * g.ctv * g.vc * 2 : 0;
+    // nhwc_tile's second half (maxes / tie counts) only with avgmax pooling
+    g.red_elems = TY > 1 ? (size_t)TY * g.ctv * g.vc * (pr.pool == POOL_AVGMAX ? 2 : 1) : 0;
   }
   return g;
 }
