@@ -30,11 +30,11 @@ L2), then _se_bwd_weights runs. The CUDA backend's pipelined kernels do the same
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
-
-import functools
 
 from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
@@ -620,7 +620,7 @@ def _l2_bytes(device: torch.device) -> int:
 def _pipe_lag(x, lag):
     if lag > 0:
         return min(lag, x.shape[0])
-    slab = x[0].numel() * x.element_size()
+    slab = (x.numel() // x.shape[0]) * x.element_size()
     return max(1, min(x.shape[0], int(_PIPE_L2_SHARE * _l2_bytes(x.device) / slab)))
 
 
