@@ -142,9 +142,10 @@ def parse_args(argv=None):
                    help="comma list of eager,compile,triton,cuda (default: all available)")
     p.add_argument("--cuda-variants", default=None,
                    help="comma list of split,pipelined,fused: also time the cuda backend with each "
-                        "SE forward variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick)")
+                        "SE variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick); "
+                        "pipelined@L forces the lag L (a lag sweep: pipelined@1,pipelined@4,...)")
     p.add_argument("--triton-variants", default=None,
-                   help="comma list of split,pipelined: the same for the triton backend (columns triton:<variant>)")
+                   help="comma list of split,pipelined[@L]: the same for the triton backend (columns triton:<variant>)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-graphs", action="store_true",
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
@@ -343,7 +344,20 @@ def _variant_forced(impl):
     if ":" not in impl:
         return contextlib.nullcontext()
     from attnkernels._variant import force_variant
-    return force_variant(impl.split(":", 1)[1])
+    variant, _, lag = impl.split(":", 1)[1].partition("@")
+    return force_variant(variant, lag=int(lag or 0))
+
+
+def _variant_columns(spec, backend, allowed):
+    """["<backend>:<variant>[@lag]", ...] from a --<backend>-variants list."""
+    out = []
+    for item in (v.strip() for v in spec.split(",") if v.strip()):
+        variant, at, lag = item.partition("@")
+        if variant not in allowed or (at and (variant != "pipelined" or not lag.isdigit() or int(lag) < 1)):
+            raise SystemExit(f"bench_se.py: unknown {backend} variant {item!r}; choose from {list(allowed)} "
+                             "(pipelined@<lag>: a lag >= 1)")
+        out.append(f"{backend}:{item}")
+    return out
 
 
 def _call_fwd(m, x):
@@ -704,11 +718,9 @@ def main(argv=None):
         if "eager" not in impls:  # eager is the baseline of the check and the speedups
             impls = ["eager"] + impls
     if args.triton_variants and "triton" in avail:
-        impls += [f"triton:{v}" for v in _csv_list(args.triton_variants, ("split", "pipelined"),
-                                                   "triton variant")]
+        impls += _variant_columns(args.triton_variants, "triton", ("split", "pipelined"))
     if args.cuda_variants and _backend_of("cuda") in avail:
-        impls += [f"cuda:{v}" for v in _csv_list(args.cuda_variants, ("split", "pipelined", "fused"),
-                                                 "cuda variant")]
+        impls += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused"))
     modes = _csv_list(args.modes, MODES, "mode") if args.modes else list(MODES)
 
     gpu = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (smoke test)"
