@@ -816,9 +816,9 @@ AK_HD_INL void fused_part(int C, int HW, bool nhwc, int cl, int rank, int& c0, i
 // by one block or (sm_90, P.cl > 1) split over a cluster of P.cl blocks. Each block reduces its
 // part into per-channel sums (maxes); in a cluster the blocks read each other's through DSMEM
 // (NCHW: a channel's owner has it whole; channels_last: every block has a share of every
-// channel), run the MLP for the channels they hold (block 0 writes p, u, z, s out) and rescale
-// their part from shared memory. With P.cl == 1 every cluster call is the block's own (the
-// emulator runs that; clusters are GPU-only).
+// channel), run the MLP for the channels they hold (block 0 writes p and u out, each block the
+// z and s of its channels) and rescale their part from shared memory. The emulator runs clusters
+// too (csrc/cuemu: a cluster's blocks at once, one OS thread each).
 // smem: [part: rounded to 16 B][sa: C][sb: C]([fa: C][fb: C] if cl > 1)[sh: Cr][red]
 template <typename T, int POOL, bool NHWC>
 __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(FwdParams<T> P) {
