@@ -137,11 +137,16 @@ def test_se_opcheck(kernel_backend, channels_last, pool, bias):
 
 
 def test_se_compile_fullgraph(kernel_backend):
+    _check_compile_fullgraph(kernel_backend, make_case((2, 8, 5, 5, 3), torch.float32, channels_last=True),
+                             pool="avgmax")
+
+
+def _check_compile_fullgraph(kernel_backend, case, pool):
+    """torch.compile(fullgraph=True) of `se` matches the eager call, forward and backward."""
     torch._dynamo.reset()
-    case = make_case((2, 8, 5, 5, 3), torch.float32, channels_last=True)
 
     def f(x, w1, b1, w2, b2):
-        return ak.se(x, w1, b1, w2, b2, act="hardswish", pool="avgmax", backend=kernel_backend)
+        return ak.se(x, w1, b1, w2, b2, act="hardswish", pool=pool, backend=kernel_backend)
 
     a, b = _leaves(case), _leaves(case)
     y_c = torch.compile(f, fullgraph=True)(*a)
@@ -205,6 +210,28 @@ def test_se_pipelined_variant(kernel_backend, lag, channels_last):
         assert not arrival_counters(torch.device(DEVICE), 1).any(), "counters left non-zero"
     y = ak.se(*case, backend=kernel_backend)  # the default variant after the pipelined ones
     torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
+
+
+def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
+    """The pipelined variant (lag 1: squeezes and rescales interleaved) through the op's whole
+    contract: fp64 gradcheck, opcheck of both custom ops, torch.compile(fullgraph) forward and
+    backward matching the eager run."""
+    with force_variant("pipelined", lag=1):
+        ins = _leaves(make_case((3, 3, 2, 3, 2), torch.float64, channels_last=True, seed=5))
+        assert torch.autograd.gradcheck(
+            lambda *a: ak.se(*a, act="silu", pool="avgmax", backend=kernel_backend), ins, fast_mode=True)
+        x, w1, b1, w2, b2 = make_case((3, 6, 3, 4, 3), torch.float32)
+        args = (x.requires_grad_(), w1.requires_grad_(), b1, w2.requires_grad_(), b2, "relu", "sigmoid", "avgmax",
+                kernel_backend)
+        torch.library.opcheck(torch.ops.attnkernels.se_forward.default, args)
+        y, s, z, u, p, pmax = torch.ops.attnkernels.se_forward(*args)
+        torch.library.opcheck(torch.ops.attnkernels.se_backward.default,
+                              (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
+                               *(t.detach() for t in (s, z, u, p, pmax)), "relu", "sigmoid", "avgmax",
+                               kernel_backend))
+        _check_compile_fullgraph(kernel_backend, make_case((3, 8, 5, 5, 3), torch.float32, channels_last=True),
+                                 pool="avg")
+        assert _backend_module(kernel_backend).last_variant() == "pipelined"
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))

@@ -168,6 +168,57 @@ template <typename T> inline int choose_variant(const Problem& pr, int variant, 
   return V_SPLIT;
 }
 
+// The sizes and options both parameter structs carry.
+template <typename Params> inline void set_problem(Params& P, const Problem& pr) {
+  P.N = pr.N;
+  P.C = pr.C;
+  P.HW = pr.HW;
+  P.Cr = pr.Cr;
+  P.act = pr.act;
+  P.gate = pr.gate;
+}
+
+// The reduction geometry both parameter structs carry.
+template <typename Params> inline void set_geom(Params& P, const Geom& g) {
+  P.bps = g.bps;
+  P.S = g.S;
+  P.G = g.G;
+  P.seg_len = g.seg_len;
+  P.upb = g.upb;
+  P.vc = g.vc;
+  P.ctv = g.ctv;
+  P.ctiles = g.ctiles;
+}
+
+// Reduce slices per sample: the caller's hint, else (pipelined) slices about as large as the
+// elementwise chunks they are interleaved with, else 0 (squeeze_geom's choice).
+template <typename T> inline int reduce_slices_hint(const Problem& pr, int bps_hint, bool pipelined, const DevInfo& d) {
+  if (bps_hint > 0 || !pipelined) return bps_hint;
+  const long long bytes = (long long)pr.C * pr.HW * (long long)sizeof(T);
+  return (int)std::min<long long>(4LL * d.sms, std::max(1LL, cdiv(bytes, kPipeItemBytes)));
+}
+
+// A pipelined launch's lag and ticket (after the N per-sample counters); returns its grid (the
+// item count, capped by launch_pipelined at what the SMs hold), or 0 when the 32-bit ticket
+// would wrap (then run the split kernels).
+template <typename T, typename Params>
+inline int setup_pipeline(Params& P, const Problem& pr, int lag_hint, const DevInfo& d, unsigned* counters) {
+  const long long total = (long long)pr.N * (P.bps + P.chunks);
+  const int grid = (int)std::min<long long>(total, (long long)d.sms * kPipeBlocksPerSM);
+  if (total + grid >= (1LL << 32)) return 0;
+  P.lag = pipe_lag<T>(pr, lag_hint, d);
+  P.ticket = counters + pr.N;
+  return grid;
+}
+
+template <typename K, typename Params>
+inline void launch_pipelined(K kernel, int grid, size_t smem, ak::Stream st, Params& P) {
+  smem_attr(kernel, smem);
+  const int per_sm = std::max(1, std::min(kPipeBlocksPerSM, ak::max_active_blocks(kernel, kThreads, smem)));
+  grid = (int)std::min<long long>(grid, (long long)per_sm * dev_info().sms);
+  ak::launch(kernel, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+}
+
 template <typename T, int POOL, bool NHWC>
 void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t smem, ak::Stream st,
                     const Alloc& alloc) {
@@ -186,12 +237,8 @@ void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t sm
   A* w = static_cast<A*>(alloc(2 * ws * sizeof(A)));
   P.ws_a = w;
   P.ws_b = w + ws;
-  if (var == V_PIPELINED) {  // grid: the item count capped at what the SMs hold at once
-    auto k = se_pipelined_kernel<T, POOL, NHWC>;
-    smem_attr(k, smem);
-    const int per_sm = std::max(1, std::min(kPipeBlocksPerSM, ak::max_active_blocks(k, kThreads, smem)));
-    grid = (int)std::min<long long>(grid, (long long)per_sm * dev_info().sms);
-    ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+  if (var == V_PIPELINED) {
+    launch_pipelined(se_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
     return;
   }
   auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
@@ -199,16 +246,6 @@ void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t sm
   ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
   auto k2 = se_rescale_kernel<T>;
   ak::launch(k2, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads), (size_t)0, st, P);
-}
-
-// The sizes and options both parameter structs carry.
-template <typename Params> inline void set_problem(Params& P, const Problem& pr) {
-  P.N = pr.N;
-  P.C = pr.C;
-  P.HW = pr.HW;
-  P.Cr = pr.Cr;
-  P.act = pr.act;
-  P.gate = pr.gate;
 }
 
 template <typename T>
@@ -252,29 +289,18 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
     smem = fused_smem_bytes<T>(pr, g, cl);
     if (E % V == 0 && aligned16(io.x)) P.vec |= 2;
   } else {
-    int hint = bps_hint;
-    if (var == V_PIPELINED && hint <= 0)  // squeeze slices about as large as the rescale chunks
-      hint = (int)std::min<long long>(4LL * d.sms, std::max(1LL, cdiv(E * (long long)sizeof(T), kPipeItemBytes)));
-    g = squeeze_geom<T>(pr, d.sms, hint, aligned16(io.x), kThreads);
+    g = squeeze_geom<T>(pr, d.sms, reduce_slices_hint<T>(pr, bps_hint, var == V_PIPELINED, d), aligned16(io.x),
+                        kThreads);
     if (var == V_PIPELINED) {
-      const long long total = (long long)pr.N * (g.bps + P.chunks);
-      grid = (int)std::min<long long>(total, (long long)d.sms * kPipeBlocksPerSM);  // launch_forward caps it
-      if (total + grid >= (1LL << 32)) var = V_SPLIT;  // the 32-bit ticket would wrap
-      P.lag = pipe_lag<T>(pr, lag_hint, d);
-      P.ticket = io.counters + pr.N;
+      P.bps = g.bps;
+      grid = setup_pipeline<T>(P, pr, lag_hint, d, io.counters);
+      if (grid == 0) var = V_SPLIT;
     }
     smem = kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr) * sizeof(A);
     if (smem > (size_t)d.smem_optin)
       throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
   }
-  P.bps = g.bps;
-  P.S = g.S;
-  P.G = g.G;
-  P.seg_len = g.seg_len;
-  P.upb = g.upb;
-  P.vc = g.vc;
-  P.ctv = g.ctv;
-  P.ctiles = g.ctiles;
+  set_geom(P, g);
   const ak::Stream st = to_stream(stream);
   const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
   switch (key) {
@@ -291,11 +317,7 @@ void launch_backward(BwdParams<T>& P, bool pipelined, int grid, const Geom& g, s
   const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
   const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
   if (pipelined) {
-    auto k = se_bwd_pipelined_kernel<T, POOL, NHWC>;
-    smem_attr(k, smem);
-    const int per_sm = std::max(1, std::min(kPipeBlocksPerSM, ak::max_active_blocks(k, kThreads, smem)));
-    grid = (int)std::min<long long>(grid, (long long)per_sm * dev_info().sms);
-    ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+    launch_pipelined(se_bwd_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
     ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
     return;
   }
@@ -336,18 +358,8 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   P.vec_in = vec_in ? 1 : 0;
   const long long E = (long long)pr.C * pr.HW;
   bool pipelined = variant == VAR_PIPELINED;
-  int hint = bps_hint;
-  if (pipelined && hint <= 0)  // reduce slices about as large as the dx chunks
-    hint = (int)std::min<long long>(4LL * d.sms, std::max(1LL, cdiv(E * (long long)sizeof(T), kPipeItemBytes)));
-  const Geom g = squeeze_geom<T>(pr, d.sms, hint, vec_in, kThreads);
-  P.bps = g.bps;
-  P.S = g.S;
-  P.G = g.G;
-  P.seg_len = g.seg_len;
-  P.upb = g.upb;
-  P.vc = g.vc;
-  P.ctv = g.ctv;
-  P.ctiles = g.ctiles;
+  const Geom g = squeeze_geom<T>(pr, d.sms, reduce_slices_hint<T>(pr, bps_hint, pipelined, d), vec_in, kThreads);
+  set_geom(P, g);
   const bool vec = (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) &&
                    aligned16(io.dy) && aligned16(io.dx);
   P.vec = vec ? 1 : 0;
@@ -357,11 +369,8 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   P.pool = pr.pool;
   int grid = 0;
   if (pipelined) {
-    const long long total = (long long)pr.N * (g.bps + P.chunks);
-    grid = (int)std::min<long long>(total, (long long)d.sms * kPipeBlocksPerSM);  // launch_backward caps it
-    if (total + grid >= (1LL << 32)) pipelined = false;  // the 32-bit ticket would wrap
-    P.lag = pipe_lag<T>(pr, lag_hint, d);
-    P.ticket = io.counters + pr.N;
+    grid = setup_pipeline<T>(P, pr, lag_hint, d, io.counters);
+    pipelined = grid > 0;
   }
   // workspace: partials (2 x N*S*C), dz, coef_a, coef_b (N*C each), du, h (N*Cr each)
   const size_t nsc = (size_t)pr.N * g.S * pr.C, nc = (size_t)pr.N * pr.C, ncr = (size_t)pr.N * pr.Cr;
