@@ -35,8 +35,8 @@ from ._alloc import poisoning
 from ._variant import force_variant, request
 
 __all__ = [
-    "unavailable_reason", "se_forward", "se_backward", "last_variant", "se_forward_variant",
-    "force_variant",
+    "unavailable_reason", "se_forward", "se_backward", "se_eager", "last_variant",
+    "se_forward_variant", "force_variant",
 ]
 
 _EXT = {"cuda": "attnkernels._C", "cuda-emu": "attnkernels._C_emu"}
@@ -119,6 +119,18 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
                                               variant, bps, lag, _poison())
     _last_variant = ran
     return y, s, z, u, p, pmax
+
+
+def se_eager(name: str, x, w1, b1, w2, b2, act: str, gate: str, pool: str):
+    """attnkernels.se's eager path on backend `name` ("cuda" or "cuda-emu"): one call into the
+    extension, whose C++ autograd function does the layout and weight-view handling and runs the
+    backward without Python. Inputs as `attnkernels.se` takes them (unchecked here: the extension
+    raises on what it cannot run, and `se` then names the bad argument)."""
+    global _last_variant
+    ext = _mods.get(name) or _ext_for(x)
+    variant, bps, lag = _variant_request()
+    y, _last_variant = ext.se(x, w1, b1, w2, b2, act, gate, pool, variant, bps, lag, _poison())
+    return y
 
 
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act: str, gate: str, pool: str):

@@ -27,6 +27,8 @@ from .backend import get_impl, resolve
 from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
 
 POOLS = ("avg", "avgmax")
+# Backends whose extension runs the eager call and its autograd in C++ (attnkernels.cuda.se_eager).
+_CPP_AUTOGRAD = ("cuda", "cuda-emu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +108,14 @@ def _grads(ctx, dy, backward_fn):
             None, None, None, None)
 
 
+def _refuse_double_backward(backend):
+    """The kernels' backward is not differentiable: under create_graph=True the gradient would
+    silently be a constant of the second backward, so it is an error (as in the C++ path)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"se ({backend}): double backward (create_graph=True through the fused SE) "
+                           "is not supported")
+
+
 def _se_setup_context(ctx, inputs, output):
     _, s, z, u, p, pmax = output
     ctx.mark_non_differentiable(s, z, u, p, pmax)  # internal per-(n, c) vectors
@@ -120,9 +130,10 @@ se_forward.register_autograd(_se_backward, setup_context=_se_setup_context)
 
 
 class _SEFunction(torch.autograd.Function):
-    """The eager path: the same backend functions as the custom ops, without the custom-op
-    dispatch (~15-30 us of Python per call, which dominates at small batch). torch.compile
-    traces the custom ops instead (see `se`)."""
+    """The Triton backend's eager path: the same backend functions as the custom ops, without
+    the custom-op dispatch (~15-30 us of Python per call, which dominates at small batch).
+    cuda / cuda-emu go further: one extension call with its autograd in C++ (`se`).
+    torch.compile traces the custom ops instead."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, act, gate, pool, backend):
@@ -131,8 +142,8 @@ class _SEFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # double backward: a clear error, not zeros
     def backward(ctx, dy):
+        _refuse_double_backward(ctx.opts[3])
         return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
 
 
@@ -152,6 +163,14 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
+    if isinstance(x, Tensor) and x.numel() and not torch.compiler.is_compiling():
+        name = resolve(backend, x.device)
+        if name in _CPP_AUTOGRAD:  # the whole call, autograd included, in C++
+            try:
+                return get_impl(name).se_eager(name, x, w1, b1, w2, b2, act, gate, pool)
+            except (RuntimeError, TypeError, ValueError):
+                _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)  # the error naming the argument
+                raise
     w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
     name = resolve(backend, x.device)
     if name == "reference" or x.numel() == 0:

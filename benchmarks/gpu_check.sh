@@ -6,7 +6,8 @@
 #   3 pytest     the whole test suite on the GPU (-n 8 when pytest-xdist is importable), with
 #   4 memcheck   compute-sanitizer --tool memcheck  over benchmarks/sanitize_se.py and
 #     racecheck  compute-sanitizer --tool racecheck over it running alongside (background)
-#   5 bench      benchmarks/bench_se.py --quick --triton-variants pipelined --cuda-variants split,pipelined,fused
+#   5 bench      benchmarks/host_overhead.py (host time per call), then
+#                benchmarks/bench_se.py --quick --triton-variants pipelined --cuda-variants split,pipelined,fused
 #   6 report     benchmarks/results/<gpu>-<date>.md (status + key line of each step + the
 #                benchmark table); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
 # Every step runs even when an earlier one failed; the exit status is 1 if any step failed,
@@ -195,6 +196,12 @@ fi
 # ---- 5 benchmark --------------------------------------------------------------------------
 BENCH="$DIR/bench-se"
 if want bench; then
+  # host time per call of each layer (ext, functional, module, autograd) vs eager: the batch-1 gap
+  run_step 05-host "host_overhead.py" "$(timeout_for 60 150)" \
+    "$PYTHON" benchmarks/host_overhead.py --calls 2000 --csv "$DIR/host-overhead.csv"
+  key=$(grep -E '^  (ak.se no_grad|module no_grad|module fwd\+bwd|eager fwd no_grad|eager fwd\+bwd) ' "$STEP_LOG" \
+    | sed 's/  */ /g; s/^ //' | oneline)
+  record host "host time per call (host_overhead.py)" "$STEP_STATUS" "$STEP_SECS" "$key"
   t=$(timeout_for 240 10)
   budget=$((t - 60)); [ "$budget" -ge 20 ] || budget=20
   run_step 05-bench "bench_se.py --quick" "$t" \
@@ -237,6 +244,11 @@ TOTAL=$(( $(date +%s) - START ))
       echo '```'; echo
     fi
   done
+  if [ -f "$DIR/05-host.log" ]; then
+    echo "## Host time per call (benchmarks/host_overhead.py)"; echo; echo '```'
+    grep -E '^(host time|  )' "$DIR/05-host.log" | head -n 12
+    echo '```'; echo
+  fi
   if [ -f "$BENCH.md" ]; then
     cat "$BENCH.md"
   else
@@ -251,10 +263,12 @@ if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   cp "$REPORT" "$OUT/$TAG.md" 2>/dev/null
   [ -f "$BENCH.csv" ] && cp "$BENCH.csv" "$OUT/$TAG-bench-se.csv"
   [ -f "$BENCH.png" ] && cp "$BENCH.png" "$OUT/$TAG-bench-se.png"
-  for l in 02-build 03-pytest 04-memcheck 04-racecheck 05-bench; do
-    [ -f "$DIR/$l.log" ] && tail -n 400 "$DIR/$l.log" > "$OUT/$TAG-$l.log"
-  done
-  echo "copied the report, the benchmark CSV/PNG and log tails to \$OUT ($(ls "$OUT" | wc -l) files)"
+  [ -f "$DIR/host-overhead.csv" ] && cp "$DIR/host-overhead.csv" "$OUT/$TAG-host-overhead.csv"
+  # one file of log tails: the device tool brings back at most 8 files from $OUT
+  for l in 02-build 03-pytest 04-memcheck 04-racecheck 05-host 05-bench; do
+    [ -f "$DIR/$l.log" ] && { echo "==== $l.log (last 400 lines)"; tail -n 400 "$DIR/$l.log"; }
+  done > "$OUT/$TAG-logs.txt"
+  echo "copied the report, the benchmark CSV/PNG, the host-overhead CSV and the log tails to \$OUT ($(ls "$OUT" | wc -l) files)"
 fi
 
 n_ok=0

@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -125,15 +126,26 @@ impl::Alloc make_alloc(const at::Tensor& x, std::vector<at::Tensor>& keep, bool 
   };
 }
 
+void poison_all(std::initializer_list<at::Tensor*> ts) {
+  for (at::Tensor* t : ts)
+    if (t->defined() && t->numel()) t->fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
 int check_int(int64_t v, const char* name) {
   TORCH_CHECK(v >= 1 && v <= INT32_MAX, "se (", kBackend, "): ", name, " = ", v, " out of range");
   return (int)v;
 }
 
-impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, int64_t act, int64_t gate,
-                      int64_t pool) {
-  TORCH_CHECK(act >= 0 && act <= 3 && gate >= 0 && gate <= 1 && pool >= 0 && pool <= 1, "se (", kBackend,
-              "): bad act/gate/pool code");
+// What every call carries besides the tensors: the option codes and the variant request.
+struct Opts {
+  int64_t act, gate, pool, variant, bps_hint, lag_hint;
+  bool poison;
+};
+
+impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const Opts& o) {
+  TORCH_CHECK(o.act >= 0 && o.act <= 3 && o.gate >= 0 && o.gate <= 1 && o.pool >= 0 && o.pool <= 1, "se (",
+              kBackend, "): bad act/gate/pool code");
+  TORCH_CHECK(o.variant >= 0 && o.variant <= 3, "se (", kBackend, "): bad variant code");
   impl::Problem pr;
   pr.dtype = dtype_code(x.scalar_type());
   pr.N = check_int(x.size(0), "N");
@@ -142,127 +154,278 @@ impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, int6
   check_int(x.size(1) * x.size(2) * x.size(3), "C*H*W");
   pr.Cr = check_int(w1.size(0), "Cr");
   pr.nhwc = nhwc;
-  pr.act = (int)act;
-  pr.gate = (int)gate;
-  pr.pool = (int)pool;
+  pr.act = (int)o.act;
+  pr.gate = (int)o.gate;
+  pr.pool = (int)o.pool;
   return pr;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::string> se_forward(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-    const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool, int64_t variant,
-    int64_t bps_hint, int64_t lag_hint, bool poison) {
+// x, w1 (Cr, C), w2 (C, Cr) and the biases as the kernels take them; true for channels_last x.
+bool check_forward_inputs(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2) {
   TORCH_CHECK(on_device(x), "se (", kBackend, "): x is on the wrong device (", x.device(), ")");
   const bool nhwc = layout_of(x, "x");
   const at::ScalarType dt = x.scalar_type();
   dtype_code(dt);
   check_tensor(w1, x, "w1", dt, 2);
   check_tensor(w2, x, "w2", dt, 2);
-  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
-  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se (", kBackend,
-              "): weight shapes w1 ", w1.sizes(), ", w2 ", w2.sizes(), " do not match C=", C);
-  const bool has_b1 = b1.has_value() && b1->defined(), has_b2 = b2.has_value() && b2->defined();
-  if (has_b1) {
+  const int64_t C = x.size(1), Cr = w1.size(0);
+  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se (", kBackend, "): weight shapes w1 ",
+              w1.sizes(), ", w2 ", w2.sizes(), " do not match C=", C);
+  if (b1.has_value() && b1->defined()) {
     check_tensor(*b1, x, "b1", dt, 1);
-    TORCH_CHECK(b1->size(0) == Cr, "se: b1 must be (Cr,)");
+    TORCH_CHECK(b1->size(0) == Cr, "se (", kBackend, "): b1 must be (Cr,)");
   }
-  if (has_b2) {
+  if (b2.has_value() && b2->defined()) {
     check_tensor(*b2, x, "b2", dt, 1);
-    TORCH_CHECK(b2->size(0) == C, "se: b2 must be (C,)");
+    TORCH_CHECK(b2->size(0) == C, "se (", kBackend, "): b2 must be (C,)");
   }
-  TORCH_CHECK(variant >= 0 && variant <= 3, "se: bad variant code");
-  impl::Problem pr = problem(x, w1, nhwc, act, gate, pool);
-#ifndef AK_BUILD_EMU
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
-  const auto accopt = x.options().dtype(acc_dtype(dt));
-  at::Tensor y = at::empty_like(x);  // same strides as x (dense)
-  at::Tensor s = at::empty({N, C}, accopt), z = at::empty({N, C}, accopt), u = at::empty({N, Cr}, accopt),
-             p = at::empty({N, C}, accopt);
-  at::Tensor pmax = pool == 1 ? at::empty({N, C}, accopt) : at::empty({0}, accopt);
-  if (poison) {
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    for (at::Tensor* t : {&y, &s, &z, &u, &p, &pmax}) t->fill_(nan);
-  }
+  return nhwc;
+}
+
+// Where the forward writes its per-(n, c) vectors (s, z, u, p, pmax): the backward reads them.
+struct Stats {
+  void *s, *z, *u, *p, *pmax;
+};
+
+// One buffer holding s, z, p (and pmax) (N, C) and u (N, Cr) back to back, in the accumulation
+// dtype: one allocation, and the only tensor autograd saves besides x and the weights.
+int64_t stats_numel(int64_t N, int64_t C, int64_t Cr, int64_t pool) { return N * ((pool == 1 ? 4 : 3) * C + Cr); }
+Stats stats_view(const at::Tensor& buf, int64_t N, int64_t C, int64_t pool) {
+  const int64_t nc = N * C;
+  auto at = [&](int64_t off) -> void* { return static_cast<char*>(buf.data_ptr()) + off * buf.element_size(); };
+  return Stats{at(0), at(nc), at(pool == 1 ? 4 * nc : 3 * nc), at(2 * nc), pool == 1 ? at(3 * nc) : nullptr};
+}
+
+// FwdIO / BwdIO: the stats pointers (pmax only with avgmax pooling).
+template <typename IO> void set_stats(IO& io, const Stats& st, int64_t pool) {
+  io.s = st.s;
+  io.z = st.z;
+  io.u = st.u;
+  io.p = st.p;
+  io.pmax = pool == 1 ? st.pmax : nullptr;
+}
+
+std::string& last_variant_slot() {
+  static thread_local std::string v;
+  return v;
+}
+
+// The forward on checked inputs: y and the stats are allocated by the caller.
+void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                 const c10::optional<at::Tensor>& b2, bool nhwc, const at::Tensor& y, const Stats& st, const Opts& o) {
+  impl::Problem pr = problem(x, w1, nhwc, o);
   std::vector<at::Tensor> keep;
   impl::FwdIO io;
   io.x = x.data_ptr();
   io.w1 = w1.data_ptr();
-  io.b1 = has_b1 ? b1->data_ptr() : nullptr;
+  io.b1 = b1.has_value() && b1->defined() ? b1->data_ptr() : nullptr;
   io.w2 = w2.data_ptr();
-  io.b2 = has_b2 ? b2->data_ptr() : nullptr;
+  io.b2 = b2.has_value() && b2->defined() ? b2->data_ptr() : nullptr;
   io.y = y.data_ptr();
-  io.s = s.data_ptr();
-  io.z = z.data_ptr();
-  io.u = u.data_ptr();
-  io.p = p.data_ptr();
-  io.pmax = pool == 1 ? pmax.data_ptr() : nullptr;
-  io.counters = counters_for(x, N + 1, keep);  // + the pipelined variant's ticket
-  std::string ran = impl::forward(pr, io, (int)variant, (int)bps_hint, (int)lag_hint, stream_of(x),
-                                  make_alloc(x, keep, poison));
-  check_counters_rezeroed(io.counters, N + 1, "se_forward");
-  return {y, s, z, u, p, pmax, ran};
+  set_stats(io, st, o.pool);
+  io.counters = counters_for(x, pr.N + 1, keep);  // + the pipelined variant's ticket
+  last_variant_slot() = impl::forward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(x),
+                                      make_alloc(x, keep, o.poison));
+  check_counters_rezeroed(io.counters, pr.N + 1, "se_forward");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
-    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
-    const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
-    int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
-  TORCH_CHECK(on_device(x), "se (", kBackend, "): x is on the wrong device (", x.device(), ")");
-  const bool nhwc = layout_of(x, "x");
-  const at::ScalarType dt = x.scalar_type(), at_ = acc_dtype(dt);
-  dtype_code(dt);
-  TORCH_CHECK(dy.sizes() == x.sizes(), "se: dy must have the shape of x");
-  TORCH_CHECK(dy.scalar_type() == dt && dy.device() == x.device(), "se: dy must match x in dtype and device");
-  TORCH_CHECK(nhwc ? dy.is_contiguous(at::MemoryFormat::ChannelsLast) : dy.is_contiguous(), "se (", kBackend,
-              "): dy must have the memory format of x");
-  check_tensor(w1, x, "w1", dt, 2);
-  check_tensor(w2, x, "w2", dt, 2);
-  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
-  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se: weight shapes do not match");
-  check_tensor(s, x, "s", at_, 2);
-  check_tensor(z, x, "z", at_, 2);
-  check_tensor(u, x, "u", at_, 2);
-  check_tensor(p, x, "p", at_, 2);
-  TORCH_CHECK(s.size(0) == N && s.size(1) == C && z.sizes() == s.sizes() && p.sizes() == s.sizes() &&
-                  u.size(0) == N && u.size(1) == Cr,
-              "se: saved tensors have wrong shapes");
-  if (pool == 1) {
-    check_tensor(pmax, x, "pmax", at_, 2);
-    TORCH_CHECK(pmax.sizes() == s.sizes(), "se: pmax must be (N, C)");
-  }
-  impl::Problem pr = problem(x, w1, nhwc, act, gate, pool);
-#ifndef AK_BUILD_EMU
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
-  at::Tensor dx = at::empty_like(x);
-  at::Tensor dw1 = at::empty({Cr, C}, w1.options()), db1 = at::empty({Cr}, w1.options()),
-             dw2 = at::empty({C, Cr}, w1.options()), db2 = at::empty({C}, w1.options());
-  if (poison) {
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    for (at::Tensor* t : {&dx, &dw1, &db1, &dw2, &db2}) t->fill_(nan);
-  }
+// The backward on checked inputs: dx and the weight/bias gradients are allocated by the caller.
+void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, bool nhwc,
+                  const Stats& st, const at::Tensor& dx, const at::Tensor& dw1, const at::Tensor& db1,
+                  const at::Tensor& dw2, const at::Tensor& db2, const Opts& o) {
+  impl::Problem pr = problem(x, w1, nhwc, o);
   std::vector<at::Tensor> keep;
   impl::BwdIO io;
   io.dy = dy.data_ptr();
   io.x = x.data_ptr();
   io.w1 = w1.data_ptr();
   io.w2 = w2.data_ptr();
-  io.s = s.data_ptr();
-  io.z = z.data_ptr();
-  io.u = u.data_ptr();
-  io.p = p.data_ptr();
-  io.pmax = pool == 1 ? pmax.data_ptr() : nullptr;
+  set_stats(io, st, o.pool);
   io.dx = dx.data_ptr();
   io.dw1 = dw1.data_ptr();
   io.db1 = db1.data_ptr();
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
-  TORCH_CHECK(variant >= 0 && variant <= 3, "se: bad variant code");
-  io.counters = counters_for(x, N + 1, keep);  // + the pipelined variant's ticket
-  impl::backward(pr, io, (int)variant, (int)bps_hint, (int)lag_hint, stream_of(x), make_alloc(x, keep, poison));
-  check_counters_rezeroed(io.counters, N + 1, "se_backward");
+  io.counters = counters_for(x, pr.N + 1, keep);  // + the pipelined variant's ticket
+  impl::backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(x), make_alloc(x, keep, o.poison));
+  check_counters_rezeroed(io.counters, pr.N + 1, "se_backward");
+}
+
+void check_dy(const at::Tensor& dy, const at::Tensor& x, bool nhwc) {
+  TORCH_CHECK(dy.sizes() == x.sizes(), "se (", kBackend, "): dy must have the shape of x");
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type() && dy.device() == x.device(), "se (", kBackend,
+              "): dy must match x in dtype and device");
+  TORCH_CHECK(nhwc ? dy.is_contiguous(at::MemoryFormat::ChannelsLast) : dy.is_contiguous(), "se (", kBackend,
+              "): dy must have the memory format of x");
+}
+
+// Weight and bias gradients in the weight dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alloc_wgrads(const at::Tensor& w1, int64_t C, int64_t Cr) {
+  return {at::empty({Cr, C}, w1.options()), at::empty({Cr}, w1.options()), at::empty({C, Cr}, w1.options()),
+          at::empty({C}, w1.options())};
+}
+
+// ---- the raw ops (attnkernels::se_forward / se_backward custom ops, torch.compile's path) ----
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::string> se_forward(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool, int64_t variant,
+    int64_t bps_hint, int64_t lag_hint, bool poison) {
+  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison};
+  const bool nhwc = check_forward_inputs(x, w1, b1, w2, b2);
+#ifndef AK_BUILD_EMU
+  c10::cuda::CUDAGuard guard(x.device());
+#endif
+  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+  const auto accopt = x.options().dtype(acc_dtype(x.scalar_type()));
+  at::Tensor y = at::empty_like(x);  // same strides as x (dense)
+  at::Tensor s = at::empty({N, C}, accopt), z = at::empty({N, C}, accopt), u = at::empty({N, Cr}, accopt),
+             p = at::empty({N, C}, accopt);
+  at::Tensor pmax = pool == 1 ? at::empty({N, C}, accopt) : at::empty({0}, accopt);
+  if (poison) poison_all({&y, &s, &z, &u, &p, &pmax});
+  run_forward(x, w1, b1, w2, b2, nhwc, y, Stats{s.data_ptr(), z.data_ptr(), u.data_ptr(), p.data_ptr(), pmax.data_ptr()},
+              o);
+  return {y, s, z, u, p, pmax, last_variant_slot()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
+    const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
+    int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
+  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison};
+  const bool nhwc = check_forward_inputs(x, w1, c10::nullopt, w2, c10::nullopt);
+  check_dy(dy, x, nhwc);
+  const at::ScalarType at_ = acc_dtype(x.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+  check_tensor(s, x, "s", at_, 2);
+  check_tensor(z, x, "z", at_, 2);
+  check_tensor(u, x, "u", at_, 2);
+  check_tensor(p, x, "p", at_, 2);
+  TORCH_CHECK(s.size(0) == N && s.size(1) == C && z.sizes() == s.sizes() && p.sizes() == s.sizes() &&
+                  u.size(0) == N && u.size(1) == Cr,
+              "se (", kBackend, "): saved tensors have wrong shapes");
+  if (pool == 1) {
+    check_tensor(pmax, x, "pmax", at_, 2);
+    TORCH_CHECK(pmax.sizes() == s.sizes(), "se (", kBackend, "): pmax must be (N, C)");
+  }
+#ifndef AK_BUILD_EMU
+  c10::cuda::CUDAGuard guard(x.device());
+#endif
+  at::Tensor dx = at::empty_like(x);
+  auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
+  if (poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
+  run_backward(dy, x, w1, w2, nhwc, Stats{s.data_ptr(), z.data_ptr(), u.data_ptr(), p.data_ptr(), pmax.data_ptr()},
+               dx, dw1, db1, dw2, db2, o);
   return {dx, dw1, db1, dw2, db2};
+}
+
+// ---- the eager path: one call from Python, autograd in C++ ----------------------------------
+// attnkernels.se on the cuda / cuda-emu backends outside torch.compile. What the Python path does
+// in several Python layers (input layout, conv-weight views, the autograd Function, its backward)
+// happens here, so a call costs one binding crossing, and the backward runs with no Python (no
+// GIL hand-off to the autograd thread). Same kernels, same results as the custom ops.
+
+int64_t code_of(const std::string& v, std::initializer_list<const char*> names, const char* what) {
+  int64_t i = 0;
+  for (const char* n : names) {
+    if (v == n) return i;
+    ++i;
+  }
+  TORCH_CHECK(false, "se (", kBackend, "): unknown ", what, " '", v, "'");
+  return -1;
+}
+
+// attnkernels._validate.memory_format_of: the layout the kernels run x in.
+at::MemoryFormat kernel_format(const at::Tensor& x) {
+  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return x.stride(1) < std::min(x.stride(2), x.stride(3)) ? at::MemoryFormat::ChannelsLast
+                                                          : at::MemoryFormat::Contiguous;
+}
+
+// A Linear (out, in) or 1x1 conv (out, in, 1, 1) weight as a contiguous (out, in) matrix.
+at::Tensor as_matrix(const at::Tensor& w, const char* name) {
+  TORCH_CHECK(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1), "se (", kBackend, "): ", name,
+              " must be (out, in) or (out, in, 1, 1), got ", w.sizes());
+  return (w.dim() == 2 ? w : w.view({w.size(0), w.size(1)})).contiguous();
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct SEFunction : public torch::autograd::Function<SEFunction> {
+  // Runs with autograd off; saves x (in the kernels' layout), the weight matrices and the stats.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w1_in,
+                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2_in,
+                            const c10::optional<at::Tensor>& b2, Opts o) {
+    at::Tensor x = x_in.contiguous(kernel_format(x_in));
+    at::Tensor w1 = as_matrix(w1_in, "w1"), w2 = as_matrix(w2_in, "w2");
+    const bool nhwc = check_forward_inputs(x, w1, b1, w2, b2);
+#ifndef AK_BUILD_EMU
+    c10::cuda::CUDAGuard guard(x.device());
+#endif
+    const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+    at::Tensor y = at::empty_like(x);
+    at::Tensor stats = at::empty({stats_numel(N, C, Cr, o.pool)}, x.options().dtype(acc_dtype(x.scalar_type())));
+    if (o.poison) poison_all({&y, &stats});
+    run_forward(x, w1, b1, w2, b2, nhwc, y, stats_view(stats, N, C, o.pool), o);
+    if (ctx != nullptr) {
+      ctx->save_for_backward({x, w1, w2, stats});
+      ctx->saved_data["opts"] = std::vector<int64_t>{o.act, o.gate, o.pool, o.variant, o.bps_hint, o.lag_hint,
+                                                      o.poison ? 1 : 0};
+      ctx->saved_data["bias"] = std::vector<int64_t>{b1.has_value() && b1->defined(), b2.has_value() && b2->defined()};
+      ctx->saved_data["w1_shape"] = w1_in.sizes().vec();
+      ctx->saved_data["w2_shape"] = w2_in.sizes().vec();
+    }
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // Differentiating the gradient (create_graph=True) would silently treat it as a constant.
+    TORCH_CHECK(!at::GradMode::is_enabled(), "se (", kBackend,
+                "): double backward (create_graph=True through the fused SE) is not supported");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w1 = saved[1], &w2 = saved[2], &stats = saved[3];
+    const std::vector<int64_t> ov = ctx->saved_data["opts"].toIntVector();
+    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
+    const Opts o{ov[0], ov[1], ov[2], ov[3], ov[4], ov[5], ov[6] != 0};
+    const bool nhwc = layout_of(x, "x");
+    at::Tensor dy = grads[0].contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    check_dy(dy, x, nhwc);
+#ifndef AK_BUILD_EMU
+    c10::cuda::CUDAGuard guard(x.device());
+#endif
+    const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+    at::Tensor dx = at::empty_like(x);
+    auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
+    if (o.poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
+    run_backward(dy, x, w1, w2, nhwc, stats_view(stats, N, C, o.pool), dx, dw1, db1, dw2, db2, o);
+    return {dx, dw1.view(ctx->saved_data["w1_shape"].toIntVector()), bias[0] ? db1 : at::Tensor(),
+            dw2.view(ctx->saved_data["w2_shape"].toIntVector()), bias[1] ? db2 : at::Tensor(), at::Tensor()};
+  }
+};
+
+// -> (y, the variant that ran). Autograd records the op only when it has something to record.
+std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const at::Tensor& w1,
+                                             const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                             const c10::optional<at::Tensor>& b2, const std::string& act,
+                                             const std::string& gate, const std::string& pool, int64_t variant,
+                                             int64_t bps_hint, int64_t lag_hint, bool poison) {
+  const Opts o{code_of(act, {"relu", "silu", "hardswish", "gelu"}, "act"),
+               code_of(gate, {"sigmoid", "hardsigmoid"}, "gate"), code_of(pool, {"avg", "avgmax"}, "pool"),
+               variant, bps_hint, lag_hint, poison};
+  auto wants_grad = [](const at::Tensor& t) { return t.requires_grad(); };
+  const bool record = at::GradMode::is_enabled() &&
+                      (wants_grad(x) || wants_grad(w1) || wants_grad(w2) || (b1.has_value() && wants_grad(*b1)) ||
+                       (b2.has_value() && wants_grad(*b2)));
+  at::Tensor y;
+  if (record) {
+    y = SEFunction::apply(x, w1, b1, w2, b2, o);
+  } else {
+    at::AutoGradMode no_grad(false);
+    y = SEFunction::forward(nullptr, x, w1, b1, w2, b2, o);
+  }
+  return {y, last_variant_slot()};
 }
 
 // dtype: 0 float32, 1 float16, 2 bfloat16, 3 float64
@@ -297,4 +460,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("pool"), pybind11::arg("variant") = 0, pybind11::arg("bps_hint") = 0,
         pybind11::arg("lag_hint") = 0, pybind11::arg("poison") = false);
   m.def("se_forward_variant", &se_forward_variant, "the forward variant the dispatcher would pick");
+  m.def("se", &se_apply, "SE forward with autograd in C++ (the eager path) -> (y, variant)", pybind11::arg("x"),
+        pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("act"),
+        pybind11::arg("gate"), pybind11::arg("pool"), pybind11::arg("variant") = 0, pybind11::arg("bps_hint") = 0,
+        pybind11::arg("lag_hint") = 0, pybind11::arg("poison") = false);
 }

@@ -31,3 +31,20 @@ def test_bench_se_cpu_smoke(tmp_path):
         assert not forced or row["variant"] == forced, row
     assert {row["mode"] for row in rows} == {"fwd", "fwdbwd"}
     assert (tmp_path / "smoke.md").exists()
+
+
+def test_host_overhead_runs(tmp_path):
+    """benchmarks/host_overhead.py (in gpu-check) runs on the CPU (cuda-emu, launches not run)
+    and writes a row per layer of the stack."""
+    import attnkernels as ak
+    if "cuda-emu" not in ak.available_backends("cpu"):
+        pytest.skip("needs the emulated build")
+    out = tmp_path / "host.csv"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "90", "--csv", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out)))
+    paths = [row["path"] for row in rows]
+    assert paths == ["raw ext se_forward", "ak.se no_grad", "module no_grad", "eager fwd no_grad",
+                     "module fwd+bwd", "python autograd fwd+bwd", "eager fwd+bwd"], paths
+    assert all(float(row["us_per_call"]) > 0 and row["backend"] == "cuda-emu" for row in rows)

@@ -16,7 +16,7 @@ import attnkernels as ak
 from attnkernels import reference
 from attnkernels._alloc import poisoned
 from attnkernels._variant import force_variant
-from conftest import DEVICE
+from conftest import DEVICE, KERNEL_BACKENDS
 from utils import assert_matches, rand, to64
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
@@ -176,6 +176,13 @@ def test_se_non_contiguous_input(kernel_backend):
     xp = x.permute(0, 1, 3, 2)  # transposed H/W: neither NCHW- nor channels_last-contiguous
     y = ak.se(xp, w1, b1, w2, b2, backend=kernel_backend)
     torch.testing.assert_close(y, reference.se(xp, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+    # the gradient reaches the strided view's base
+    for view in (lambda t: t[:, :, ::2, 1:], lambda t: t.permute(0, 1, 3, 2)):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        dy = rand(view(x).shape, x.dtype, x.device, torch.Generator().manual_seed(3))
+        ak.se(view(xa), w1, b1, w2, b2, backend=kernel_backend).backward(dy)
+        reference.se(view(xb), w1, b1, w2, b2).backward(dy)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_se_repeated_calls_reuse_counters(kernel_backend):
@@ -269,9 +276,10 @@ def _good():
     (lambda a: a.update(pool="max"), ValueError, "pool must be one of"),
     (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
 ])
-def test_se_bad_input(mutate, exc, match):
+@pytest.mark.parametrize("backend", [None] + KERNEL_BACKENDS)
+def test_se_bad_input(mutate, exc, match, backend):
     x, w1, b1, w2, b2 = _good()
-    args = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, act="relu", gate="sigmoid", pool="avg", backend=None)
+    args = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, act="relu", gate="sigmoid", pool="avg", backend=backend)
     mutate(args)
     with pytest.raises(exc, match=match):
         ak.se(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
@@ -317,9 +325,12 @@ def _graph_capture_case(kernel_backend):
 def test_se_double_backward_raises(kernel_backend):
     x, w1, b1, w2, b2 = _leaves(make_case((2, 4, 3, 3, 2), torch.float64))
     y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)
-    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        gx.sum().backward()
+    # create_graph=True would make the gradient a constant of the second backward: refused
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    # a plain backward still works afterwards
+    (gx,) = torch.autograd.grad(ak.se(x, w1, b1, w2, b2, backend=kernel_backend).sum(), x)
+    assert torch.isfinite(gx).all()
 
 
 def test_se_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):

@@ -291,6 +291,75 @@ def test_input_checks():
         cuda_mod.se_forward(x, w1[:, :4], b1, w2, b2, "relu", "sigmoid", "avg")
 
 
+def _eager_and_raw(x, w1, b1, w2, b2, act, gate, pool, dy, conv_weights):
+    """(y, dx, dw1, db1, dw2, db2) of attnkernels.se's eager path (the extension's C++ autograd
+    function) and of the raw ops (the custom ops' path) on the same inputs."""
+    import attnkernels as ak
+    name = "cpu" if x.device.type == "cpu" else "cuda"
+    name = {"cpu": "cuda-emu", "cuda": "cuda"}[name]
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w1, b1, w2, b2)]
+    lx, lw1, lb1, lw2, lb2 = leaves
+    if conv_weights:  # 1x1 conv (out, in, 1, 1) weights: the grads come back in that shape
+        lw1 = lw1.detach()[:, :, None, None].requires_grad_()
+        lw2 = lw2.detach()[:, :, None, None].requires_grad_()
+        leaves = [lx, lw1, lb1, lw2, lb2]
+    y = ak.se(lx, lw1, lb1, lw2, lb2, act=act, gate=gate, pool=pool, backend=name)
+    assert "SEFunction" in y.grad_fn.name() and "CppNode" in y.grad_fn.name(), y.grad_fn.name()
+    y.backward(dy)
+    eager = [y.detach()] + [t.grad if t is not None else None for t in leaves]
+    xk = x.contiguous(memory_format=torch.channels_last if not x.is_contiguous() and x.stride(1) == 1
+                      else torch.contiguous_format)
+    ry, rs, rz, ru, rp, rpm = cuda_mod.se_forward(xk, w1, b1, w2, b2, act, gate, pool)
+    dyk = dy.contiguous(memory_format=torch.channels_last if not xk.is_contiguous() else torch.contiguous_format)
+    rdx, rdw1, rdb1, rdw2, rdb2 = cuda_mod.se_backward(dyk, xk, w1, w2, rs, rz, ru, rp, rpm, act, gate, pool)
+    if conv_weights:
+        rdw1, rdw2 = rdw1[:, :, None, None], rdw2[:, :, None, None]
+    raw = [ry, rdx, rdw1, rdb1 if b1 is not None else None, rdw2, rdb2 if b2 is not None else None]
+    return eager, raw
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", [("auto", 0), ("split", 3), ("fused", 0), ("pipelined", 2, 1)], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "cl", "strided"])
+def test_eager_cpp_autograd_equals_raw_ops(device, variant, layout):
+    """attnkernels.se's eager call on these backends runs forward and backward in the extension
+    (one stats buffer, C++ autograd): bit for bit what the raw ops give, the gradients in the
+    inputs' shapes (conv weights too), with every output and workspace poisoned."""
+    for i, (act, gate, pool, bias, conv) in enumerate((("relu", "sigmoid", "avg", True, False),
+                                                       ("silu", "hardsigmoid", "avgmax", False, True),
+                                                       ("gelu", "sigmoid", "avgmax", True, True))):
+        x, w1, b1, w2, b2 = make((3, 20, 6, 5), 5, torch.float32, device, layout == "cl", bias, seed=i)
+        if layout == "strided":  # neither format: the kernels get a channels_last copy
+            x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 2, 1)[:, :, ::2]
+        g = torch.Generator().manual_seed(10 + i)
+        dy = torch.randn(x.shape, generator=g).to(device)
+        with cuda_mod.force_variant(*variant):
+            eager, raw = _eager_and_raw(x, w1, b1, w2, b2, act, gate, pool, dy, conv)
+        for name, a, b in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), eager, raw):
+            if b is None:
+                assert a is None, name
+                continue
+            assert a.shape == b.shape, name
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name} ({act}, {pool}): {m}")
+
+
+def test_eager_cpp_autograd_no_grad_and_versions():
+    """No autograd record without grad; in-place changes to a saved input are caught."""
+    import attnkernels as ak
+    dev = DEVICES[0]
+    name = "cuda-emu" if dev == "cpu" else "cuda"
+    x, w1, b1, w2, b2 = make((2, 8, 4, 4), 2, torch.float32, dev)
+    with torch.no_grad():
+        assert ak.se(x, w1.requires_grad_(), b1, w2, b2, backend=name).grad_fn is None
+    assert ak.se(x, w1.detach(), b1, w2, b2, backend=name).grad_fn is None  # nothing requires grad
+    xg = x.clone().requires_grad_()
+    y = ak.se(xg, w1, b1, w2, b2, backend=name)
+    with torch.no_grad():
+        xg.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 _SCRIPT_HEAD = r"""
 import torch, sys
 sys.path.insert(0, {root!r})

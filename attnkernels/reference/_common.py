@@ -22,7 +22,18 @@ _ACT_MODULES = ((nn.ReLU, "relu"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"
 _GATE_MODULES = ((nn.Sigmoid, "sigmoid"), (nn.Hardsigmoid, "hardsigmoid"))
 
 
+_names: dict = {}
+
+
 def _name_of(module: nn.Module, table) -> str | None:
+    # memoized per (class, GELU form, table): the fused modules ask on every forward
+    key = (type(module), module.__dict__.get("approximate"), table is _ACT_MODULES)
+    if key not in _names:
+        _names[key] = _lookup_name(module, table)
+    return _names[key]
+
+
+def _lookup_name(module: nn.Module, table) -> str | None:
     if isinstance(module, nn.GELU):
         return "gelu" if module.approximate == "none" else None
     for cls, name in table:

@@ -53,6 +53,7 @@ struct Options {
   unsigned threads = 0;  // CUEMU_THREADS=N (0: hardware concurrency)
   size_t stack_bytes = 256 * 1024;  // CUEMU_STACK_KB
   double spin_timeout_s = 60.0;     // CUEMU_SPIN_TIMEOUT_S: inter-block spin-waits (spin_pause)
+  bool no_run = false;   // CUEMU_NO_RUN=1: validate launches, run no block (host-overhead timing)
 
   static Options from_env() {
     Options o;
@@ -76,6 +77,7 @@ struct Options {
     };
     o.strict = flag("CUEMU_STRICT");
     o.poison_static = flag("CUEMU_POISON_SHARED");
+    o.no_run = flag("CUEMU_NO_RUN");
     if (const char* s = std::getenv("CUEMU_SPIN_TIMEOUT_S")) o.spin_timeout_s = std::atof(s);
     if (const char* s = std::getenv("CUEMU_THREADS")) o.threads = static_cast<unsigned>(std::atoi(s));
     if (const char* s = std::getenv("CUEMU_STACK_KB")) {
@@ -927,6 +929,7 @@ inline void launch_impl(void (*kernel)(P...), dim3 grid, dim3 block, size_t dyn_
   L.invoke = &Pl::invoke;
   L.payload = &payload;
   L.opts = Options::from_env();
+  if (L.opts.no_run) return;
   if (cluster_x > 1)
     run_grid_clusters(L, cluster_x);
   else
