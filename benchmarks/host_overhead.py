@@ -11,6 +11,7 @@ this script times the host path alone, call after call, for each layer of the st
   python autograd  the same fwd+bwd through the Python autograd.Function (the path the Triton
                    backend and, before the C++ path, cuda took), for comparison
   eager fwd / fwd+bwd   torchvision-style eager SqueezeExcitation (the baseline of the targets)
+  triton module ...     (GPU only) the module on the Triton backend: its launcher's host time
 
 Without a GPU it runs the cuda-emu backend with CUEMU_NO_RUN=1: launches are validated but no
 block runs, so the numbers are the host path's own (this machine's CPU; the eager rows there run
@@ -112,6 +113,12 @@ def _run(args, gpu, ak, akc, reference, _SEFunction, _weight):
         rows.append(("python autograd fwd+bwd", per_call_us(python_autograd, args.calls // 3, sync)))
         rows.append(("eager fwd+bwd", per_call_us(
             lambda: torch.autograd.grad(eager(xg), [xg] + eparams, dy), args.calls // 3, sync)))
+        if gpu and "triton" in ak.available_backends("cuda"):  # (the interpreter would time kernels)
+            with ak.backend("triton"):
+                with torch.no_grad():
+                    rows.append(("triton module no_grad", per_call_us(lambda: m(x), args.calls, sync)))
+                rows.append(("triton module fwd+bwd", per_call_us(
+                    lambda: torch.autograd.grad(m(xg), [xg] + params, dy), args.calls // 3, sync)))
     finally:
         ak.set_backend(prev)
 

@@ -400,8 +400,13 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
     auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
     if (o.poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
     run_backward(dy, x, w1, w2, nhwc, stats_view(stats, N, C, o.pool), dx, dw1, db1, dw2, db2, o);
-    return {dx, dw1.view(ctx->saved_data["w1_shape"].toIntVector()), bias[0] ? db1 : at::Tensor(),
-            dw2.view(ctx->saved_data["w2_shape"].toIntVector()), bias[1] ? db2 : at::Tensor(), at::Tensor()};
+    // the weight gradients in the shapes the weights came in (conv weights: (out, in, 1, 1))
+    auto shaped = [&](const at::Tensor& g, const char* key) {
+      const std::vector<int64_t> shape = ctx->saved_data[key].toIntVector();
+      return shape.size() == 2 ? g : g.view(shape);
+    };
+    return {dx, shaped(dw1, "w1_shape"), bias[0] ? db1 : at::Tensor(), shaped(dw2, "w2_shape"),
+            bias[1] ? db2 : at::Tensor(), at::Tensor()};
   }
 };
 

@@ -31,6 +31,7 @@ L2), then _se_bwd_weights runs. The CUDA backend's pipelined kernels do the same
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 import triton
@@ -567,10 +568,17 @@ _LAYER_TILE = 2048    # elements of a (BLOCK_R, BLOCK_C) weight tile
 
 
 def _plan(x: torch.Tensor, Cr: int):
-    """Tile shape and grid of all the SE kernels: (sample, channel block, HW split)."""
-    N, C, H, W = x.shape
+    """Tile shape and grid of all the SE kernels: (sample, channel block, HW split), and the
+    constexprs of the split combine. Cached per shape and layout: this Python (~14 us on the dev
+    machine) ran twice per forward+backward."""
+    return _plan_for(tuple(x.shape), x.is_contiguous(), Cr, x.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_for(shape, nchw: bool, Cr: int, device: torch.device):
+    N, C, H, W = shape
     HW = H * W
-    if not x.is_contiguous():  # channels_last: the C channels of a pixel are contiguous
+    if not nchw:  # channels_last: the C channels of a pixel are contiguous
         block_c = min(triton.next_power_of_2(C), 64)
         block_hw = max(1, min(triton.next_power_of_2(HW), _TILE // block_c))
         stride_c, stride_hw = 1, C
@@ -580,7 +588,7 @@ def _plan(x: torch.Tensor, Cr: int):
         stride_c, stride_hw = HW, 1
     n_cblk = triton.cdiv(C, block_c)
     hw_blocks = triton.cdiv(HW, block_hw)
-    n_split = max(1, min(hw_blocks, target_programs(x.device) // max(1, N * n_cblk)))
+    n_split = max(1, min(hw_blocks, target_programs(device) // max(1, N * n_cblk)))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
     block_r = max(1, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c))
@@ -588,7 +596,9 @@ def _plan(x: torch.Tensor, Cr: int):
     args = dict(C=C, HW=HW, Cr=Cr, n_cblk=n_cblk, n_split=n_split, hw_per_split=hw_per_split,
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
                 BLOCK_R=block_r)
-    return grid, args
+    rows = dict(SPLIT=n_split > 1, BLOCK_ROWS=max(1, min(32, _LAYER_TILE // max(block_c, block_r))))
+    # read-only views: the cached plan is shared by every call of this shape
+    return grid, types.MappingProxyType(args), types.MappingProxyType(rows)
 
 
 def _workspaces(N, Cr, a, dtype, device):
@@ -597,8 +607,7 @@ def _workspaces(N, Cr, a, dtype, device):
     ws = empty((N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"],) if split else (1,), dtype, device)
     wsu = empty((N * a["n_cblk"] * Cr,), dtype, device)
     counters = arrival_counters(device, N + N * a["n_cblk"])
-    rows = dict(SPLIT=split, BLOCK_ROWS=max(1, min(32, _LAYER_TILE // max(a["BLOCK_C"], a["BLOCK_R"]))))
-    return ws, wsu, counters, rows
+    return ws, wsu, counters
 
 
 _last_variant = None
@@ -644,11 +653,11 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     acc = acc_dtype(x.dtype)
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
-    grid, a = _plan(x, Cr)
+    grid, a, rows = _plan(x, Cr)
     s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
     u = empty((N, Cr), acc, x.device)
     pmax = empty((N, C) if pool_max else (0,), acc, x.device)
-    ws, wsu, counters, rows = _workspaces(N, Cr, a, acc, x.device)
+    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device)
     y = empty_like(x)
     variant, _, lag = request()
     if variant == "pipelined":
@@ -677,8 +686,8 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     Cr = w1.shape[0]
     pool_max = pool == "avgmax"
     accd = tl_acc_dtype(x.dtype)
-    grid, a = _plan(x, Cr)
-    ws, wsu, counters, rows = _workspaces(N, Cr, a, s.dtype, x.device)
+    grid, a, rows = _plan(x, Cr)
+    ws, wsu, counters = _workspaces(N, Cr, a, s.dtype, x.device)
     dz, du = empty_like(s), empty_like(u)
     ties = empty_like(s) if pool_max else s
     dx = empty_like(x)
