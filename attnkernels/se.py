@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 
 from . import reference
 from ._alloc import acc_dtype
@@ -56,6 +57,8 @@ def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
         raise ValueError("x must be contiguous in NCHW or channels_last")
     if w1.dim() != 2 or w2.dim() != 2 or not (w1.is_contiguous() and w2.is_contiguous()):
         raise ValueError("w1 and w2 must be contiguous (out, in) matrices")
+    if any(b is not None and not b.is_contiguous() for b in (b1, b2)):
+        raise ValueError("b1 and b2 must be contiguous")
     check_choice(backend, "backend", ("triton", "cuda", "cuda-emu"))
 
 
@@ -176,6 +179,8 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     if name == "reference" or x.numel() == 0:
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     x = x.contiguous(memory_format=memory_format_of(x))
+    b1 = b1.contiguous() if b1 is not None else None  # the kernels index biases densely
+    b2 = b2.contiguous() if b2 is not None else None
     args = (x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)
     if torch.compiler.is_compiling():
         return se_forward(*args)[0]
@@ -185,42 +190,67 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
 # ---------------------------------------------------------------------------------------------
 # drop-in modules
 # ---------------------------------------------------------------------------------------------
+def _hooked(*convs: nn.Module) -> bool:
+    """True if calling these 1x1 convs would run hooks (their own, or global module hooks):
+    pruning, weight/spectral norm and the like recompute `weight` in a forward pre-hook, and the
+    fused op reads the weights without calling the convs, so such a module runs eagerly."""
+    if _module_hooks._global_forward_pre_hooks or _module_hooks._global_forward_hooks:
+        return True
+    return any(c._forward_pre_hooks or c._forward_hooks for c in convs)
+
+
 def _weight(conv: nn.Conv2d, x: Tensor):
-    """A 1x1 conv's weight/bias in x's dtype (as autocast would cast them for the conv)."""
-    w, b = conv.weight, conv.bias
+    """A 1x1 conv's weight/bias in x's dtype (as autocast would cast them for the conv). Read
+    from _parameters (nn.Module.__getattr__ costs ~0.7 us a lookup, and a module forward ran
+    six); a parametrized weight (a property, not in _parameters) through the attribute."""
+    params = conv._parameters
+    w = params.get("weight")
+    if w is None:
+        w = conv.weight
+    b = params["bias"] if "bias" in params else conv.bias
     if w.dtype != x.dtype:
         w = w.to(x.dtype)
         b = b.to(x.dtype) if b is not None else None
     return w, b
 
 
+def _fused_se(module: nn.Module, x: Tensor, act: str, gate: str, pool: str) -> Tensor:
+    mods = module._modules
+    w1, b1 = _weight(mods["fc1"], x)
+    w2, b2 = _weight(mods["fc2"], x)
+    return se(x, w1, b1, w2, b2, act=act, gate=gate, pool=pool)
+
+
 class SqueezeExcitation(reference.SqueezeExcitation):
     """Drop-in for torchvision.ops.SqueezeExcitation (same constructor, submodules, `_scale`
     and state_dict); forward runs the fused op when activation and scale_activation are ones
-    it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid), else the eager path."""
+    it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid) and no hooks sit on fc1/fc2 (pruning,
+    weight norm, ...), else the eager path."""
 
     def fused_options(self):
         """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
-        act, gate = act_name(self.activation), gate_name(self.scale_activation)
-        return None if act is None or gate is None else (act, gate, "avg")
+        mods = self._modules
+        act, gate = act_name(mods["activation"]), gate_name(mods["scale_activation"])
+        if act is None or gate is None or _hooked(mods["fc1"], mods["fc2"]):
+            return None
+        return act, gate, "avg"
 
     def forward(self, input: Tensor) -> Tensor:
         opts = self.fused_options()
         if opts is None:
             return super().forward(input)
-        w1, b1 = _weight(self.fc1, input)
-        w2, b2 = _weight(self.fc2, input)
-        return se(input, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
+        return _fused_se(self, input, *opts)
 
 
 class SEModule(reference.SEModule):
     """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
-    norm_layer or an activation the fused op lacks is configured."""
+    norm_layer or an activation the fused op lacks is configured, or hooks sit on fc1/fc2."""
 
     def fused_options(self):
         """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
-        act, gate = act_name(self.act), gate_name(self.gate)
-        if act is None or gate is None or not isinstance(self.bn, nn.Identity):
+        mods = self._modules
+        act, gate = act_name(mods["act"]), gate_name(mods["gate"])
+        if act is None or gate is None or not isinstance(mods["bn"], nn.Identity) or _hooked(mods["fc1"], mods["fc2"]):
             return None
         return act, gate, "avgmax" if self.add_maxpool else "avg"
 
@@ -228,6 +258,4 @@ class SEModule(reference.SEModule):
         opts = self.fused_options()
         if opts is None:
             return super().forward(x)
-        w1, b1 = _weight(self.fc1, x)
-        w2, b2 = _weight(self.fc2, x)
-        return se(x, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
+        return _fused_se(self, x, *opts)

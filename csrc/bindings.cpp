@@ -356,10 +356,15 @@ using torch::autograd::variable_list;
 struct SEFunction : public torch::autograd::Function<SEFunction> {
   // Runs with autograd off; saves x (in the kernels' layout), the weight matrices and the stats.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w1_in,
-                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2_in,
-                            const c10::optional<at::Tensor>& b2, Opts o) {
+                            const c10::optional<at::Tensor>& b1_in, const at::Tensor& w2_in,
+                            const c10::optional<at::Tensor>& b2_in, Opts o) {
     at::Tensor x = x_in.contiguous(kernel_format(x_in));
     at::Tensor w1 = as_matrix(w1_in, "w1"), w2 = as_matrix(w2_in, "w2");
+    auto dense = [](const c10::optional<at::Tensor>& b) -> c10::optional<at::Tensor> {
+      if (b.has_value() && b->defined()) return b->contiguous();
+      return c10::nullopt;
+    };
+    const c10::optional<at::Tensor> b1 = dense(b1_in), b2 = dense(b2_in);
     const bool nhwc = check_forward_inputs(x, w1, b1, w2, b2);
 #ifndef AK_BUILD_EMU
     c10::cuda::CUDAGuard guard(x.device());

@@ -176,6 +176,12 @@ def test_se_non_contiguous_input(kernel_backend):
     xp = x.permute(0, 1, 3, 2)  # transposed H/W: neither NCHW- nor channels_last-contiguous
     y = ak.se(xp, w1, b1, w2, b2, backend=kernel_backend)
     torch.testing.assert_close(y, reference.se(xp, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+    # strided biases and weights (views into larger buffers)
+    bs1, bs2 = torch.stack([b1, -b1], 1)[:, 0], torch.stack([b2, -b2], 1)[:, 1]
+    ws1 = torch.cat([w1, w1], 1)[:, 1::2]
+    assert not (bs1.is_contiguous() or bs2.is_contiguous() or ws1.is_contiguous())
+    y = ak.se(x, ws1, bs1, w2, bs2, backend=kernel_backend)
+    torch.testing.assert_close(y, reference.se(x, ws1, bs1, w2, bs2), rtol=1e-5, atol=1e-5)
     # the gradient reaches the strided view's base
     for view in (lambda t: t[:, :, ::2, 1:], lambda t: t.permute(0, 1, 3, 2)):
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -340,6 +346,8 @@ def test_se_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):
         op(x.transpose(2, 3), w1, b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)
     with pytest.raises(ValueError, match="w1 and w2 must be contiguous"):
         op(x, w1.t().contiguous().t(), b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)
+    with pytest.raises(ValueError, match="b1 and b2 must be contiguous"):
+        op(x, w1, b1, w2, torch.stack([b2, b2], 1)[:, 0], "relu", "sigmoid", "avg", kernel_backend)
     with pytest.raises(ValueError, match="backend must be one of"):
         op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", "reference")
     y, s, z, u, p, pmax = op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg", kernel_backend)

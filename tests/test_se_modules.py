@@ -67,6 +67,37 @@ def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
     _check(real, ours, kernel_backend, (2, 16, 3, 3))
 
 
+def test_hooked_convs_run_eagerly(kernel_backend):
+    """Pruning recomputes fc1.weight in a forward pre-hook; the fused op reads the weights without
+    calling the convs, so a module whose convs carry hooks runs eagerly (no stale weight, and the
+    hooks run)."""
+    import torch.nn.utils.prune as prune
+    real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2), ak.SqueezeExcitation(8, 2))
+    for m in (real, ours):
+        prune.l1_unstructured(m.fc1, "weight", amount=0.5)
+        with torch.no_grad():  # a training step: the weight the next forward's hook computes changes
+            m.fc1.weight_orig.mul_(-1.5)
+    assert ours.fused_options() is None
+    _check(real, ours, kernel_backend, (2, 8, 3, 3))
+    # a parametrized weight (a property, no hook) stays fused, through the parametrization
+    import torch.nn.utils.parametrize as parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2), ak.SqueezeExcitation(8, 2))
+    for m in (real, ours):
+        parametrize.register_parametrization(m.fc2, "weight", Doubled())
+    assert ours.fused_options() is not None
+    _check(real, ours, kernel_backend, (2, 8, 3, 3))
+    calls = []
+    timm_real, timm_ours = _pair(timm.layers.SEModule(16), ak.SEModule(16))
+    timm_ours.fc2.register_forward_hook(lambda *_: calls.append(1))
+    _check(timm_real, timm_ours, kernel_backend, (2, 16, 3, 3))
+    assert calls == [1]
+
+
 def test_module_with_fp32_weights_takes_bf16_input(kernel_backend):
     """As under autocast: fp32 parameters, bf16 activations -> weights cast to the input dtype."""
     ours = ak.SqueezeExcitation(16, 4).to(DEVICE)
