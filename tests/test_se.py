@@ -268,7 +268,7 @@ def _good():
 @pytest.mark.parametrize("mutate,exc,match", [
     (lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-D"),
     (lambda a: a.update(x=a["x"].to(torch.int32)), TypeError, "x must be a float"),
-    (lambda a: a.update(x=a["x"].numpy()), TypeError, "x must be a torch.Tensor"),
+    (lambda a: a.update(x=a["x"].cpu().numpy()), TypeError, "x must be a torch.Tensor"),
     (lambda a: a.update(w1=a["w1"][:, :5]), ValueError, "w1 has shape"),
     (lambda a: a.update(w1=a["w1"][None]), ValueError, "w1 must be"),
     (lambda a: a.update(w2=a["w2"][:, :1]), ValueError, "w2 has shape"),
