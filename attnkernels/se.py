@@ -24,6 +24,7 @@ from torch.nn.modules import module as _module_hooks
 from . import reference
 from ._alloc import acc_dtype
 from ._validate import (as_matrix, check_choice, check_tensor, check_vector, memory_format_of)
+from ._variant import force_variant, request
 from .backend import get_impl, resolve
 from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
 
@@ -81,17 +82,22 @@ def _(x, w1, b1, w2, b2, act, gate, pool, backend):
 
 @torch.library.custom_op("attnkernels::se_backward", mutates_args=())
 def se_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, s: Tensor, z: Tensor, u: Tensor,
-                p: Tensor, pmax: Tensor, act: str, gate: str, pool: str, backend: str
+                p: Tensor, pmax: Tensor, act: str, gate: str, pool: str, backend: str,
+                variant: str = "auto", bps: int = 0, lag: int = 0
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """variant/bps/lag: the kernel variant request of the forward (attnkernels/_variant.py). An
+    argument, not the thread's force_variant: on CUDA the autograd engine runs backward nodes on
+    its own thread, which a thread-local setting of the caller does not reach."""
     _check_op_inputs(x, w1, None, w2, None, act, gate, pool, backend)
     same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
     if dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
         raise ValueError("dy must have x's shape, dtype and memory format")
-    return get_impl(backend).se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
+    with force_variant(variant, bps, lag):
+        return get_impl(backend).se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
 
 
 @se_backward.register_fake
-def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend):
+def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend, variant="auto", bps=0, lag=0):
     return (torch.empty_like(x), torch.empty_like(w1), w1.new_empty((w1.shape[0],)),
             torch.empty_like(w2), w2.new_empty((w2.shape[0],)))
 
@@ -100,6 +106,7 @@ def _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax):
     ctx.save_for_backward(x, w1, w2, s, z, u, p, pmax)
     ctx.opts = (act, gate, pool, backend)
     ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.variant = request()  # the backward runs it, on whatever thread autograd runs it
 
 
 def _grads(ctx, dy, backward_fn):
@@ -126,7 +133,7 @@ def _se_setup_context(ctx, inputs, output):
 
 
 def _se_backward(ctx, dy, *_unused_grads):
-    return _grads(ctx, dy, lambda *args: se_backward(*args, ctx.opts[3]))
+    return _grads(ctx, dy, lambda *args: se_backward(*args, ctx.opts[3], *ctx.variant))
 
 
 se_forward.register_autograd(_se_backward, setup_context=_se_setup_context)
@@ -147,7 +154,8 @@ class _SEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         _refuse_double_backward(ctx.opts[3])
-        return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
+        with force_variant(*ctx.variant):  # (CUDA: autograd's thread, not the caller's)
+            return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,9 +220,41 @@ def test_se_pipelined_variant(kernel_backend, lag, channels_last):
             run_and_check(kernel_backend, case, "relu", "hardsigmoid", "avg", check_grad=False)
     if kernel_backend == "triton":
         from attnkernels.triton._common import arrival_counters
-        assert not arrival_counters(torch.device(DEVICE), 1).any(), "counters left non-zero"
+        assert not arrival_counters(case[0].device, 1).any(), "counters left non-zero"
     y = ak.se(*case, backend=kernel_backend)  # the default variant after the pipelined ones
     torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
+
+
+def test_se_backward_keeps_the_forwards_variant_on_another_thread(monkeypatch):
+    """On CUDA the autograd engine runs backward nodes on its own thread, which the caller's
+    thread-local force_variant does not reach: the forward's variant request is saved with the
+    op and runs the backward (here the backward runs on another thread, as it does there)."""
+    if "triton" not in KERNEL_BACKENDS:
+        pytest.skip("needs the triton backend")
+    import threading
+    import attnkernels.triton.se as tse
+    launched = []
+
+    class Spy:  # records launches of the pipelined backward kernel, then launches it
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(tse, "_se_bwd_pipelined", Spy(tse._se_bwd_pipelined))
+    case = _leaves(make_case((3, 8, 4, 4, 2), torch.float32))
+    with force_variant("pipelined", lag=1):
+        y = ak.se(*case, backend="triton")
+    dy = torch.ones_like(y)
+    t = threading.Thread(target=lambda: y.backward(dy))
+    t.start()
+    t.join()
+    assert launched, "the backward ran another variant than the forward's"
+    ref = _leaves(case)
+    reference.se(*ref).backward(dy)
+    torch.testing.assert_close(case[0].grad, ref[0].grad, rtol=1e-5, atol=1e-5)
 
 
 def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
