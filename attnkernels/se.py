@@ -174,6 +174,7 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
+    name = None
     if isinstance(x, Tensor) and x.numel() and not torch.compiler.is_compiling():
         name = resolve(backend, x.device)
         if name in _CPP_AUTOGRAD:  # the whole call, autograd included, in C++
@@ -183,7 +184,8 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
                 _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)  # the error naming the argument
                 raise
     w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
-    name = resolve(backend, x.device)
+    if name is None:
+        name = resolve(backend, x.device)
     if name == "reference" or x.numel() == 0:
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     x = x.contiguous(memory_format=memory_format_of(x))
