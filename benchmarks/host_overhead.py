@@ -59,10 +59,7 @@ def main(argv=None):
     ap.add_argument("--csv", default=None, help="append the rows to this CSV file")
     args = ap.parse_args(argv)
 
-    import attnkernels as ak
     import attnkernels.cuda as akc
-    from attnkernels import reference
-    from attnkernels.se import _SEFunction, _weight
 
     gpu = torch.cuda.is_available() and akc.unavailable_reason("cuda") is None
     if not gpu and akc.unavailable_reason("cuda-emu") is not None:
@@ -71,7 +68,7 @@ def main(argv=None):
     if not gpu:
         os.environ["CUEMU_NO_RUN"] = "1"  # read at every launch: host path only
     try:
-        return _run(args, gpu, ak, akc, reference, _SEFunction, _weight)
+        return _run(args, gpu)
     finally:
         if no_run is None:
             os.environ.pop("CUEMU_NO_RUN", None)
@@ -79,7 +76,12 @@ def main(argv=None):
             os.environ["CUEMU_NO_RUN"] = no_run
 
 
-def _run(args, gpu, ak, akc, reference, _SEFunction, _weight):
+def _run(args, gpu):
+    import attnkernels as ak
+    import attnkernels.cuda as akc
+    from attnkernels import reference
+    from attnkernels.se import _SEFunction, _weight
+
     name, dev = ("cuda", "cuda") if gpu else ("cuda-emu", "cpu")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     N, C, H, Cr = 1, 8, 1, 2

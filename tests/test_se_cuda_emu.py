@@ -295,8 +295,7 @@ def _eager_and_raw(x, w1, b1, w2, b2, act, gate, pool, dy, conv_weights):
     """(y, dx, dw1, db1, dw2, db2) of attnkernels.se's eager path (the extension's C++ autograd
     function) and of the raw ops (the custom ops' path) on the same inputs."""
     import attnkernels as ak
-    name = "cpu" if x.device.type == "cpu" else "cuda"
-    name = {"cpu": "cuda-emu", "cuda": "cuda"}[name]
+    name = "cuda-emu" if x.device.type == "cpu" else "cuda"
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w1, b1, w2, b2)]
     lx, lw1, lb1, lw2, lb2 = leaves
     if conv_weights:  # 1x1 conv (out, in, 1, 1) weights: the grads come back in that shape
