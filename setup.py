@@ -1,7 +1,9 @@
 """attnkernels: fused CUDA and Triton kernels for CNN attention blocks (SE, CBAM, BAM, SCA).
 
-The CUDA extension (attnkernels._C) is built only when torch is a CUDA build and nvcc is found;
-otherwise (or with ATTNKERNELS_NO_CUDA=1) a pure-Python package is installed, and setup says why.
+The extension attnkernels._C holds the CUDA kernels when torch is a CUDA build and nvcc is found,
+and their CPU-emulated build (backend "cuda-emu") when the CUDA headers are found; with neither
+(or with ATTNKERNELS_NO_CUDA=1 ATTNKERNELS_NO_EMU=1) a pure-Python package is installed, and
+setup says why.
 `python setup.py dev-requirements` prints the pinned development environment (used by the Makefile).
 """
 import sys
@@ -44,12 +46,14 @@ def _say(msg):
 
 
 def ext_modules_and_cmdclass():
-    """The C++/CUDA extensions, or ([], {}) with a one-line reason when they can't be built.
+    """The extension attnkernels._C, or ([], {}) with a one-line reason when it can't be built.
 
-    attnkernels._C_emu: csrc kernels compiled by the host C++ compiler against csrc/cuemu (CPU
-      tensors, backend "cuda-emu"); skipped with ATTNKERNELS_NO_EMU=1.
-    attnkernels._C: the same kernels compiled by nvcc (backend "cuda"); needs a CUDA build of torch
-      and nvcc; skipped with ATTNKERNELS_NO_CUDA=1.
+    It holds each kernel build that can be made here (csrc/bindings.cpp picks one by x's device):
+      the kernels compiled by nvcc (backend "cuda"): needs a CUDA build of torch and nvcc; skipped
+        with ATTNKERNELS_NO_CUDA=1;
+      the same kernels compiled by the host C++ compiler against csrc/cuemu (CPU tensors, backend
+        "cuda-emu"): needs the CUDA headers only; skipped with ATTNKERNELS_NO_EMU=1.
+    One extension, so the torch binding (the slowest C++ file to compile) is compiled once.
     """
     # torch.utils.cpp_extension reads CUDA_HOME at import; its auto-detection follows the
     # /usr/local/bin/nvcc wrapper to /usr/local, whose lib64 lacks the CUDA libraries.
@@ -59,51 +63,53 @@ def ext_modules_and_cmdclass():
         import torch
         from torch.utils import cpp_extension as ce
     except Exception as e:  # no torch yet (e.g. metadata-only runs)
-        _say(f"no extensions built: torch is not importable ({type(e).__name__}: {e})")
+        _say(f"no extension built: torch is not importable ({type(e).__name__}: {e})")
         return [], {}
 
     csrc = os.path.join("csrc")
     se_dir = os.path.join(csrc, "se")
-    exts = []
     cuda_home = ce.CUDA_HOME
     cuda_inc = os.path.join(cuda_home, "include") if cuda_home else None
+    sources, cxx_flags = [os.path.join(csrc, "bindings.cpp")], ["-O2", "-g0"]
 
     if _flag("ATTNKERNELS_NO_EMU"):
-        _say("_C_emu skipped (ATTNKERNELS_NO_EMU=1)")
+        _say("cuda-emu kernels skipped (ATTNKERNELS_NO_EMU=1)")
     elif shutil.which(os.environ.get("CXX", "c++")) is None:
-        _say("_C_emu skipped: no C++ compiler found")
+        _say("cuda-emu kernels skipped: no C++ compiler found")
     elif not cuda_inc or not os.path.isfile(os.path.join(cuda_inc, "cuda_fp16.h")):
-        _say("_C_emu skipped: the CUDA headers (cuda_fp16.h, vector_types.h) were not found; set CUDA_HOME")
+        _say("cuda-emu kernels skipped: the CUDA headers (cuda_fp16.h, vector_types.h) were not found; set CUDA_HOME")
     else:
-        exts.append(ce.CppExtension(
-            "attnkernels._C_emu",
-            sources=[os.path.join(csrc, "bindings.cpp"), os.path.join(se_dir, "se_emu.cpp")],
-            include_dirs=[os.path.join(_HERE, csrc), cuda_inc],
-            define_macros=[("AK_BUILD_EMU", "1")],
-            extra_compile_args=_EMU_CXXFLAGS,
-            extra_link_args=["-pthread", "-ldl"],
-        ))
+        sources.append(os.path.join(se_dir, "se_emu.cpp"))
+        cxx_flags += [f for f in _EMU_CXXFLAGS if f not in cxx_flags] + ["-DAK_WITH_EMU=1"]
 
+    with_cuda = False
     if _flag("ATTNKERNELS_NO_CUDA"):
-        _say("_C skipped (ATTNKERNELS_NO_CUDA=1)")
+        _say("cuda kernels skipped (ATTNKERNELS_NO_CUDA=1)")
     elif not torch.version.cuda:
-        _say(f"_C skipped: torch {torch.__version__} is not a CUDA build")
+        _say(f"cuda kernels skipped: torch {torch.__version__} is not a CUDA build")
     elif not cuda_home or not os.path.isfile(os.path.join(cuda_home, "bin", "nvcc")):
-        _say("_C skipped: nvcc not found (set CUDA_HOME)")
+        _say("cuda kernels skipped: nvcc not found (set CUDA_HOME)")
     else:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-        exts.append(ce.CUDAExtension(
-            "attnkernels._C",
-            sources=[os.path.join(csrc, "bindings.cpp"), os.path.join(se_dir, "se_cuda.cu")],
-            include_dirs=[os.path.join(_HERE, csrc)],
-            # --threads 0: the gencode targets compile in parallel
-            extra_compile_args={"cxx": ["-O2", "-g0"], "nvcc": ["-O3", "-lineinfo", "--threads", "0"]},
-        ))
+        sources.append(os.path.join(se_dir, "se_cuda.cu"))
+        cxx_flags.append("-DAK_WITH_CUDA=1")
+        with_cuda = True
 
-    if not exts:
+    if len(sources) == 1:
+        _say("no extension built: neither the cuda nor the cuda-emu kernels can be built here")
         return [], {}
-    return exts, {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
+    kwargs = dict(
+        include_dirs=[os.path.join(_HERE, csrc)] + ([cuda_inc] if cuda_inc else []),
+        extra_link_args=["-pthread", "-ldl"],
+    )
+    if with_cuda:
+        # --threads 0: the gencode targets compile in parallel
+        ext = ce.CUDAExtension("attnkernels._C", sources=sources, **kwargs,
+                               extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--threads", "0"]})
+    else:
+        ext = ce.CppExtension("attnkernels._C", sources=sources, **kwargs, extra_compile_args={"cxx": cxx_flags})
+    return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = ext_modules_and_cmdclass()

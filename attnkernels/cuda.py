@@ -1,8 +1,10 @@
 """Hand-written CUDA backend (csrc/), serving two backend names:
 
-  "cuda"      CUDA tensors, through the nvcc-built extension ``attnkernels._C``;
-  "cuda-emu"  CPU tensors, through ``attnkernels._C_emu``: the SAME kernel sources compiled by the
-              host compiler against the CUDA emulator in csrc/cuemu (slow; for tests).
+  "cuda"      CUDA tensors: the kernels compiled by nvcc;
+  "cuda-emu"  CPU tensors: the SAME kernel sources compiled by the host compiler against the CUDA
+              emulator in csrc/cuemu (slow; for tests).
+Both live in the extension ``attnkernels._C`` (``_C.backends`` lists the builds it holds), whose
+functions pick the build from x's device.
 
 SE forward variants (``last_variant()`` says which one ran, ``se_forward_variant(...)`` which one
 would run):
@@ -39,7 +41,8 @@ __all__ = [
     "se_forward_variant", "force_variant",
 ]
 
-_EXT = {"cuda": "attnkernels._C", "cuda-emu": "attnkernels._C_emu"}
+_EXT = "attnkernels._C"
+_NAMES = ("cuda", "cuda-emu")
 _ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3}
 _GATE = {"sigmoid": 0, "hardsigmoid": 1}
 _POOL = {"avg": 0, "avgmax": 1}
@@ -52,22 +55,27 @@ _last_variant: str | None = None
 
 
 def _load(name: str):
+    """The extension if it holds backend `name`'s kernels, else None (and the reason in _errors)."""
     if name in _mods:
         return _mods[name]
     if name in _errors:
         return None
     try:
-        _mods[name] = importlib.import_module(_EXT[name])
-        return _mods[name]
+        mod = importlib.import_module(_EXT)
     except Exception as e:  # not built, or built against another torch
-        _errors[name] = f"{_EXT[name]} does not import ({type(e).__name__}: {e})"
+        _errors[name] = f"{_EXT} does not import ({type(e).__name__}: {e})"
         return None
+    if name not in mod.backends:
+        _errors[name] = f"{_EXT} was built without the {name!r} kernels (it has {list(mod.backends)}; see setup.py)"
+        return None
+    _mods[name] = mod
+    return mod
 
 
 def unavailable_reason(name: str) -> str | None:
     """None if backend `name` ("cuda" or "cuda-emu") can be used here, else why not."""
-    if name not in _EXT:
-        return f"attnkernels.cuda serves {tuple(_EXT)}, not {name!r}"
+    if name not in _NAMES:
+        return f"attnkernels.cuda serves {_NAMES}, not {name!r}"
     if _load(name) is None:
         return _errors[name]
     return None  # (whether a CUDA device exists is attnkernels.backend's concern)
@@ -104,10 +112,12 @@ def se_forward_variant(x_shape, dtype=torch.float32, memory_format=torch.contigu
                        device="cuda", cr: int | None = None, pool: str = "avg") -> str:
     """The forward variant se_forward would run for x of this shape/dtype/format on `device`."""
     n, c, h, w = (int(v) for v in x_shape)
+    device = torch.device(device)
     ext = _ext_for(torch.empty(0, device=device))
     cr = max(1, c // 16) if cr is None else int(cr)
     nhwc = memory_format == torch.channels_last and c > 1 and h * w > 1
-    return ext.se_forward_variant(n, c, h, w, cr, _DTYPE[dtype], nhwc, _POOL[pool], _variant_request()[0])
+    return ext.se_forward_variant(device.type, n, c, h, w, cr, _DTYPE[dtype], nhwc, _POOL[pool],
+                                  _variant_request()[0])
 
 
 def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):

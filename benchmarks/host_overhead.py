@@ -4,7 +4,7 @@
 At batch 1 and on small stages an SE call is bound by host time, not by the GPU (see NOTES.md):
 this script times the host path alone, call after call, for each layer of the stack:
 
-  raw ext          attnkernels._C(_emu).se_forward: checks, 6 allocations, launches
+  raw ext          attnkernels._C.se_forward: checks, 6 allocations, launches
   ak.se no_grad    the functional API (C++ eager path: one extension call)
   module no_grad   attnkernels.SqueezeExcitation.forward
   module fwd+bwd   y = m(x); torch.autograd.grad(y, [x, *params], dy)  (backward in C++)

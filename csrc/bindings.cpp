@@ -1,12 +1,16 @@
-// Torch binding of the hand-written kernels. Compiled twice:
-//   attnkernels._C      (CUDA tensors; kernels from csrc/se/se_cuda.cu)
-//   attnkernels._C_emu  (CPU tensors; the same kernels compiled by g++ against csrc/cuemu), with
-//                       -DAK_BUILD_EMU. This file never includes the emulation headers.
+// Torch binding of the hand-written kernels: one extension, attnkernels._C, holding each kernel
+// build it was compiled with (setup.py):
+//   AK_WITH_CUDA  CUDA tensors, backend "cuda": kernels from csrc/se/se_cuda.cu (nvcc)
+//   AK_WITH_EMU   CPU tensors, backend "cuda-emu": the same kernels compiled by g++ against
+//                 csrc/cuemu (csrc/se/se_emu.cpp)
+// x's device picks the build (attnkernels.backend.resolve has already matched the backend to it).
+// This file is compiled once, by the host compiler, and never includes the emulation headers.
 // Per-op ATen headers rather than ATen/ATen.h: half the compile time of this file.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -20,104 +24,141 @@
 #include <utility>
 #include <vector>
 
-#ifdef AK_BUILD_EMU
-#define AK_SE_NS emu
-#else
-#define AK_SE_NS cuda
-#include <c10/cuda/CUDAGuard.h>
+#ifdef AK_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #endif
 
 #include "se/se_api.h"
 
-namespace {
-
-namespace impl = ak::se::AK_SE_NS;
-
-#ifdef AK_BUILD_EMU
-constexpr const char* kBackend = "cuda-emu";
-bool on_device(const at::Tensor& t) { return t.device().is_cpu(); }
-#else
-constexpr const char* kBackend = "cuda";
-bool on_device(const at::Tensor& t) { return t.device().is_cuda(); }
+#if !defined(AK_WITH_CUDA) && !defined(AK_WITH_EMU)
+#error "build with AK_WITH_CUDA and/or AK_WITH_EMU (setup.py)"
 #endif
 
-int dtype_code(at::ScalarType t) {
+namespace {
+
+namespace se = ak::se;
+
+// One kernel build: its backend name and entry points.
+struct Backend {
+  const char* name;
+  bool emu;  // CPU tensors, synchronous launches
+  decltype(&se::emu::forward) forward;
+  decltype(&se::emu::forward_variant) forward_variant;
+  decltype(&se::emu::backward) backward;
+};
+#ifdef AK_WITH_CUDA
+const Backend kCuda{"cuda", false, &se::cuda::forward, &se::cuda::forward_variant, &se::cuda::backward};
+#endif
+#ifdef AK_WITH_EMU
+const Backend kEmu{"cuda-emu", true, &se::emu::forward, &se::emu::forward_variant, &se::emu::backward};
+#endif
+
+// The backends this extension was built with (attnkernels.cuda checks a name against them).
+std::vector<std::string> built_backends() {
+  std::vector<std::string> v;
+#ifdef AK_WITH_CUDA
+  v.push_back(kCuda.name);
+#endif
+#ifdef AK_WITH_EMU
+  v.push_back(kEmu.name);
+#endif
+  return v;
+}
+
+const Backend& backend_for(c10::DeviceType type) {
+  const Backend* be = nullptr;
+#ifdef AK_WITH_CUDA
+  if (type == c10::DeviceType::CUDA) be = &kCuda;
+#endif
+#ifdef AK_WITH_EMU
+  if (type == c10::DeviceType::CPU) be = &kEmu;
+#endif
+  TORCH_CHECK(be != nullptr, "se: attnkernels._C has no kernels for ", type, " tensors (built with: ",
+              c10::Join(", ", built_backends()), ")");
+  return *be;
+}
+const Backend& backend_of(const at::Tensor& x) { return backend_for(x.device().type()); }
+
+bool on_device(const Backend& be, const at::Tensor& t) { return be.emu ? t.device().is_cpu() : t.device().is_cuda(); }
+
+int dtype_code(const Backend& be, at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return impl::DT_F32;
-    case at::kHalf: return impl::DT_F16;
-    case at::kBFloat16: return impl::DT_BF16;
-    case at::kDouble: return impl::DT_F64;
-    default: TORCH_CHECK(false, "se (", kBackend, "): unsupported dtype ", t);
+    case at::kFloat: return se::DT_F32;
+    case at::kHalf: return se::DT_F16;
+    case at::kBFloat16: return se::DT_BF16;
+    case at::kDouble: return se::DT_F64;
+    default: TORCH_CHECK(false, "se (", be.name, "): unsupported dtype ", t);
   }
   return -1;
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_tensor(const at::Tensor& t, const at::Tensor& x, const char* name, at::ScalarType dt, int64_t dim) {
-  TORCH_CHECK(t.defined(), "se (", kBackend, "): ", name, " is undefined");
-  TORCH_CHECK(on_device(t), "se (", kBackend, "): ", name, " is on the wrong device (", t.device(), ")");
-  TORCH_CHECK(t.device() == x.device(), "se (", kBackend, "): ", name, " is on ", t.device(), ", x on ", x.device());
-  TORCH_CHECK(t.scalar_type() == dt, "se (", kBackend, "): ", name, " has dtype ", t.scalar_type(), ", expected ", dt);
-  TORCH_CHECK(t.dim() == dim, "se (", kBackend, "): ", name, " must have ", dim, " dims, got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "se (", kBackend, "): ", name, " must be contiguous");
+void check_tensor(const Backend& be, const at::Tensor& t, const at::Tensor& x, const char* name, at::ScalarType dt,
+                  int64_t dim) {
+  TORCH_CHECK(t.defined(), "se (", be.name, "): ", name, " is undefined");
+  TORCH_CHECK(on_device(be, t), "se (", be.name, "): ", name, " is on the wrong device (", t.device(), ")");
+  TORCH_CHECK(t.device() == x.device(), "se (", be.name, "): ", name, " is on ", t.device(), ", x on ", x.device());
+  TORCH_CHECK(t.scalar_type() == dt, "se (", be.name, "): ", name, " has dtype ", t.scalar_type(), ", expected ", dt);
+  TORCH_CHECK(t.dim() == dim, "se (", be.name, "): ", name, " must have ", dim, " dims, got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "se (", be.name, "): ", name, " must be contiguous");
 }
 
 // x must be NCHW-contiguous or channels_last; true for channels_last (NCHW preferred when both).
-bool layout_of(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, "se (", kBackend, "): ", name, " must be (N, C, H, W), got ", x.sizes());
+bool layout_of(const Backend& be, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "se (", be.name, "): ", name, " must be (N, C, H, W), got ", x.sizes());
   if (x.is_contiguous()) return false;
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "se (", kBackend, "): ", name,
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "se (", be.name, "): ", name,
               " must be contiguous in NCHW or channels_last");
   return true;
 }
 
-void* stream_of(const at::Tensor& x) {
-#ifdef AK_BUILD_EMU
-  (void)x;
-  return nullptr;
-#else
-  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+void* stream_of(const Backend& be, const at::Tensor& x) {
+#ifdef AK_WITH_CUDA
+  if (!be.emu) return static_cast<void*>(c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
 #endif
+  (void)be, (void)x;
+  return nullptr;
 }
+
+// x's CUDA device current for the call (a no-op on CPU tensors).
+struct DeviceFor {
+  explicit DeviceFor(const at::Tensor& x) {
+    if (x.is_cuda()) guard.reset_device(x.device());
+  }
+  c10::OptionalDeviceGuard guard;
+};
 
 // N zeroed counters private to the stream: the kernels leave them zeroed, so they are allocated
 // once per (device, stream). The emulated build keeps one set per calling thread (its launches are
 // synchronous) and checks after every call that the kernels did re-zero them.
-unsigned* counters_for(const at::Tensor& x, int64_t n, std::vector<at::Tensor>& keep) {
-#ifdef AK_BUILD_EMU
-  (void)keep;
-  static thread_local at::Tensor t;
-  if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 64)}, x.options().dtype(at::kInt));
-  return reinterpret_cast<unsigned*>(t.data_ptr());
-#else
+unsigned* counters_for(const Backend& be, const at::Tensor& x, int64_t n) {
+  if (be.emu) {
+    static thread_local at::Tensor t;
+    if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 64)}, x.options().dtype(at::kInt));
+    return reinterpret_cast<unsigned*>(t.data_ptr());
+  }
   static std::mutex mu;
   static auto* cache = new std::map<std::pair<int, void*>, at::Tensor>();  // never freed
   std::lock_guard<std::mutex> g(mu);
-  at::Tensor& t = (*cache)[{(int)x.device().index(), stream_of(x)}];
+  at::Tensor& t = (*cache)[{(int)x.device().index(), stream_of(be, x)}];
   if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 1024)}, x.options().dtype(at::kInt));
-  (void)keep;
   return reinterpret_cast<unsigned*>(t.data_ptr());
-#endif
 }
 
-void check_counters_rezeroed(const unsigned* c, int64_t n, const char* op) {
-#ifdef AK_BUILD_EMU
+void check_counters_rezeroed(const Backend& be, const unsigned* c, int64_t n, const char* op) {
+  if (!be.emu) return;  // on a GPU that would cost a copy and a sync per call
   int64_t bad = -1;
   for (int64_t i = 0; i < n && bad < 0; ++i)
     if (c[i] != 0u) bad = i;
   if (bad >= 0) {
     std::fill(const_cast<unsigned*>(c), const_cast<unsigned*>(c) + n, 0u);
-    TORCH_CHECK(false, op, " (", kBackend, "): the kernels left counter ", bad, " of ", n,
+    TORCH_CHECK(false, op, " (", be.name, "): the kernels left counter ", bad, " of ", n,
                 " non-zero (a missing reset would corrupt the next call on this stream)");
   }
-#else
-  (void)c, (void)n, (void)op;
-#endif
 }
 
-impl::Alloc make_alloc(const at::Tensor& x, std::vector<at::Tensor>& keep, bool poison) {
+se::Alloc make_alloc(const at::Tensor& x, std::vector<at::Tensor>& keep, bool poison) {
   return [&x, &keep, poison](size_t bytes) -> void* {
     const int64_t n = (int64_t)((bytes + 7) / 8);
     keep.push_back(at::empty({std::max<int64_t>(n, 1)}, x.options().dtype(at::kDouble)));
@@ -131,8 +172,8 @@ void poison_all(std::initializer_list<at::Tensor*> ts) {
     if (t->defined() && t->numel()) t->fill_(std::numeric_limits<double>::quiet_NaN());
 }
 
-int check_int(int64_t v, const char* name) {
-  TORCH_CHECK(v >= 1 && v <= INT32_MAX, "se (", kBackend, "): ", name, " = ", v, " out of range");
+int check_int(const Backend& be, int64_t v, const char* name) {
+  TORCH_CHECK(v >= 1 && v <= INT32_MAX, "se (", be.name, "): ", name, " = ", v, " out of range");
   return (int)v;
 }
 
@@ -140,19 +181,21 @@ int check_int(int64_t v, const char* name) {
 struct Opts {
   int64_t act, gate, pool, variant, bps_hint, lag_hint;
   bool poison;
+  const Backend* be;  // x's
 };
 
-impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const Opts& o) {
+se::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const Opts& o) {
+  const Backend& be = *o.be;
   TORCH_CHECK(o.act >= 0 && o.act <= 3 && o.gate >= 0 && o.gate <= 1 && o.pool >= 0 && o.pool <= 1, "se (",
-              kBackend, "): bad act/gate/pool code");
-  TORCH_CHECK(o.variant >= 0 && o.variant <= 3, "se (", kBackend, "): bad variant code");
-  impl::Problem pr;
-  pr.dtype = dtype_code(x.scalar_type());
-  pr.N = check_int(x.size(0), "N");
-  pr.C = check_int(x.size(1), "C");
-  pr.HW = check_int(x.size(2) * x.size(3), "H*W");
-  check_int(x.size(1) * x.size(2) * x.size(3), "C*H*W");
-  pr.Cr = check_int(w1.size(0), "Cr");
+              be.name, "): bad act/gate/pool code");
+  TORCH_CHECK(o.variant >= 0 && o.variant <= 3, "se (", be.name, "): bad variant code");
+  se::Problem pr;
+  pr.dtype = dtype_code(be, x.scalar_type());
+  pr.N = check_int(be, x.size(0), "N");
+  pr.C = check_int(be, x.size(1), "C");
+  pr.HW = check_int(be, x.size(2) * x.size(3), "H*W");
+  check_int(be, x.size(1) * x.size(2) * x.size(3), "C*H*W");
+  pr.Cr = check_int(be, w1.size(0), "Cr");
   pr.nhwc = nhwc;
   pr.act = (int)o.act;
   pr.gate = (int)o.gate;
@@ -161,24 +204,24 @@ impl::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, cons
 }
 
 // x, w1 (Cr, C), w2 (C, Cr) and the biases as the kernels take them; true for channels_last x.
-bool check_forward_inputs(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+bool check_forward_inputs(const Backend& be, const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                           const at::Tensor& w2, const c10::optional<at::Tensor>& b2) {
-  TORCH_CHECK(on_device(x), "se (", kBackend, "): x is on the wrong device (", x.device(), ")");
-  const bool nhwc = layout_of(x, "x");
+  TORCH_CHECK(on_device(be, x), "se (", be.name, "): x is on the wrong device (", x.device(), ")");
+  const bool nhwc = layout_of(be, x, "x");
   const at::ScalarType dt = x.scalar_type();
-  dtype_code(dt);
-  check_tensor(w1, x, "w1", dt, 2);
-  check_tensor(w2, x, "w2", dt, 2);
+  dtype_code(be, dt);
+  check_tensor(be, w1, x, "w1", dt, 2);
+  check_tensor(be, w2, x, "w2", dt, 2);
   const int64_t C = x.size(1), Cr = w1.size(0);
-  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se (", kBackend, "): weight shapes w1 ",
+  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se (", be.name, "): weight shapes w1 ",
               w1.sizes(), ", w2 ", w2.sizes(), " do not match C=", C);
   if (b1.has_value() && b1->defined()) {
-    check_tensor(*b1, x, "b1", dt, 1);
-    TORCH_CHECK(b1->size(0) == Cr, "se (", kBackend, "): b1 must be (Cr,)");
+    check_tensor(be, *b1, x, "b1", dt, 1);
+    TORCH_CHECK(b1->size(0) == Cr, "se (", be.name, "): b1 must be (Cr,)");
   }
   if (b2.has_value() && b2->defined()) {
-    check_tensor(*b2, x, "b2", dt, 1);
-    TORCH_CHECK(b2->size(0) == C, "se (", kBackend, "): b2 must be (C,)");
+    check_tensor(be, *b2, x, "b2", dt, 1);
+    TORCH_CHECK(b2->size(0) == C, "se (", be.name, "): b2 must be (C,)");
   }
   return nhwc;
 }
@@ -214,9 +257,10 @@ std::string& last_variant_slot() {
 // The forward on checked inputs: y and the stats are allocated by the caller.
 void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2, bool nhwc, const at::Tensor& y, const Stats& st, const Opts& o) {
-  impl::Problem pr = problem(x, w1, nhwc, o);
+  const Backend& be = *o.be;
+  se::Problem pr = problem(x, w1, nhwc, o);
   std::vector<at::Tensor> keep;
-  impl::FwdIO io;
+  se::FwdIO io;
   io.x = x.data_ptr();
   io.w1 = w1.data_ptr();
   io.b1 = b1.has_value() && b1->defined() ? b1->data_ptr() : nullptr;
@@ -224,19 +268,20 @@ void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<
   io.b2 = b2.has_value() && b2->defined() ? b2->data_ptr() : nullptr;
   io.y = y.data_ptr();
   set_stats(io, st, o.pool);
-  io.counters = counters_for(x, pr.N + 1, keep);  // + the pipelined variant's ticket
-  last_variant_slot() = impl::forward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(x),
-                                      make_alloc(x, keep, o.poison));
-  check_counters_rezeroed(io.counters, pr.N + 1, "se_forward");
+  io.counters = counters_for(be, x, pr.N + 1);  // + the pipelined variant's ticket
+  last_variant_slot() = be.forward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
+                                   make_alloc(x, keep, o.poison));
+  check_counters_rezeroed(be, io.counters, pr.N + 1, "se_forward");
 }
 
 // The backward on checked inputs: dx and the weight/bias gradients are allocated by the caller.
 void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, bool nhwc,
                   const Stats& st, const at::Tensor& dx, const at::Tensor& dw1, const at::Tensor& db1,
                   const at::Tensor& dw2, const at::Tensor& db2, const Opts& o) {
-  impl::Problem pr = problem(x, w1, nhwc, o);
+  const Backend& be = *o.be;
+  se::Problem pr = problem(x, w1, nhwc, o);
   std::vector<at::Tensor> keep;
-  impl::BwdIO io;
+  se::BwdIO io;
   io.dy = dy.data_ptr();
   io.x = x.data_ptr();
   io.w1 = w1.data_ptr();
@@ -247,16 +292,16 @@ void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w
   io.db1 = db1.data_ptr();
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
-  io.counters = counters_for(x, pr.N + 1, keep);  // + the pipelined variant's ticket
-  impl::backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(x), make_alloc(x, keep, o.poison));
-  check_counters_rezeroed(io.counters, pr.N + 1, "se_backward");
+  io.counters = counters_for(be, x, pr.N + 1);  // + the pipelined variant's ticket
+  be.backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x), make_alloc(x, keep, o.poison));
+  check_counters_rezeroed(be, io.counters, pr.N + 1, "se_backward");
 }
 
-void check_dy(const at::Tensor& dy, const at::Tensor& x, bool nhwc) {
-  TORCH_CHECK(dy.sizes() == x.sizes(), "se (", kBackend, "): dy must have the shape of x");
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type() && dy.device() == x.device(), "se (", kBackend,
+void check_dy(const Backend& be, const at::Tensor& dy, const at::Tensor& x, bool nhwc) {
+  TORCH_CHECK(dy.sizes() == x.sizes(), "se (", be.name, "): dy must have the shape of x");
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type() && dy.device() == x.device(), "se (", be.name,
               "): dy must match x in dtype and device");
-  TORCH_CHECK(nhwc ? dy.is_contiguous(at::MemoryFormat::ChannelsLast) : dy.is_contiguous(), "se (", kBackend,
+  TORCH_CHECK(nhwc ? dy.is_contiguous(at::MemoryFormat::ChannelsLast) : dy.is_contiguous(), "se (", be.name,
               "): dy must have the memory format of x");
 }
 
@@ -271,11 +316,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool, int64_t variant,
     int64_t bps_hint, int64_t lag_hint, bool poison) {
-  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison};
-  const bool nhwc = check_forward_inputs(x, w1, b1, w2, b2);
-#ifndef AK_BUILD_EMU
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
+  const Backend& be = backend_of(x);
+  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison, &be};
+  const bool nhwc = check_forward_inputs(be, x, w1, b1, w2, b2);
+  const DeviceFor device(x);
   const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
   const auto accopt = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor y = at::empty_like(x);  // same strides as x (dense)
@@ -292,25 +336,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
     const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
     int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
-  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison};
-  const bool nhwc = check_forward_inputs(x, w1, c10::nullopt, w2, c10::nullopt);
-  check_dy(dy, x, nhwc);
+  const Backend& be = backend_of(x);
+  const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison, &be};
+  const bool nhwc = check_forward_inputs(be, x, w1, c10::nullopt, w2, c10::nullopt);
+  check_dy(be, dy, x, nhwc);
   const at::ScalarType at_ = acc_dtype(x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
-  check_tensor(s, x, "s", at_, 2);
-  check_tensor(z, x, "z", at_, 2);
-  check_tensor(u, x, "u", at_, 2);
-  check_tensor(p, x, "p", at_, 2);
+  check_tensor(be, s, x, "s", at_, 2);
+  check_tensor(be, z, x, "z", at_, 2);
+  check_tensor(be, u, x, "u", at_, 2);
+  check_tensor(be, p, x, "p", at_, 2);
   TORCH_CHECK(s.size(0) == N && s.size(1) == C && z.sizes() == s.sizes() && p.sizes() == s.sizes() &&
                   u.size(0) == N && u.size(1) == Cr,
-              "se (", kBackend, "): saved tensors have wrong shapes");
+              "se (", be.name, "): saved tensors have wrong shapes");
   if (pool == 1) {
-    check_tensor(pmax, x, "pmax", at_, 2);
-    TORCH_CHECK(pmax.sizes() == s.sizes(), "se (", kBackend, "): pmax must be (N, C)");
+    check_tensor(be, pmax, x, "pmax", at_, 2);
+    TORCH_CHECK(pmax.sizes() == s.sizes(), "se (", be.name, "): pmax must be (N, C)");
   }
-#ifndef AK_BUILD_EMU
-  c10::cuda::CUDAGuard guard(x.device());
-#endif
+  const DeviceFor device(x);
   at::Tensor dx = at::empty_like(x);
   auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
   if (poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
@@ -325,13 +368,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
 // happens here, so a call costs one binding crossing, and the backward runs with no Python (no
 // GIL hand-off to the autograd thread). Same kernels, same results as the custom ops.
 
-int64_t code_of(const std::string& v, std::initializer_list<const char*> names, const char* what) {
+int64_t code_of(const Backend& be, const std::string& v, std::initializer_list<const char*> names, const char* what) {
   int64_t i = 0;
   for (const char* n : names) {
     if (v == n) return i;
     ++i;
   }
-  TORCH_CHECK(false, "se (", kBackend, "): unknown ", what, " '", v, "'");
+  TORCH_CHECK(false, "se (", be.name, "): unknown ", what, " '", v, "'");
   return -1;
 }
 
@@ -344,8 +387,8 @@ at::MemoryFormat kernel_format(const at::Tensor& x) {
 }
 
 // A Linear (out, in) or 1x1 conv (out, in, 1, 1) weight as a contiguous (out, in) matrix.
-at::Tensor as_matrix(const at::Tensor& w, const char* name) {
-  TORCH_CHECK(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1), "se (", kBackend, "): ", name,
+at::Tensor as_matrix(const Backend& be, const at::Tensor& w, const char* name) {
+  TORCH_CHECK(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1), "se (", be.name, "): ", name,
               " must be (out, in) or (out, in, 1, 1), got ", w.sizes());
   return (w.dim() == 2 ? w : w.view({w.size(0), w.size(1)})).contiguous();
 }
@@ -358,17 +401,16 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w1_in,
                             const c10::optional<at::Tensor>& b1_in, const at::Tensor& w2_in,
                             const c10::optional<at::Tensor>& b2_in, Opts o) {
+    const Backend& be = *o.be;
     at::Tensor x = x_in.contiguous(kernel_format(x_in));
-    at::Tensor w1 = as_matrix(w1_in, "w1"), w2 = as_matrix(w2_in, "w2");
+    at::Tensor w1 = as_matrix(be, w1_in, "w1"), w2 = as_matrix(be, w2_in, "w2");
     auto dense = [](const c10::optional<at::Tensor>& b) -> c10::optional<at::Tensor> {
       if (b.has_value() && b->defined()) return b->contiguous();
       return c10::nullopt;
     };
     const c10::optional<at::Tensor> b1 = dense(b1_in), b2 = dense(b2_in);
-    const bool nhwc = check_forward_inputs(x, w1, b1, w2, b2);
-#ifndef AK_BUILD_EMU
-    c10::cuda::CUDAGuard guard(x.device());
-#endif
+    const bool nhwc = check_forward_inputs(be, x, w1, b1, w2, b2);
+    const DeviceFor device(x);
     const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
     at::Tensor y = at::empty_like(x);
     at::Tensor stats = at::empty({stats_numel(N, C, Cr, o.pool)}, x.options().dtype(acc_dtype(x.scalar_type())));
@@ -387,19 +429,18 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // Differentiating the gradient (create_graph=True) would silently treat it as a constant.
-    TORCH_CHECK(!at::GradMode::is_enabled(), "se (", kBackend,
-                "): double backward (create_graph=True through the fused SE) is not supported");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w1 = saved[1], &w2 = saved[2], &stats = saved[3];
+    const Backend& be = backend_of(x);
+    TORCH_CHECK(!at::GradMode::is_enabled(), "se (", be.name,
+                "): double backward (create_graph=True through the fused SE) is not supported");
     const std::vector<int64_t> ov = ctx->saved_data["opts"].toIntVector();
     const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
-    const Opts o{ov[0], ov[1], ov[2], ov[3], ov[4], ov[5], ov[6] != 0};
-    const bool nhwc = layout_of(x, "x");
+    const Opts o{ov[0], ov[1], ov[2], ov[3], ov[4], ov[5], ov[6] != 0, &be};
+    const bool nhwc = layout_of(be, x, "x");
     at::Tensor dy = grads[0].contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-    check_dy(dy, x, nhwc);
-#ifndef AK_BUILD_EMU
-    c10::cuda::CUDAGuard guard(x.device());
-#endif
+    check_dy(be, dy, x, nhwc);
+    const DeviceFor device(x);
     const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
     at::Tensor dx = at::empty_like(x);
     auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
@@ -421,9 +462,10 @@ std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const at::Tens
                                              const c10::optional<at::Tensor>& b2, const std::string& act,
                                              const std::string& gate, const std::string& pool, int64_t variant,
                                              int64_t bps_hint, int64_t lag_hint, bool poison) {
-  const Opts o{code_of(act, {"relu", "silu", "hardswish", "gelu"}, "act"),
-               code_of(gate, {"sigmoid", "hardsigmoid"}, "gate"), code_of(pool, {"avg", "avgmax"}, "pool"),
-               variant, bps_hint, lag_hint, poison};
+  const Backend& be = backend_of(x);
+  const Opts o{code_of(be, act, {"relu", "silu", "hardswish", "gelu"}, "act"),
+               code_of(be, gate, {"sigmoid", "hardsigmoid"}, "gate"), code_of(be, pool, {"avg", "avgmax"}, "pool"),
+               variant, bps_hint, lag_hint, poison, &be};
   auto wants_grad = [](const at::Tensor& t) { return t.requires_grad(); };
   const bool record = at::GradMode::is_enabled() &&
                       (wants_grad(x) || wants_grad(w1) || wants_grad(w2) || (b1.has_value() && wants_grad(*b1)) ||
@@ -438,28 +480,29 @@ std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const at::Tens
   return {y, last_variant_slot()};
 }
 
-// dtype: 0 float32, 1 float16, 2 bfloat16, 3 float64
-std::string se_forward_variant(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Cr, int64_t dtype,
-                               bool nhwc, int64_t pool, int64_t variant) {
-  TORCH_CHECK(dtype >= 0 && dtype <= 3, "se: bad dtype code");
-  impl::Problem pr;
+// device: "cuda" or "cpu" (cuda-emu); dtype: 0 float32, 1 float16, 2 bfloat16, 3 float64
+std::string se_forward_variant(const std::string& device, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Cr,
+                               int64_t dtype, bool nhwc, int64_t pool, int64_t variant) {
+  const Backend& be = backend_for(c10::Device(device).type());
+  TORCH_CHECK(dtype >= 0 && dtype <= 3, "se (", be.name, "): bad dtype code");
+  se::Problem pr;
   pr.dtype = (int)dtype;
-  pr.N = check_int(N, "N");
-  pr.C = check_int(C, "C");
-  pr.HW = check_int(H * W, "H*W");
-  pr.Cr = check_int(Cr, "Cr");
+  pr.N = check_int(be, N, "N");
+  pr.C = check_int(be, C, "C");
+  pr.HW = check_int(be, H * W, "H*W");
+  pr.Cr = check_int(be, Cr, "Cr");
   pr.nhwc = nhwc;
   pr.act = 0;
   pr.gate = 0;
   pr.pool = (int)pool;
-  return impl::forward_variant(pr, (int)variant);
+  return be.forward_variant(pr, (int)variant);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attnkernels hand-written kernels";
-  m.attr("backend") = kBackend;
+  m.attr("backends") = built_backends();
   m.def("se_forward", &se_forward, "SE forward -> (y, s, z, u, p, pmax, variant)", pybind11::arg("x"),
         pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("act"),
         pybind11::arg("gate"), pybind11::arg("pool"), pybind11::arg("variant") = 0, pybind11::arg("bps_hint") = 0,

@@ -86,3 +86,28 @@ def test_se_kernels_memory_instructions(build):
                 assert needle in body, f"{name}: no {needle}"
             if kind == "17se_rescale_kernel":
                 assert ".cs." not in body, f"{name}: the split rescale should not use evict-first"
+
+
+def test_one_extension_no_shared_kernel_symbols():
+    """attnkernels._C links the nvcc build and the emulated build of the same kernel sources: every
+    symbol of that code must sit in its build's namespace (ak::cuda / ak::emu, ak::se::cuda /
+    ak::se::emu). One outside them, defined by both objects, would be an ODR violation: the
+    linker keeps one definition, and one backend would call the other's code."""
+    import attnkernels.cuda as akc
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not found")
+    mod = akc._load("cuda-emu") or akc._load("cuda")
+    if mod is None:
+        pytest.skip("attnkernels._C is not built")
+    r = subprocess.run([nm, mod.__file__], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    syms = [l.split()[-1] for l in r.stdout.splitlines() if l.strip()]
+    # mangled names in namespace ak (functions, guard variables and function-local statics)
+    ours = [s for s in syms if re.match(r"_Z(?:GV|TH|TW|Z)*N2ak", s)]
+    assert any(re.match(r"_Z(?:GV|TH|TW|Z)*N2ak2se3emu", s) for s in ours), "no emu kernel symbols: nm changed?"
+    # (ak::se::Problem & co., the shared interface types of se_api.h, appear in signatures only)
+    stray = [s for s in ours if not re.match(r"_Z(?:GV|TH|TW|Z)*N2ak(?:4cuda|3emu|2se4cuda|2se3emu)", s)]
+    assert not stray, f"symbols outside the per-build namespaces: {stray[:10]}"
+    assert set(mod.backends) <= {"cuda", "cuda-emu"} and mod.backends, mod.backends

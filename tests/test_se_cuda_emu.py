@@ -1,6 +1,6 @@
 """Backend-specific tests of attnkernels.cuda (SE): direct se_forward / se_backward calls against an
-inline torch reference, on CPU tensors through the emulated build (attnkernels._C_emu) and, when a
-GPU and attnkernels._C are present, on CUDA tensors too. Every kernel variant is forced in turn and
+inline torch reference, on CPU tensors through the emulated build (backend cuda-emu) and, when a
+GPU and the nvcc build are present, on CUDA tensors too. Every kernel variant is forced in turn and
 every output / workspace is poisoned with NaN first (ATTNKERNELS_CUDA_POISON=1), so an element a
 kernel forgets to write fails the comparison."""
 from __future__ import annotations

@@ -4,6 +4,12 @@
 //
 // Provides
 //   AK_EMU                              1 in the emulator build, 0 under nvcc
+//   AK_BACKEND_NS                       emu / cuda: the namespace each build's copy of the kernel
+//                                       code lives in (ak::<it> here, ak::se::<it> for SE), so that
+//                                       both builds link into one extension without sharing a
+//                                       symbol (same-named inline functions or templates with
+//                                       different bodies would be an ODR violation: the linker
+//                                       keeps one of them)
 //   AK_DYNAMIC_SHARED(T, name)          `T* name` -> the launch's dynamic shared memory
 //   AK_SHARED_ARRAY(T, name, N)         `__shared__ T name[N]` (+ poisoned per block with CUEMU_POISON_SHARED=1)
 //   ak::Stream                          cudaStream_t (nvcc) / dummy (emu)
@@ -43,12 +49,14 @@
 #include <cooperative_groups.h>
 
 #define AK_EMU 0
+#define AK_BACKEND_NS cuda
 #define AK_DYNAMIC_SHARED(T, name)                         \
   extern __shared__ __align__(16) unsigned char ak_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(ak_dyn_smem_)
 #define AK_SHARED_ARRAY(T, name, N) __shared__ T name[N]
 
 namespace ak {
+inline namespace AK_BACKEND_NS {
 using Stream = cudaStream_t;
 inline Stream default_stream() { return nullptr; }
 
@@ -185,6 +193,7 @@ __device__ __forceinline__ void spin_pause(unsigned) {
   __nanosleep(64);
 #endif
 }
+}  // namespace AK_BACKEND_NS
 }  // namespace ak
 
 #else  // ------------------------------------------------------------ host compiler: emulator
@@ -192,10 +201,12 @@ __device__ __forceinline__ void spin_pause(unsigned) {
 #include "../cuemu/cuemu.h"
 
 #define AK_EMU 1
+#define AK_BACKEND_NS emu
 #define AK_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cuemu::dynamic_shared_memory())
 #define AK_SHARED_ARRAY(T, name, N) CUEMU_SHARED_ARRAY(T, name, N)
 
 namespace ak {
+inline namespace AK_BACKEND_NS {
 using Stream = ::cuemu::Stream;
 inline Stream default_stream() { return Stream{}; }
 
@@ -244,6 +255,7 @@ template <typename V>
 inline void store_vec_stream(V* p, const V& v) { store_vec(p, v); }
 inline unsigned ld_volatile(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline void spin_pause(unsigned iter) { ::cuemu::spin_pause(iter); }
+}  // namespace AK_BACKEND_NS
 }  // namespace ak
 
 #endif

@@ -40,6 +40,7 @@
 
 namespace ak {
 namespace se {
+namespace AK_BACKEND_NS {  // one copy per build (cuda_compat.h)
 
 enum { ACT_RELU = 0, ACT_SILU = 1, ACT_HARDSWISH = 2, ACT_GELU = 3 };
 enum { GATE_SIGMOID = 0, GATE_HARDSIGMOID = 1 };
@@ -1120,5 +1121,6 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd
       });
 }
 
+}  // namespace AK_BACKEND_NS
 }  // namespace se
 }  // namespace ak

@@ -1,5 +1,6 @@
 // SE launch logic (grid sizing, variant choice, workspace), shared by the nvcc TU (se_cuda.cu)
-// and the g++ emulation TU (se_emu.cpp). Defines the functions declared in se_api.h.
+// and the g++ emulation TU (se_emu.cpp). Defines the entry points se_api.h declares, in
+// ak::se::cuda or ak::se::emu (AK_BACKEND_NS, from cuda_compat.h).
 #pragma once
 
 #include <algorithm>
@@ -12,7 +13,7 @@
 
 namespace ak {
 namespace se {
-namespace AK_SE_NS {
+namespace AK_BACKEND_NS {
 
 struct DevInfo {
   int sms;
@@ -433,6 +434,6 @@ void backward(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int
   throw std::runtime_error("se: unsupported dtype");
 }
 
-}  // namespace AK_SE_NS
+}  // namespace AK_BACKEND_NS
 }  // namespace se
 }  // namespace ak

@@ -1,3 +1,2 @@
-// nvcc translation unit of the SE kernels (attnkernels._C).
-#define AK_SE_NS cuda
+// nvcc translation unit of the SE kernels (namespace ak::se::cuda, backend "cuda").
 #include "launch.h"

@@ -1,3 +1,3 @@
-// g++ translation unit of the SE kernels against the CUDA emulator (attnkernels._C_emu).
-#define AK_SE_NS emu
+// g++ translation unit of the SE kernels against the CUDA emulator (namespace ak::se::emu,
+// backend "cuda-emu").
 #include "launch.h"
