@@ -79,8 +79,6 @@ const Backend& backend_for(c10::DeviceType type) {
 }
 const Backend& backend_of(const at::Tensor& x) { return backend_for(x.device().type()); }
 
-bool on_device(const Backend& be, const at::Tensor& t) { return be.emu ? t.device().is_cpu() : t.device().is_cuda(); }
-
 int dtype_code(const Backend& be, at::ScalarType t) {
   switch (t) {
     case at::kFloat: return se::DT_F32;
@@ -97,7 +95,6 @@ at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDoub
 void check_tensor(const Backend& be, const at::Tensor& t, const at::Tensor& x, const char* name, at::ScalarType dt,
                   int64_t dim) {
   TORCH_CHECK(t.defined(), "se (", be.name, "): ", name, " is undefined");
-  TORCH_CHECK(on_device(be, t), "se (", be.name, "): ", name, " is on the wrong device (", t.device(), ")");
   TORCH_CHECK(t.device() == x.device(), "se (", be.name, "): ", name, " is on ", t.device(), ", x on ", x.device());
   TORCH_CHECK(t.scalar_type() == dt, "se (", be.name, "): ", name, " has dtype ", t.scalar_type(), ", expected ", dt);
   TORCH_CHECK(t.dim() == dim, "se (", be.name, "): ", name, " must have ", dim, " dims, got ", t.sizes());
@@ -204,9 +201,10 @@ se::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const 
 }
 
 // x, w1 (Cr, C), w2 (C, Cr) and the biases as the kernels take them; true for channels_last x.
-bool check_forward_inputs(const Backend& be, const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2) {
-  TORCH_CHECK(on_device(be, x), "se (", be.name, "): x is on the wrong device (", x.device(), ")");
+bool check_forward_inputs(const Backend& be, const at::Tensor& x, const at::Tensor& w1,
+                          const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b2) {
+  // (be is x's build: backend_of has refused a device without one)
   const bool nhwc = layout_of(be, x, "x");
   const at::ScalarType dt = x.scalar_type();
   dtype_code(be, dt);
@@ -293,7 +291,8 @@ void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
   io.counters = counters_for(be, x, pr.N + 1);  // + the pipelined variant's ticket
-  be.backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x), make_alloc(x, keep, o.poison));
+  be.backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
+              make_alloc(x, keep, o.poison));
   check_counters_rezeroed(be, io.counters, pr.N + 1, "se_backward");
 }
 
