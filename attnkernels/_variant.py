@@ -1,6 +1,7 @@
 """Which kernel variant an op runs: the backend's own choice ("auto") unless forced, per thread
 (`force_variant`) or per process (ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined). A backend
-runs its default for a variant it lacks (Triton has no "fused") and reports what it ran.
+runs its default for a variant it lacks (Triton has no "fused"; the CUDA build none but "split" in
+float64, and "pipelined" from sm_90 only) and reports what it ran.
 
   "split"      a reduce kernel (the last program of a sample runs the sample's epilogue), then an
                elementwise kernel over the samples in reverse order;

@@ -20,6 +20,9 @@ would run):
            second read of x comes from L2 (lag sized from the L2 size). Forcing it also runs the
            backward's reduction and dx the same way (one launch, dy re-read from L2; then the
            weight-gradient kernel). Not chosen by "auto" until a GPU run has measured it.
+float64 (the gradcheck dtype) is built with the "split" kernels only, and "pipelined" has device
+code for sm_90 and newer only: forced where the build lacks it, a variant runs "split" (and
+``last_variant()`` says so). Each cut keeps ~10 s of nvcc time out of the build.
 Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
 ``with force_variant("fused"): ...`` (attnkernels/_variant.py; tests, benchmarks: ``bps`` also
 sets the squeeze blocks per sample, ``lag`` the pipelined lag in samples).

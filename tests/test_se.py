@@ -260,7 +260,9 @@ def test_se_backward_keeps_the_forwards_variant_on_another_thread(monkeypatch):
 def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
     """The pipelined variant (lag 1: squeezes and rescales interleaved) through the op's whole
     contract: fp64 gradcheck, opcheck of both custom ops, torch.compile(fullgraph) forward and
-    backward matching the eager run."""
+    backward matching the eager run. (The CUDA build runs float64 with its split kernels, so on
+    cuda / cuda-emu the gradcheck covers the op around them; test_se_cuda_emu checks the CUDA
+    pipelined kernels in float32/16 against the reference.)"""
     with force_variant("pipelined", lag=1):
         ins = _leaves(make_case((3, 3, 2, 3, 2), torch.float64, channels_last=True, seed=5))
         assert torch.autograd.gradcheck(

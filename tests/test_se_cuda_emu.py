@@ -84,6 +84,12 @@ def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, m
     return x, w1, b1, w2, b2
 
 
+def expected_variant(forced, dtype):
+    """The variant a forced one runs: float64, the gradcheck dtype, is built with the split kernels
+    only (csrc/se/launch.h: has_fast_variants), so "fused" and "pipelined" run "split" there."""
+    return "split" if dtype == torch.float64 and forced in ("fused", "pipelined") else forced
+
+
 def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward=True, dy_misalign=False):
     dtype = x.dtype
     atol, rtol = TOL[dtype]
@@ -91,7 +97,7 @@ def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward
     with cuda_mod.force_variant(*variant):
         y, s, z, u, p, pmax = cuda_mod.se_forward(x, w1, b1, w2, b2, act, gate, pool)
     if variant[0] != "auto":  # ("fused" on a GPU may run as "fused-cluster<k>")
-        assert cuda_mod.last_variant().split("-")[0] == variant[0], cuda_mod.last_variant()
+        assert cuda_mod.last_variant().split("-")[0] == expected_variant(variant[0], dtype), cuda_mod.last_variant()
     # reference on the same (rounded) inputs, weights in the accumulation dtype, always on the CPU
     # (torch's CUDA hardswish/hardsigmoid forward multiply by a float32 1/6 even for float64)
     xr = x.detach().cpu().to(acc).requires_grad_(True)
@@ -278,6 +284,12 @@ def test_variant_dispatch_reporting():
         assert cuda_mod.se_forward_variant((1, 8, 4, 4), torch.float32, device=dev) == "fused"
         with pytest.raises(RuntimeError, match="shared memory"):
             cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev)
+    # float64 has the split kernels only: a forced fused / pipelined runs split, and says so
+    for forced in ("fused", "pipelined"):
+        with cuda_mod.force_variant(forced):
+            assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float64, device=dev) == "split"
+            assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float32, device=dev) == forced
+    assert cuda_mod.se_forward_variant((512, 64, 7, 7), torch.float64, device=dev) == "split"
 
 
 def test_input_checks():

@@ -53,9 +53,16 @@ constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-
 // calculator how many fit). The launch bounds ask for 3 (80 registers) where that costs no spills:
 // not with channels_last's per-thread channel vectors, nor in double.
 constexpr int kPipeBlocksPerSM = 3;
-template <typename T, bool NHWC> constexpr int pipe_min_blocks() {
+template <typename T, bool NHWC> __host__ __device__ constexpr int pipe_min_blocks() {
   return (NHWC || sizeof(T) == 8) ? 2 : kPipeBlocksPerSM;
 }
+// The pipelined kernels' device code exists for sm_90 and newer only, where they are tuned and
+// measured (their code for older archs traps; launch.h's pipelined_ok keeps them off there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define AK_PIPELINED_CODE 0
+#else
+#define AK_PIPELINED_CODE 1
+#endif
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -394,11 +401,11 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
 
 // ------------------------------------------------------------------ MLP helpers (whole block)
 // Rows of W (M x K, row-major) dotted with v (K, shared memory): out[m] = sum_k W[m*K + k] v[k].
-// G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group;
-// f(m, value) is called by lane 0 of the group. Every thread of the block calls it.
-template <typename T, typename A, int VV, typename F>
+// G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group
+// (R = 2 fits an 80-register budget, 4 needs more); f(m, value) is called by lane 0 of the group.
+// Every thread of the block calls it.
+template <typename T, typename A, int VV, int R, typename F>
 AK_INL void rowdots_v(const T* W, const A* v, int M, int K, F& f) {
-  constexpr int R = 4;
   const int KV = K / VV;
   const int G = min(32, pow2_at_least((KV + 3) / 4));  // >= 4 vectors per lane: more rows in flight
   const int tid = threadIdx.x, gl = tid % G, grp = tid / G, ngrp = blockDim.x / G;
@@ -440,13 +447,13 @@ AK_INL void rowdots_v(const T* W, const A* v, int M, int K, F& f) {
   }
 }
 
-template <typename T, typename A, typename F>
+template <typename T, typename A, int R, typename F>
 AK_INL void rowdots(const T* W, const A* v, int M, int K, F f) {
   constexpr int V = Vec<T>::N;
   if (K % V == 0 && ((uintptr_t)W & 15u) == 0)
-    rowdots_v<T, A, V>(W, v, M, K, f);
+    rowdots_v<T, A, V, R>(W, v, M, K, f);
   else
-    rowdots_v<T, A, 1>(W, v, M, K, f);
+    rowdots_v<T, A, 1, R>(W, v, M, K, f);
 }
 
 // Columns of W (K x M, row-major) dotted with v (K, shared memory): out[m] = sum_k v[k] W[k*M + m],
@@ -509,7 +516,8 @@ AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
 // Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate for channels
 // [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store_pu: write p, pmax, u out;
 // store_zs: z, s of [c_lo, c_hi) (in a cluster, each of p, u, z, s is written by one block).
-template <typename T, int POOL>
+// R: rows in flight of the matrix-vector products (rowdots).
+template <typename T, int POOL, int R>
 AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
                          const typename Acc<T>::type* pb, int S, bool cg,
                          typename Acc<T>::type* sp, typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1,
@@ -535,16 +543,15 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
   __syncthreads();
   const T* b1 = P.b1;
   const int act = P.act;
-  rowdots<T, A>(P.w1, sp, Cr, C, [&](int j, A acc) {
+  rowdots<T, A, R>(P.w1, sp, Cr, C, [&](int j, A acc) {
     A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
     if (store_pu) P.u[nCr + j] = uv;
     sh[j] = act_fwd(act, uv);
   });
   __syncthreads();
   // The gate runs in a loop of its own, not in rowdots' callback: one copy of its code instead of
-  // one per unrolled row (nvcc time). fc1's activation stays in the callback: moved out too, it
-  // makes the pipelined bf16 kernels spill.
-  rowdots<T, A>(P.w2 + (size_t)c_lo * Cr, sh, c_hi - c_lo, Cr, [&](int i, A acc) { sp[c_lo + i] = acc; });
+  // one per unrolled row (nvcc time).
+  rowdots<T, A, R>(P.w2 + (size_t)c_lo * Cr, sh, c_hi - c_lo, Cr, [&](int i, A acc) { sp[c_lo + i] = acc; });
   __syncthreads();
   const T* b2 = P.b2;
   const int gate = P.gate;
@@ -560,17 +567,22 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
   __syncthreads();
 }
 
-// The epilogues out of line, for the kernels whose register budget leaves room for a call: nvcc
-// then optimizes one copy per (T, POOL) rather than one per kernel (with the loops above, nvcc's
-// time per arch went from 68 to 38 s). Their kernels take P as __grid_constant__, so passing it by
-// reference copies nothing (a plain by-value P was copied to local memory at kernel start). The
-// pipelined kernels (80 registers, 3 blocks per SM) inline them: a call spills there.
-template <typename T, int POOL>
+// The epilogues out of line: nvcc then optimizes one copy per (T, POOL, R) rather than one per
+// kernel (with the loops above, nvcc's time per arch went from 68 to 38 s; the pipelined kernels'
+// calls took it to ~33 s). Their kernels take P as __grid_constant__, so passing it by reference
+// copies nothing (a plain by-value P was copied to local memory at kernel start). A kernel's
+// register count includes its callee's: kernels launched with 80 registers a thread (3 blocks of
+// 256 per SM) call the R = 2 copy, which fits (R = 4 spilled there); those with 128, the R = 4 one.
+template <int THREADS, int MIN_BLOCKS> __host__ __device__ constexpr int epilogue_rows() {
+  return 65536 / (THREADS * MIN_BLOCKS) >= 128 ? 4 : 2;
+}
+
+template <typename T, int POOL, int R>
 AK_NOINL void fwd_epilogue_call(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
                                 const typename Acc<T>::type* pb, int S, bool cg, typename Acc<T>::type* sp,
                                 typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1, bool store_pu = true,
                                 bool store_zs = true) {
-  fwd_epilogue<T, POOL>(P, n, pa, pb, S, cg, sp, sh, c_lo, c_hi, store_pu, store_zs);
+  fwd_epilogue<T, POOL, R>(P, n, pa, pb, S, cg, sp, sh, c_lo, c_hi, store_pu, store_zs);
 }
 
 // Block reduction part shared by forward / backward squeeze kernels.
@@ -743,7 +755,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(const __
                                                      P.upb, P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb,
                                                      scratch);
   if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
-  fwd_epilogue_call<T, POOL>(P, n, pa, pb, P.S, true, scratch, scratch + P.C);
+  fwd_epilogue_call<T, POOL, epilogue_rows<kThreads, 2>()>(P, n, pa, pb, P.S, true, scratch, scratch + P.C);
 }
 
 // y = x * s over units [u0, u1) of one sample, `step` apart; a unit is a 16-byte vector when vec
@@ -802,7 +814,9 @@ __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
 // sample's last slice runs the MLP, chunks rescale a lag behind, so the rescale's read of x hits L2
 // and x crosses HBM once.
 template <typename T, int POOL, bool NHWC>
-__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_pipelined_kernel(FwdParams<T> P) {
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>()))
+    se_pipelined_kernel(const __grid_constant__ FwdParams<T> P) {
+#if AK_PIPELINED_CODE
   using A = typename Acc<T>::type;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
@@ -815,13 +829,19 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_pip
                                                            P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
                                                            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
-      [&](int n) { fwd_epilogue<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, true, scratch, scratch + C); },
+      [&](int n) {
+        constexpr int R = epilogue_rows<kThreads, pipe_min_blocks<T, NHWC>()>();
+        fwd_epilogue_call<T, POOL, R>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, true, scratch, scratch + C);
+      },
       [&](int n, int u0, int u1, int c_lo, int c_hi) {
         stage_channels(P.s + (size_t)n * C, scratch, c_lo, c_hi);
         __syncthreads();
         scale_range<T, NHWC, true>(P.x + n * E, P.y + n * E, scratch, c_lo, C, HW, u0 + threadIdx.x, u1,
                                    blockDim.x, P.vec != 0);
       });
+#else
+  __trap();
+#endif
 }
 
 // The part of a sample's slab that block `rank` of its cluster holds: NCHW channels [c0, c1),
@@ -907,8 +927,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(const __grid
   }
   // gates of the channels this block holds (channels_last: all of them); block 0 writes p and u,
   // each block the z and s of its channels (channels_last: block 0 all of them)
-  fwd_epilogue_call<T, POOL>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0,
-                             NHWC ? rank == 0 : true);
+  constexpr int R = epilogue_rows<kFusedThreads, 1>();
+  fwd_epilogue_call<T, POOL, R>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0,
+                                NHWC ? rank == 0 : true);
   const bool vec = (P.vec & 1) != 0;
   scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E + off, NHWC ? fa : fa + c0, 0, C, HW, tid,
                               vec ? part / V : part, nt, vec);
@@ -1094,7 +1115,9 @@ __global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
 // lag behind and re-read dy (and x) from L2. The weight gradients need every sample: se_wgrad_kernel
 // runs after.
 template <typename T, int POOL, bool NHWC>
-__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd_pipelined_kernel(BwdParams<T> P) {
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>()))
+    se_bwd_pipelined_kernel(const __grid_constant__ BwdParams<T> P) {
+#if AK_PIPELINED_CODE
   using A = typename Acc<T>::type;
   constexpr bool MAXP = POOL == POOL_AVGMAX;
   AK_DYNAMIC_SHARED(unsigned char, smem_raw);
@@ -1109,7 +1132,8 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd
                                            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
       [&](int n) {
-        bwd_epilogue<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, scratch, scratch + C, scratch + C + P.Cr);
+        bwd_epilogue_call<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, scratch, scratch + C,
+                                   scratch + C + P.Cr);
       },
       [&](int n, int u0, int u1, int c_lo, int c_hi) {
         A* ca = scratch;
@@ -1119,6 +1143,9 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>())) se_bwd
         __syncthreads();
         dx_range<T, MAXP, NHWC, true>(P, n, ca, cb, c_lo, u0 + threadIdx.x, u1, blockDim.x);
       });
+#else
+  __trap();
+#endif
 }
 
 }  // namespace AK_BACKEND_NS

@@ -19,8 +19,19 @@ struct DevInfo {
   int sms;
   int smem_optin;  // bytes of dynamic shared memory one block may opt into
   long long l2;    // L2 cache bytes
-  int cc_major;    // compute capability (thread-block clusters from 9)
+  int cc_major;    // compute capability major
+  // The arch (__CUDA_ARCH__ / 10) the device's image of these kernels was compiled for: its sm_90
+  // code (clusters, the pipelined kernels) is there from 90 only. Less than cc_major * 10 when the
+  // device JIT-compiles an older arch's PTX (a build for 8.0+PTX on an H100, say).
+  int code_arch;
 };
+
+// Variants a build lacks (the dispatcher runs "split" instead and reports it): float64, the
+// gradcheck dtype, has the split kernels only, and the pipelined kernels are compiled for sm_90
+// and newer only (kernels.cuh) -- each saves ~10 s of nvcc time, for kernels no one would run.
+template <typename T> constexpr bool has_fast_variants() { return sizeof(T) != 8; }
+inline bool clusters_ok(const DevInfo& d) { return d.cc_major >= 9 && d.code_arch >= 90; }
+inline bool pipelined_ok(const DevInfo& d) { return d.code_arch >= 90; }
 
 #if defined(__CUDACC__)
 inline void check_cuda(cudaError_t e, const char* what) {
@@ -31,13 +42,16 @@ inline DevInfo dev_info() {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 0 && dev < 128 && cache[dev].sms > 0) return cache[dev];
-  DevInfo d{0, 0, 0, 0};
+  DevInfo d{0, 0, 0, 0, 0};
   int l2 = 0;
   check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
              "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  cudaFuncAttributes fa;  // every kernel of this file comes from one image: ask one of them
+  check_cuda(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(se_rescale_kernel<float>)), "cudaFuncGetAttributes");
+  d.code_arch = fa.ptxVersion;
   d.l2 = l2;
   if (dev >= 0 && dev < 128) cache[dev] = d;
   return d;
@@ -45,7 +59,7 @@ inline DevInfo dev_info() {
 #else
 // Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and
 // clusters, and a 4 MB L2 (so the pipelined variant's lag is below N at test sizes).
-inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 9}; }
+inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 9, 90}; }
 #endif
 
 template <typename K> inline void smem_attr(K kernel, size_t bytes) {
@@ -123,7 +137,7 @@ template <typename T> inline size_t fused_smem_bytes(const Problem& pr, const Ge
 // smallest cluster (sm_90: 2, 4, 8, or the non-portable 16 an H100 schedules) whose parts fit;
 // 0 if none does.
 template <typename T> inline int fused_cluster(const Problem& pr, const Geom& g, const DevInfo& d) {
-  for (int cl = 1; cl <= (d.cc_major >= 9 ? 16 : 1); cl *= 2)
+  for (int cl = 1; cl <= (clusters_ok(d) ? 16 : 1); cl *= 2)
     if (fused_smem_bytes<T>(pr, g, cl) <= (size_t)d.smem_optin) return cl;
   return 0;
 }
@@ -150,18 +164,20 @@ template <typename T> inline int pipe_lag(const Problem& pr, int lag_hint, const
 
 // The variant to run and, for "fused", its blocks per sample (*cl).
 template <typename T> inline int choose_variant(const Problem& pr, int variant, const DevInfo& d, int* cl) {
+  *cl = 1;
+  if (!has_fast_variants<T>()) return V_SPLIT;
   const Geom gf = squeeze_geom<T>(pr, d.sms, 0, true, kFusedThreads);
   *cl = fused_cluster<T>(pr, gf, d);
   if (variant == VAR_FUSED) {
     if (*cl == 0)
       throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf, 1)) +
                                " bytes of shared memory (" +
-                               (d.cc_major >= 9 ? "even split over a cluster of 16 blocks" : "no clusters below sm_90") +
+                               (clusters_ok(d) ? "even split over a cluster of 16 blocks" : "no clusters: they need sm_90 code") +
                                "); the device allows " + std::to_string(d.smem_optin) + " per block");
     return V_FUSED;
   }
   if (variant == VAR_SPLIT) return V_SPLIT;
-  if (variant == VAR_PIPELINED) return V_PIPELINED;
+  if (variant == VAR_PIPELINED) return pipelined_ok(d) ? V_PIPELINED : V_SPLIT;
   // One block per sample: worth it when the slab fits and there is at least a wave of samples.
   // (Clusters and the pipelined variant are not chosen automatically until a GPU run has
   // measured them.)
@@ -224,23 +240,27 @@ template <typename T, int POOL, bool NHWC>
 void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t smem, ak::Stream st,
                     const Alloc& alloc) {
   using A = typename Acc<T>::type;
-  if (var == V_FUSED) {
-    auto k = se_fused_kernel<T, POOL, NHWC>;
-    smem_attr(k, smem);
-    const dim3 grid((unsigned)((long long)P.N * P.cl));
-    if (P.cl > 1)
-      ak::launch_cluster(k, grid, dim3(kFusedThreads), smem, st, (unsigned)P.cl, P);
-    else
-      ak::launch(k, grid, dim3(kFusedThreads), smem, st, P);
-    return;
+  if constexpr (has_fast_variants<T>()) {
+    if (var == V_FUSED) {
+      auto k = se_fused_kernel<T, POOL, NHWC>;
+      smem_attr(k, smem);
+      const dim3 grid((unsigned)((long long)P.N * P.cl));
+      if (P.cl > 1)
+        ak::launch_cluster(k, grid, dim3(kFusedThreads), smem, st, (unsigned)P.cl, P);
+      else
+        ak::launch(k, grid, dim3(kFusedThreads), smem, st, P);
+      return;
+    }
   }
   const size_t ws = (size_t)P.N * g.S * P.C;
   A* w = static_cast<A*>(alloc(2 * ws * sizeof(A)));
   P.ws_a = w;
   P.ws_b = w + ws;
-  if (var == V_PIPELINED) {
-    launch_pipelined(se_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
-    return;
+  if constexpr (has_fast_variants<T>()) {
+    if (var == V_PIPELINED) {
+      launch_pipelined(se_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
+      return;
+    }
   }
   auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
   smem_attr(k1, smem);
@@ -317,10 +337,12 @@ template <typename T, int POOL, bool NHWC>
 void launch_backward(BwdParams<T>& P, bool pipelined, int grid, const Geom& g, size_t smem, ak::Stream st) {
   const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
   const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
-  if (pipelined) {
-    launch_pipelined(se_bwd_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
-    ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
-    return;
+  if constexpr (has_fast_variants<T>()) {
+    if (pipelined) {
+      launch_pipelined(se_bwd_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
+      ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
+      return;
+    }
   }
   auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
   smem_attr(k1, smem);
@@ -358,7 +380,7 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   const bool vec_in = pr.nhwc ? (aligned16(io.x) && aligned16(io.dy)) : same_align;
   P.vec_in = vec_in ? 1 : 0;
   const long long E = (long long)pr.C * pr.HW;
-  bool pipelined = variant == VAR_PIPELINED;
+  bool pipelined = variant == VAR_PIPELINED && has_fast_variants<T>() && pipelined_ok(d);
   const Geom g = squeeze_geom<T>(pr, d.sms, reduce_slices_hint<T>(pr, bps_hint, pipelined, d), vec_in, kThreads);
   set_geom(P, g);
   const bool vec = (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) &&
