@@ -50,7 +50,8 @@ inline DevInfo dev_info() {
   check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
   check_cuda(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   cudaFuncAttributes fa;  // every kernel of this file comes from one image: ask one of them
-  check_cuda(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(se_rescale_kernel<float>)), "cudaFuncGetAttributes");
+  check_cuda(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(se_rescale_kernel<float>)),
+             "cudaFuncGetAttributes");
   d.code_arch = fa.ptxVersion;
   d.l2 = l2;
   if (dev >= 0 && dev < 128) cache[dev] = d;
@@ -172,7 +173,8 @@ template <typename T> inline int choose_variant(const Problem& pr, int variant, 
     if (*cl == 0)
       throw std::runtime_error("se: the 'fused' variant needs " + std::to_string(fused_smem_bytes<T>(pr, gf, 1)) +
                                " bytes of shared memory (" +
-                               (clusters_ok(d) ? "even split over a cluster of 16 blocks" : "no clusters: they need sm_90 code") +
+                               (clusters_ok(d) ? "even split over a cluster of 16 blocks"
+                                               : "no clusters: they need sm_90 code") +
                                "); the device allows " + std::to_string(d.smem_optin) + " per block");
     return V_FUSED;
   }
