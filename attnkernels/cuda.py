@@ -22,7 +22,7 @@ would run):
            weight-gradient kernel). Not chosen by "auto" until a GPU run has measured it.
 float64 (the gradcheck dtype) is built with the "split" kernels only, and "pipelined" has device
 code for sm_90 and newer only: forced where the build lacks it, a variant runs "split" (and
-``last_variant()`` says so). Each cut keeps ~10 s of nvcc time out of the build.
+``last_variant()`` says so). Together the cuts keep ~20 s of nvcc time out of the build.
 Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
 ``with force_variant("fused"): ...`` (attnkernels/_variant.py; tests, benchmarks: ``bps`` also
 sets the squeeze blocks per sample, ``lag`` the pipelined lag in samples).

@@ -51,10 +51,10 @@ constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block
 constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
 // Pipelined kernels: at most this many persistent blocks per SM (the launch asks the occupancy
 // calculator how many fit). The launch bounds ask for 3 (80 registers) where that costs no spills:
-// not with channels_last's per-thread channel vectors, nor in double.
+// not with channels_last's per-thread channel vectors. (No float64 build: launch.h.)
 constexpr int kPipeBlocksPerSM = 3;
-template <typename T, bool NHWC> __host__ __device__ constexpr int pipe_min_blocks() {
-  return (NHWC || sizeof(T) == 8) ? 2 : kPipeBlocksPerSM;
+template <bool NHWC> __host__ __device__ constexpr int pipe_min_blocks() {
+  return NHWC ? 2 : kPipeBlocksPerSM;
 }
 // The pipelined kernels' device code exists for sm_90 and newer only, where they are tuned and
 // measured (their code for older archs traps; launch.h's pipelined_ok keeps them off there).
@@ -814,7 +814,7 @@ __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
 // sample's last slice runs the MLP, chunks rescale a lag behind, so the rescale's read of x hits L2
 // and x crosses HBM once.
 template <typename T, int POOL, bool NHWC>
-__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>()))
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
     se_pipelined_kernel(const __grid_constant__ FwdParams<T> P) {
 #if AK_PIPELINED_CODE
   using A = typename Acc<T>::type;
@@ -830,7 +830,7 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>()))
                                                            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
       [&](int n) {
-        constexpr int R = epilogue_rows<kThreads, pipe_min_blocks<T, NHWC>()>();
+        constexpr int R = epilogue_rows<kThreads, pipe_min_blocks<NHWC>()>();
         fwd_epilogue_call<T, POOL, R>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, true, scratch, scratch + C);
       },
       [&](int n, int u0, int u1, int c_lo, int c_hi) {
@@ -1115,7 +1115,7 @@ __global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
 // lag behind and re-read dy (and x) from L2. The weight gradients need every sample: se_wgrad_kernel
 // runs after.
 template <typename T, int POOL, bool NHWC>
-__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<T, NHWC>()))
+__global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
     se_bwd_pipelined_kernel(const __grid_constant__ BwdParams<T> P) {
 #if AK_PIPELINED_CODE
   using A = typename Acc<T>::type;
