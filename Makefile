@@ -12,7 +12,7 @@ endif
 export CUDA_HOME ?= /usr/local/cuda
 PYTEST_ARGS ?=
 
-.PHONY: test bench gpu-check build-inplace clean
+.PHONY: test test-min bench gpu-check build-inplace clean
 
 $(VENV)/.installed: setup.py $(wildcard csrc/*/*.cu csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.h csrc/*.cpp)
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -29,6 +29,25 @@ test: $(SETUP_DEP)
 	TRITON_INTERPRET=$${TRITON_INTERPRET-$$($(PY) -c "import torch;print(0 if torch.cuda.is_available() else 1)")} \
 	  $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
+# The suite on the oldest supported stack (`python setup.py min-requirements`: torch 2.11, the
+# GPU machine's), in .venv-min, on a copy of the tree in build/min: its extension is built
+# against that torch, and an in-place build here would replace the one .venv imports.
+MIN_VENV := .venv-min
+MIN_TREE := build/min
+
+$(MIN_VENV)/.installed: setup.py
+	test -x $(MIN_VENV)/bin/python || python3 -m venv $(MIN_VENV)
+	python3 setup.py min-requirements > $(MIN_VENV)/requirements.txt
+	$(MIN_VENV)/bin/python -m pip install -q -r $(MIN_VENV)/requirements.txt
+	touch $@
+
+# The copy keeps the files' times and its own build/, so only what changed is rebuilt.
+test-min: $(MIN_VENV)/.installed
+	mkdir -p $(MIN_TREE) && find $(MIN_TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -co --exclude-standard | while read -r f; do [ -e "$$f" ] && echo "$$f"; done \
+	  | tar -cf - -T - | tar -xf - -C $(MIN_TREE)
+	$(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python
+
 bench: $(SETUP_DEP)
 	$(PY) benchmarks/main.py
 
@@ -36,4 +55,4 @@ gpu-check:
 	PYTHON=$(or $(PYTHON),python3) bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf build *.egg-info attnkernels/*.so $(VENV)/.installed
+	rm -rf build *.egg-info attnkernels/*.so $(VENV)/.installed $(MIN_VENV)/.installed

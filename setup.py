@@ -4,7 +4,8 @@ The extension attnkernels._C holds the CUDA kernels when torch is a CUDA build a
 and their CPU-emulated build (backend "cuda-emu") when the CUDA headers are found; with neither
 (or with ATTNKERNELS_NO_CUDA=1 ATTNKERNELS_NO_EMU=1) a pure-Python package is installed, and
 setup says why.
-`python setup.py dev-requirements` prints the pinned development environment (used by the Makefile).
+`python setup.py dev-requirements` prints the pinned development environment (used by the Makefile),
+`python setup.py min-requirements` the oldest supported one (`make test-min`).
 """
 import sys
 
@@ -24,8 +25,15 @@ DEV_REQUIREMENTS = [
     "matplotlib",
 ]
 
-if __name__ == "__main__" and sys.argv[1:] == ["dev-requirements"]:
-    print("\n".join(DEV_REQUIREMENTS))
+# The oldest stack supported (`torch>=2.11`; the GPU machine runs it): `make test-min` runs the
+# suite on it. torch 2.11 pins triton 3.6, whose interpreter fails under numpy >= 2.4 (it takes
+# int() of a 1-element array).
+_MIN_PINS = {"torch": "torch==2.11.0", "torchvision": "torchvision==0.26.0", "numpy": "numpy<2.4"}
+MIN_REQUIREMENTS = [_MIN_PINS.get(r.split("==")[0], r) for r in DEV_REQUIREMENTS]
+
+_LISTS = {"dev-requirements": DEV_REQUIREMENTS, "min-requirements": MIN_REQUIREMENTS}
+if __name__ == "__main__" and len(sys.argv) == 2 and sys.argv[1] in _LISTS:
+    print("\n".join(_LISTS[sys.argv[1]]))
     sys.exit(0)
 
 
