@@ -3,42 +3,18 @@
 gate_activation -> ReLU as intended, the H x H pooling window -> true global mean): numerics in
 fp64, train and eval BN, prod and sum, running statistics, strict state_dict loading both ways."""
 import importlib
-import zlib
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import assert_same_state, case_generator, randomize_
+
 ref = importlib.import_module("attnkernels.reference.bam")
 
 DT = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
-
-
-def _gen(*key):
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
-def randomize_(module, g):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.6)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.3)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.5)
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(int(torch.randint(0, 100, (), generator=g)))
-    return module
-
-
-def assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], **TOL, msg=k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +100,7 @@ CASES = [
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape,r", CASES, ids=[str(c) for c in CASES])
 def test_official_parity(shape, r, train, combine):
-    g = _gen(shape, r, train, combine)
+    g = case_generator(shape, r, train, combine)
     off = randomize_(OBAM(shape[1], r, combine).to(DT), g)
     mine = ref.BAM(shape[1], r, combine=combine).to(DT)
     mine.load_state_dict(off.state_dict(), strict=True)
@@ -139,7 +115,7 @@ def test_official_parity(shape, r, train, combine):
 @pytest.mark.parametrize("kw", [dict(num_layers=2), dict(dilation_val=2),
                                 dict(dilation_conv_num=1), dict(dilation_conv_num=3)])
 def test_official_parity_options(kw):
-    g = _gen(sorted(kw.items()))
+    g = case_generator(sorted(kw.items()))
     mine = randomize_(ref.BAM(32, 8, **kw).to(DT), g)
     off = OBAM(32, 8, **kw).to(DT)
     off.load_state_dict(mine.state_dict(), strict=True)  # mine -> official
@@ -168,7 +144,7 @@ def test_keys_and_shapes():
 
 
 def test_prod_and_sum_differ():
-    g = _gen("differ")
+    g = case_generator("differ")
     m = randomize_(ref.BAM(32, 8).to(DT), g).eval()
     x = torch.randn(2, 32, 6, 6, generator=g, dtype=DT)
     y_prod = m(x)
@@ -178,7 +154,7 @@ def test_prod_and_sum_differ():
 
 def test_non_square_uses_true_global_mean():
     """Mc uses the true global mean on non-square maps (not the official H x H window)."""
-    g = _gen("mean")
+    g = case_generator("mean")
     m = randomize_(ref.BAM(16, 4).to(DT), g).eval()
     x = torch.randn(2, 16, 4, 9, generator=g, dtype=DT)
     mc = m.channel_att(x)
@@ -202,7 +178,7 @@ def _bn(bn, clone=False):
 @pytest.mark.parametrize("combine", ["prod", "sum"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_functional(train, combine):
-    g = _gen("functional", train, combine)
+    g = case_generator("functional", train, combine)
     m = randomize_(OBAM(48, 8, combine).to(DT), g).train(train)
     x = torch.randn(3, 48, 7, 10, generator=g, dtype=DT)
     gc, gs = m.channel_att.gate_c, m.spatial_att.gate_s
@@ -225,7 +201,7 @@ def test_functional(train, combine):
 
 
 def test_bam_gate_formula():
-    g = _gen("gate")
+    g = case_generator("gate")
     x = torch.randn(2, 5, 3, 4, generator=g, dtype=DT)
     mc = torch.randn(2, 5, generator=g, dtype=DT)
     ms = torch.randn(2, 1, 3, 4, generator=g, dtype=DT)

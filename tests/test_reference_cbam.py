@@ -1,14 +1,15 @@
 """attnkernels.reference.cbam against timm's real CBAM classes and an independent transcription of
 the official CBAM (Jongchan/attention-module MODELS/cbam.py): numerics (fp64, train and eval BN),
 running-statistics updates, and strict state_dict loading both ways."""
-import zlib
+
+import importlib
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import importlib
+from utils import assert_same_state, case_generator, randomize_
 
 # the submodule (attnkernels.reference.cbam is also the name of the exported function)
 ref = importlib.import_module("attnkernels.reference.cbam")
@@ -17,33 +18,6 @@ timm_cbam = pytest.importorskip("timm.layers.cbam")
 
 DT = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
-
-
-def _gen(*key):
-    """A generator seeded deterministically from the test case."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
-def randomize_(module, g):
-    """Random weights, BN affine, running stats (var > 0) and num_batches_tracked."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.7)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.3)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.5)
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(int(torch.randint(0, 100, (), generator=g)))
-    return module
-
-
-def assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=1e-11, atol=1e-12, msg=k)
 
 
 def run_parity(mine, theirs, x, train):
@@ -177,7 +151,7 @@ OFFICIAL_CASES = [
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape,r", OFFICIAL_CASES, ids=[str(c) for c in OFFICIAL_CASES])
 def test_official_parity(shape, r, train):
-    g = _gen((shape, r, train))
+    g = case_generator((shape, r, train))
     off = randomize_(OCBAM(shape[1], r).to(DT), g)
     mine = ref.CBAM(shape[1], r).to(DT)
     mine.load_state_dict(off.state_dict(), strict=True)
@@ -188,7 +162,7 @@ def test_official_parity(shape, r, train):
 @pytest.mark.parametrize("pool_types", [["avg"], ["max"], ["avg", "max", "lp", "lse"]])
 @pytest.mark.parametrize("no_spatial", [False, True])
 def test_official_options(pool_types, no_spatial):
-    g = _gen(7 + len(pool_types) + 10 * no_spatial)
+    g = case_generator(7 + len(pool_types) + 10 * no_spatial)
     mine = randomize_(ref.CBAM(24, 8, pool_types, no_spatial=no_spatial).to(DT), g)
     off = OCBAM(24, 8, pool_types, no_spatial=no_spatial).to(DT)
     off.load_state_dict(mine.state_dict(), strict=True)  # mine -> official
@@ -217,7 +191,7 @@ def test_official_b2_counts_twice():
         m.ChannelGate.mlp[1].weight.zero_()
         m.ChannelGate.mlp[1].bias.zero_()
         m.ChannelGate.mlp[3].bias.copy_(torch.linspace(-1, 1, 16, dtype=DT))
-    x = torch.randn(2, 16, 3, 3, generator=_gen(3), dtype=DT)
+    x = torch.randn(2, 16, 3, 3, generator=case_generator(3), dtype=DT)
     expect = x * torch.sigmoid(2 * torch.linspace(-1, 1, 16, dtype=DT))[None, :, None, None]
     torch.testing.assert_close(m(x), expect, **TOL)
 
@@ -240,7 +214,7 @@ TIMM_KW = [
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape", TIMM_SHAPES, ids=[str(s) for s in TIMM_SHAPES])
 def test_timm_parity_shapes(cls, shape, train):
-    g = _gen((cls, shape, train))
+    g = case_generator((cls, shape, train))
     theirs = randomize_(getattr(timm_cbam, cls)(shape[1]).to(DT), g)
     mine = getattr(ref, cls)(shape[1]).to(DT)
     mine.load_state_dict(theirs.state_dict(), strict=True)
@@ -251,7 +225,7 @@ def test_timm_parity_shapes(cls, shape, train):
 @pytest.mark.parametrize("cls", ["CbamModule", "LightCbamModule"])
 @pytest.mark.parametrize("kw", TIMM_KW, ids=[str(sorted(k)) for k in TIMM_KW])
 def test_timm_parity_options(cls, kw):
-    g = _gen((cls, str(kw)))
+    g = case_generator((cls, str(kw)))
     mine = randomize_(getattr(ref, cls)(40, **kw).to(DT), g)
     theirs = getattr(timm_cbam, cls)(40, **kw).to(DT)
     theirs.load_state_dict(mine.state_dict(), strict=True)  # mine -> timm
@@ -271,7 +245,7 @@ def test_timm_rd_channels(C):
 
 
 def test_timm_fp32():
-    g = _gen(11)
+    g = case_generator(11)
     theirs = randomize_(timm_cbam.CbamModule(48), g)
     mine = ref.CbamModule(48)
     mine.load_state_dict(theirs.state_dict(), strict=True)
@@ -298,7 +272,7 @@ def _bn_args(bn):
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_functional_official(train):
-    g = _gen(21 + train)
+    g = case_generator(21 + train)
     m = randomize_(OCBAM(32, 8).to(DT), g).train(train)
     x = torch.randn(3, 32, 9, 7, generator=g, dtype=DT)
     rm = m.SpatialGate.spatial.bn.running_mean.clone()
@@ -314,7 +288,7 @@ def test_functional_official(train):
 @pytest.mark.parametrize("light", [False, True])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_functional_timm(light, train):
-    g = _gen(31 + 2 * light + train)
+    g = case_generator(31 + 2 * light + train)
     cls = timm_cbam.LightCbamModule if light else timm_cbam.CbamModule
     m = randomize_(cls(32, mlp_bias=True).to(DT), g).train(train)
     x = torch.randn(3, 32, 5, 11, generator=g, dtype=DT)
@@ -330,7 +304,7 @@ def test_functional_timm(light, train):
 
 
 def test_functional_no_spatial_and_eval_bn_fold():
-    g = _gen(41)
+    g = case_generator(41)
     w1, b1 = torch.randn(4, 16, generator=g, dtype=DT), torch.randn(4, generator=g, dtype=DT)
     w2, b2 = torch.randn(16, 4, generator=g, dtype=DT), torch.randn(16, generator=g, dtype=DT)
     x = torch.randn(2, 16, 6, 6, generator=g, dtype=DT)
@@ -353,7 +327,7 @@ def test_functional_no_spatial_and_eval_bn_fold():
 @pytest.mark.parametrize("cls", ["CbamModule", "LightCbamModule"])
 def test_timm_backward(cls):
     """Gradients w.r.t. input and every parameter match timm's (train mode, fp64)."""
-    g = _gen("backward", cls)
+    g = case_generator("backward", cls)
     theirs = randomize_(getattr(timm_cbam, cls)(24, mlp_bias=True).to(DT), g).train()
     mine = getattr(ref, cls)(24, mlp_bias=True).to(DT).train()
     mine.load_state_dict(theirs.state_dict(), strict=True)

@@ -3,19 +3,16 @@
 all four orders, with and without the Theano rescaling, fp64."""
 import importlib
 import math
-import zlib
 
 import pytest
 import torch
+
+from utils import case_generator
 
 ref = importlib.import_module("attnkernels.reference.sca")
 
 DT = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def _gen(*key):
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def make_params(C, d, k, g):
@@ -105,7 +102,7 @@ SHAPES = [  # (N, C, H, W, d, k)
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 def test_functional_vs_loops(shape, order, scale):
     N, C, H, W, d, k = shape
-    g = _gen(shape, order, scale)
+    g = case_generator(shape, order, scale)
     P = make_params(C, d, k, g)
     V = torch.randn(N, C, H, W, generator=g, dtype=DT) * 1.5
     h = torch.randn(N, d, generator=g, dtype=DT)
@@ -144,7 +141,7 @@ def _load_module(m, P):
 @pytest.mark.parametrize("order", ["cs", "sc", "c", "s"])
 def test_module_vs_loops(order, scale):
     N, C, H, W, d, k = 2, 6, 3, 5, 4, 3
-    g = _gen("module", order, scale)
+    g = case_generator("module", order, scale)
     P = make_params(C, d, k, g)
     m = ref.SCA(C, d, k, order=order, scale=scale).to(DT)
     _load_module(m, P)
@@ -182,7 +179,7 @@ def test_uniform_attention_with_scale_is_identity(order):
     """u = 0 makes every softmax uniform: with scale=True the block is the identity, without it
     X = V / C^[c in order] / HW^[s in order]."""
     N, C, H, W, d, k = 2, 4, 3, 5, 3, 2
-    g = _gen("uniform", order)
+    g = case_generator("uniform", order)
     P = make_params(C, d, k, g)
     P["u_c"].zero_()
     P["u_s"].zero_()
@@ -195,7 +192,7 @@ def test_uniform_attention_with_scale_is_identity(order):
 
 def test_score_bias_is_softmax_invariant_but_hidden_state_matters():
     N, C, H, W, d, k = 2, 5, 4, 3, 3, 4
-    g = _gen("invariance")
+    g = case_generator("invariance")
     P = make_params(C, d, k, g)
     V = torch.randn(N, C, H, W, generator=g, dtype=DT)
     h = torch.randn(N, d, generator=g, dtype=DT)

@@ -1,11 +1,12 @@
 """attnkernels.reference.se against the real torchvision / timm SE implementations: numerics (fp64)
 and strict state_dict loading both ways, plus the functional `se` on their weights."""
 import importlib
-import zlib
 
 import pytest
 import torch
 import torch.nn as nn
+
+from utils import case_generator, randomize_
 
 ref = importlib.import_module("attnkernels.reference.se")
 tv_ops = pytest.importorskip("torchvision.ops")
@@ -14,24 +15,6 @@ timm_blocks = pytest.importorskip("timm.models._efficientnet_blocks")
 
 DT = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
-
-
-def _gen(*key):
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
-def randomize_(module, g):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.3)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.5)
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(int(torch.randint(0, 100, (), generator=g)))
-    return module
 
 
 def check_pair(mine, theirs, x, train=False, g=None):
@@ -63,7 +46,7 @@ TV_ACTS = [(nn.ReLU, nn.Sigmoid, "relu", "sigmoid"), (nn.SiLU, nn.Sigmoid, "silu
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_torchvision(shape, acts):
     act, gate, act_name, gate_name = acts
-    g = _gen("tv", shape, act_name, gate_name)
+    g = case_generator("tv", shape, act_name, gate_name)
     C = shape[1]
     Cr = max(1, C // 4)
     theirs = randomize_(tv_ops.SqueezeExcitation(C, Cr, act, gate).to(DT), g)
@@ -96,7 +79,7 @@ SE_KW = [
 @pytest.mark.parametrize("kw", SE_KW, ids=lambda k: ",".join(sorted(k)) or "default")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_timm_semodule(shape, kw):
-    g = _gen("timm-se", shape, sorted((k, str(v)) for k, v in kw.items()))
+    g = case_generator("timm-se", shape, sorted((k, str(v)) for k, v in kw.items()))
     C = shape[1]
     theirs = randomize_(timm_layers.SEModule(C, **kw).to(DT), g)
     mine = ref.SEModule(C, **kw).to(DT)
@@ -125,7 +108,7 @@ def test_timm_semodule_rd_rounding(C, Cr):
 @pytest.mark.parametrize("add_maxpool", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_timm_effective_se(shape, add_maxpool):
-    g = _gen("ese", shape, add_maxpool)
+    g = case_generator("ese", shape, add_maxpool)
     C = shape[1]
     theirs = randomize_(timm_layers.EffectiveSEModule(C, add_maxpool=add_maxpool).to(DT), g)
     mine = ref.EffectiveSEModule(C, add_maxpool=add_maxpool).to(DT)
@@ -152,7 +135,7 @@ EB_KW = [
 @pytest.mark.parametrize("kw", EB_KW, ids=lambda k: ",".join(f"{a}={getattr(b, '__name__', b)}" for a, b in sorted(k.items())) or "default")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_timm_efficientnet_squeeze_excite(shape, kw):
-    g = _gen("eb", shape, sorted((k, str(v)) for k, v in kw.items()))
+    g = case_generator("eb", shape, sorted((k, str(v)) for k, v in kw.items()))
     C = shape[1]
     theirs = randomize_(timm_blocks.SqueezeExcite(C, **kw).to(DT), g)
     mine = ref.SqueezeExcite(C, **kw).to(DT)
@@ -168,7 +151,7 @@ def test_timm_efficientnet_squeeze_excite(shape, kw):
 
 
 def test_functional_se_linear_and_conv_views_agree():
-    g = _gen("views")
+    g = case_generator("views")
     x = torch.randn(2, 12, 5, 4, generator=g, dtype=DT)
     w1, b1 = torch.randn(3, 12, generator=g, dtype=DT), torch.randn(3, generator=g, dtype=DT)
     w2, b2 = torch.randn(12, 3, generator=g, dtype=DT), torch.randn(12, generator=g, dtype=DT)

@@ -1,6 +1,8 @@
 """Helpers shared by the op test files: fresh random inputs and the low-precision error bar."""
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 LOW = (torch.float16, torch.bfloat16)
@@ -9,6 +11,35 @@ LOW = (torch.float16, torch.bfloat16)
 def rand(shape, dtype, device, gen, scale=1.0):
     """Fresh random normal values (never zeros), made in fp64 then cast."""
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+def case_generator(*key):
+    """A CPU generator seeded from the test case's key: the same inputs on every run."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def randomize_(module, g, scale=0.5):
+    """Random weights and BN affine (normal * scale), running stats (var > 0) and
+    num_batches_tracked, so parity tests never compare default-initialized modules."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+        for name, b in module.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.3)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.5)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(int(torch.randint(0, 100, (), generator=g)))
+    return module
+
+
+def assert_same_state(a, b, rtol=1e-11, atol=1e-12):
+    """Same state_dict keys, in the same order, and values."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=rtol, atol=atol, msg=k)
 
 
 def to64(t):
