@@ -1,6 +1,7 @@
 """Compile the SE Triton kernels ahead of time for sm_90 (no GPU needed): catches what the
-interpreter accepts but the compiler rejects, and checks that the kernels streaming x use 16-byte
-vector loads/stores (with the evict-first hint in the pipelined kernel's second pass). The kernels must be imported without TRITON_INTERPRET, so the tests run
+interpreter accepts but the compiler rejects, checks that the kernels streaming x use 16-byte
+vector loads/stores (with the evict-first hint in the pipelined kernel's second pass) and that
+no kernel spills registers (cuobjdump's resource usage of each cubin). The kernels must be imported without TRITON_INTERPRET, so the tests run
 this file as a script in a subprocess (one run, all checks)."""
 import json
 import os
@@ -27,6 +28,20 @@ def aot_results():
 
 def test_se_kernels_compile_for_sm90(aot_results):
     assert aot_results["compiled"] >= 20
+
+
+# Stack bytes a kernel may have: a few words are ptxas parking loop invariants (triton 3.6's
+# ptxas keeps 3 values of the fp32 channels_last pipelined backward there, 16 B read back by 3
+# load instructions); register pressure shows as hundreds (that kernel at maxnreg=32:
+# 264 B).
+STACK_SLACK = 32
+
+
+def test_se_kernels_do_not_spill(aot_results):
+    if aot_results["spills"] is None:
+        pytest.skip("no cuobjdump next to triton's ptxas")
+    over = {k: v for k, v in aot_results["spills"].items() if v[0] > STACK_SLACK or v[1] > 0}
+    assert over == {}, f"kernels spilling registers (stack/local bytes): {over}"
 
 
 def test_se_streaming_kernels_use_16_byte_vectors(aot_results):
@@ -62,6 +77,18 @@ def compile_kernel(fn, dtype, constexprs):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
+def local_memory_bytes(kernel, cuobjdump):
+    """(stack, local) bytes of the kernel's cubin: non-zero when ptxas spilled registers."""
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    assert m, f"no resource usage in cuobjdump's output: {out[-500:]}"
+    return int(m.group(1)), int(m.group(2))
+
+
 def main():
     try:
         import triton.language as tl
@@ -70,7 +97,14 @@ def main():
     except ImportError as e:
         print(f"no ahead-of-time triton compile here: {e}")
         sys.exit(3)
-    count, vector = 0, {}
+    import triton
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cuobjdump = cuobjdump if os.access(cuobjdump, os.X_OK) else None
+    count, vector, spills = 0, {}, {}
+
+    def check_spills(kernel, name):
+        if cuobjdump and any(local_memory_bytes(kernel, cuobjdump)):
+            spills[name] = local_memory_bytes(kernel, cuobjdump)
     for dtype in ("*bf16", "*fp32"):
         for act, gate in (("relu", "sigmoid"), ("gelu", "hardsigmoid"), ("silu", "sigmoid"), ("hardswish", "hardsigmoid")):
             for cl in (False, True):
@@ -90,6 +124,7 @@ def main():
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
+                    check_spills(k, f"{name} {dtype} {act}/{gate} {'cl' if cl else 'nchw'}")
                     if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined", "bwd_pipelined"):
                         ptx = k.asm["ptx"]
                         ok = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
@@ -101,7 +136,8 @@ def main():
                         vector[f"{name} {'cl' if cl else 'nchw'}"] = ok
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=64, BLOCK_B=32))
             count += 1
-    print(json.dumps({"compiled": count, "vector": vector}))
+            check_spills(k, f"bwd_weights {dtype} {act}")
+    print(json.dumps({"compiled": count, "vector": vector, "spills": spills if cuobjdump else None}))
 
 
 if __name__ == "__main__":
