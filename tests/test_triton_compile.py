@@ -103,8 +103,9 @@ def main():
     count, vector, spills = 0, {}, {}
 
     def check_spills(kernel, name):
-        if cuobjdump and any(local_memory_bytes(kernel, cuobjdump)):
-            spills[name] = local_memory_bytes(kernel, cuobjdump)
+        used = local_memory_bytes(kernel, cuobjdump) if cuobjdump else (0, 0)
+        if any(used):
+            spills[name] = used
     for dtype in ("*bf16", "*fp32"):
         for act, gate in (("relu", "sigmoid"), ("gelu", "hardsigmoid"), ("silu", "sigmoid"), ("hardswish", "hardsigmoid")):
             for cl in (False, True):
