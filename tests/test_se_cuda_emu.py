@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils import sm90_code_here
+
 cuda_mod = pytest.importorskip("attnkernels.cuda")
 
 DEVICES = []
@@ -84,10 +86,13 @@ def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, m
     return x, w1, b1, w2, b2
 
 
-def expected_variant(forced, dtype):
+def expected_variant(forced, dtype, device):
     """The variant a forced one runs: float64, the gradcheck dtype, is built with the split kernels
-    only (csrc/se/launch.h: has_fast_variants), so "fused" and "pipelined" run "split" there."""
-    return "split" if dtype == torch.float64 and forced in ("fused", "pipelined") else forced
+    only (csrc/se/launch.h: has_fast_variants), so "fused" and "pipelined" run "split" there, and
+    "pipelined" runs "split" on a device without sm_90 code."""
+    if dtype == torch.float64 and forced in ("fused", "pipelined"):
+        return "split"
+    return "split" if forced == "pipelined" and not sm90_code_here(device) else forced
 
 
 def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward=True, dy_misalign=False):
@@ -97,7 +102,8 @@ def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward
     with cuda_mod.force_variant(*variant):
         y, s, z, u, p, pmax = cuda_mod.se_forward(x, w1, b1, w2, b2, act, gate, pool)
     if variant[0] != "auto":  # ("fused" on a GPU may run as "fused-cluster<k>")
-        assert cuda_mod.last_variant().split("-")[0] == expected_variant(variant[0], dtype), cuda_mod.last_variant()
+        assert cuda_mod.last_variant().split("-")[0] == expected_variant(variant[0], dtype, x.device), \
+            cuda_mod.last_variant()
     # reference on the same (rounded) inputs, weights in the accumulation dtype, always on the CPU
     # (torch's CUDA hardswish/hardsigmoid forward multiply by a float32 1/6 even for float64)
     xr = x.detach().cpu().to(acc).requires_grad_(True)
@@ -244,10 +250,6 @@ def test_pipelined_worker_counts(threads):
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def _clusters_here(device):
-    return device == "cpu" or torch.cuda.get_device_capability()[0] >= 9
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_clusters(device, channels_last):
@@ -255,7 +257,7 @@ def test_fused_clusters(device, channels_last):
     cluster of 2-16 blocks that pool through DSMEM (sm_90; the emulator runs a cluster's blocks at
     once, one OS thread each). ResNet-50 stage 1 (1.6 MB bf16 slabs; GPU only here, for time)
     takes 8 blocks (16 for channels_last with avgmax)."""
-    if not _clusters_here(device):
+    if not sm90_code_here(device):
         pytest.skip("thread-block clusters need sm_90")
     cases = [((2, 64, 40, 40), 8, torch.float32), ((2, 37, 61, 59), 5, torch.float16),
              ((2, 1024, 14, 14), 64, torch.bfloat16)]
@@ -275,7 +277,8 @@ def test_variant_dispatch_reporting():
     assert v in ("fused", "split")
     assert cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev) == "split"
     with cuda_mod.force_variant("pipelined"):
-        assert cuda_mod.se_forward_variant((4, 64, 7, 7), torch.float16, device=dev) == "pipelined"
+        assert cuda_mod.se_forward_variant((4, 64, 7, 7), torch.float16, device=dev) == \
+            expected_variant("pipelined", torch.float16, dev)
     with pytest.raises(ValueError, match="variant"):
         cuda_mod.force_variant("persistent").__enter__()
     with pytest.raises(ValueError, match="lag"):
@@ -288,7 +291,8 @@ def test_variant_dispatch_reporting():
     for forced in ("fused", "pipelined"):
         with cuda_mod.force_variant(forced):
             assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float64, device=dev) == "split"
-            assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float32, device=dev) == forced
+            assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float32, device=dev) == \
+                expected_variant(forced, torch.float32, dev)
     assert cuda_mod.se_forward_variant((512, 64, 7, 7), torch.float64, device=dev) == "split"
 
 

@@ -42,6 +42,14 @@ def assert_same_state(a, b, rtol=1e-11, atol=1e-12):
         torch.testing.assert_close(sa[k], sb[k], rtol=rtol, atol=atol, msg=k)
 
 
+def sm90_code_here(device):
+    """The CUDA build has sm_90 code for the device (cuda-emu on the CPU reports 90): clusters and
+    the pipelined kernels run there only (csrc/se/launch.h: clusters_ok, pipelined_ok). Read from
+    the device's capability: setup.py builds for the present GPU's own arch."""
+    device = torch.device(device)
+    return device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def to64(t):
     return None if t is None else t.detach().to(torch.float64)
 
