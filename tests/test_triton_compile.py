@@ -11,19 +11,12 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from utils import run_without_interpreter
 
 
 @pytest.fixture(scope="module")
 def aot_results():
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode == 3:
-        pytest.skip(out.stdout.strip().splitlines()[-1])
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_without_interpreter(__file__)
 
 
 def test_se_kernels_compile_for_sm90(aot_results):

@@ -1,6 +1,11 @@
-"""Helpers shared by the op test files: fresh random inputs and the low-precision error bar."""
+"""Helpers shared by the test files: fresh random inputs, the low-precision error bar, and the
+scripts that must run without the Triton interpreter."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import zlib
 
 import torch
@@ -71,3 +76,21 @@ def assert_matches(out, ref_lowp, ref64, name="output", factor=2.0):
     eps = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}[out.dtype] * (1.0 + scale)
     assert err <= factor * ref_err + eps, (
         f"{name} ({out.dtype}): error {err:.3e} > {factor} x reference error {ref_err:.3e} + {eps:.1e}")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_without_interpreter(script, timeout=600):
+    """Run a test file's script part in a subprocess without TRITON_INTERPRET (Triton compiles
+    for a GPU target there) and return the JSON object its last stdout line holds; exit status
+    3 is a skip, with the reason on the last line."""
+    import pytest
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode == 3:
+        pytest.skip(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

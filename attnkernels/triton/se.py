@@ -39,6 +39,7 @@ import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
+from ._launch import launcher
 from ._common import (activation, activation_grad, arrival_counters, cast_to, gate,
                       gate_grad, target_programs, tl_acc_dtype)
 
@@ -663,7 +664,7 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     if variant == "pipelined":
         # + per-sample ready counters and the ticket after the split and block counters
         counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
-        _se_pipelined[(_pipe_programs(grid, x.device),)](
+        launcher(_se_pipelined)[(_pipe_programs(grid, x.device),)](
             x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
             u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
             HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=act, GATE=gate, POOL_MAX=pool_max,
@@ -671,11 +672,12 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
         _last_variant = "pipelined"
         return y, s, z, u, p, pmax
     _last_variant = "split"
-    _se_squeeze[grid](x, w1, b1 if b1 is not None else w1, ws, wsu, counters, u, p,
-                      pmax if pool_max else p, N, **a, **rows, HAS_B1=b1 is not None,
-                      POOL_MAX=pool_max, ACC=accd, num_warps=4)
-    _se_excite_rescale[grid](x, y, w2, b2 if b2 is not None else w2, u, s, z, **a,
-                             HAS_B2=b2 is not None, ACT=act, GATE=gate, ACC=accd, num_warps=4)
+    launcher(_se_squeeze)[grid](
+        x, w1, b1 if b1 is not None else w1, ws, wsu, counters, u, p, pmax if pool_max else p, N,
+        **a, **rows, HAS_B1=b1 is not None, POOL_MAX=pool_max, ACC=accd, num_warps=4)
+    launcher(_se_excite_rescale)[grid](
+        x, y, w2, b2 if b2 is not None else w2, u, s, z, **a,
+        HAS_B2=b2 is not None, ACT=act, GATE=gate, ACC=accd, num_warps=4)
     return y, s, z, u, p, pmax
 
 
@@ -695,22 +697,23 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     pipelined = variant == "pipelined"
     if pipelined:
         counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
-        _se_bwd_pipelined[(_pipe_programs(grid, x.device),)](
+        launcher(_se_bwd_pipelined)[(_pipe_programs(grid, x.device),)](
             dy, x, dx, w1, w2, s, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
             N, **a, lag=_pipe_lag(x, lag), **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd,
             SPIN_CAP=_spin_cap(x.device), num_warps=4)
     else:
-        _se_bwd_reduce[grid](dy, x, w2, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
-                             N, **a, **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd, num_warps=4)
+        launcher(_se_bwd_reduce)[grid](
+            dy, x, w2, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties, N, **a, **rows,
+            ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd, num_warps=4)
     dw1, dw2 = empty_like(w1), empty_like(w2)
     db1, db2 = empty((Cr,), w1.dtype, x.device), empty((C,), w2.dtype, x.device)
     block_a = min(triton.next_power_of_2(C), 64)
     block_b = min(triton.next_power_of_2(Cr), 32)
     n_tiles = 2 * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b)
-    _se_bwd_weights[(n_tiles,)](dz, du, u, p, dw1, db1, dw2, db2, N, C, Cr, ACT=act, ACC=accd,
-                                BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
+    launcher(_se_bwd_weights)[(n_tiles,)](dz, du, u, p, dw1, db1, dw2, db2, N, C, Cr, ACT=act, ACC=accd,
+                                          BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
     if pipelined:
         return dx, dw1, db1, dw2, db2
-    _se_bwd_dx[grid](dy, x, dx, w1, du, s, pmax if pool_max else s, ties, **a,
-                     POOL_MAX=pool_max, ACC=accd, num_warps=4)
+    launcher(_se_bwd_dx)[grid](dy, x, dx, w1, du, s, pmax if pool_max else s, ties, **a,
+                               POOL_MAX=pool_max, ACC=accd, num_warps=4)
     return dx, dw1, db1, dw2, db2
