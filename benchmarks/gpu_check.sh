@@ -249,7 +249,7 @@ TOTAL=$(( $(date +%s) - START ))
   done
   if [ -f "$DIR/05-host.log" ]; then
     echo "## Host time per call (benchmarks/host_overhead.py)"; echo; echo '```'
-    grep -E '^(host time|  )' "$DIR/05-host.log" | head -n 12
+    grep -E '^(host time|  )' "$DIR/05-host.log" | head -n 16
     echo '```'; echo
   fi
   if [ -f "$BENCH.md" ]; then

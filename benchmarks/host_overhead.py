@@ -11,7 +11,8 @@ this script times the host path alone, call after call, for each layer of the st
   python autograd  the same fwd+bwd through the Python autograd.Function (the path the Triton
                    backend and, before the C++ path, cuda took), for comparison
   eager fwd / fwd+bwd   torchvision-style eager SqueezeExcitation (the baseline of the targets)
-  triton module ...     (GPU only) the module on the Triton backend: its launcher's host time
+  triton module ...     (GPU only) the module on the Triton backend: its launcher's host time,
+                        with cached direct launches and with triton's JIT dispatch per launch
 
 Without a GPU it runs the cuda-emu backend with CUEMU_NO_RUN=1: launches are validated but no
 block runs, so the numbers are the host path's own (this machine's CPU; the eager rows there run
@@ -116,11 +117,19 @@ def _run(args, gpu):
         rows.append(("eager fwd+bwd", per_call_us(
             lambda: torch.autograd.grad(eager(xg), [xg] + eparams, dy), args.calls // 3, sync)))
         if gpu and "triton" in ak.available_backends("cuda"):  # (the interpreter would time kernels)
-            with ak.backend("triton"):
-                with torch.no_grad():
-                    rows.append(("triton module no_grad", per_call_us(lambda: m(x), args.calls, sync)))
-                rows.append(("triton module fwd+bwd", per_call_us(
-                    lambda: torch.autograd.grad(m(xg), [xg] + params, dy), args.calls // 3, sync)))
+            import attnkernels.triton.se as tse
+            cached = tse.launcher
+            try:  # cached direct launches (attnkernels/triton/_launch.py), then the JIT's dispatch
+                for suffix, launcher in (("", cached), (" (JIT launch)", lambda k: k)):
+                    tse.launcher = launcher
+                    with ak.backend("triton"):
+                        with torch.no_grad():
+                            rows.append((f"triton module no_grad{suffix}",
+                                         per_call_us(lambda: m(x), args.calls, sync)))
+                        rows.append((f"triton module fwd+bwd{suffix}", per_call_us(
+                            lambda: torch.autograd.grad(m(xg), [xg] + params, dy), args.calls // 3, sync)))
+            finally:
+                tse.launcher = cached
     finally:
         ak.set_backend(prev)
 
@@ -129,7 +138,7 @@ def _run(args, gpu):
     base = dict(rows)
     for label, us in rows:
         ref = base["eager fwd no_grad"] if "no_grad" in label or label.startswith("raw") else base["eager fwd+bwd"]
-        print(f"  {label:26s} {us:8.1f} us   ({ref / us:4.2f}x eager)")
+        print(f"  {label:34s} {us:8.1f} us   ({ref / us:4.2f}x eager)")
     if args.csv:
         new = not os.path.exists(args.csv)
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
