@@ -367,6 +367,18 @@ def _graph_capture_case(kernel_backend):
         torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_se_runs_on_x_device_not_the_current_one(kernel_backend):
+    """x on cuda:1 while cuda:0 is current: the kernels must run on x's device (Triton launches
+    on the current device unless the launcher switches to x's; the CUDA binding takes a guard)."""
+    with torch.cuda.device(0):
+        case = make_case((3, 24, 7, 7, 6), torch.float32, device=torch.device("cuda", 1), seed=21)
+        for variant in ("auto", "pipelined"):
+            with force_variant(variant):
+                run_and_check(kernel_backend, case, "silu", "sigmoid", "avgmax")
+        assert torch.cuda.current_device() == 0
+
+
 def test_se_double_backward_raises(kernel_backend):
     x, w1, b1, w2, b2 = _leaves(make_case((2, 4, 3, 3, 2), torch.float64))
     y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)

@@ -645,6 +645,20 @@ def _spin_cap(device):
     return 0 if device.type == "cuda" else 1
 
 
+def _on_x_device(launcher_fn):
+    """Run the launcher with its first tensor's GPU current (x, or dy: on x's device): triton
+    launches on the current device and its current stream (the JIT's rule, which _launch.py
+    keeps), and that need not be x's (a model on cuda:1 called without torch.cuda.set_device)."""
+    @functools.wraps(launcher_fn)
+    def on_device(t, *args, **kwargs):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return launcher_fn(t, *args, **kwargs)
+        return launcher_fn(t, *args, **kwargs)
+    return on_device
+
+
+@_on_x_device
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined; any other the two-launch
     split forward (the default until a GPU run has measured the pipelined one)."""
@@ -681,6 +695,7 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     return y, s, z, u, p, pmax
 
 
+@_on_x_device
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     """Variant "pipelined" runs the reduction and dx in one launch (_se_bwd_pipelined), then the
     weight gradients; any other: reduction, weight gradients, dx."""
