@@ -102,6 +102,10 @@ def target_programs(device: torch.device) -> int:
 
 
 _counters: dict = {}
+# The current stream's handle, as triton's driver reads it (torch.cuda.current_stream builds a
+# Stream object each call: a few us of host time per launch at batch 1).
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream",
+                      lambda index: torch.cuda.current_stream(index).cuda_stream)
 
 
 def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -109,7 +113,7 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     use it ("the last program of a sample finishes the job") reset their counter to 0 when done,
     so the buffer needs no memset launch per call, and calls on one stream run in order, so
     they never share a counter at the same time."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    key = (device, _raw_stream(device.index) if device.type == "cuda" else 0)
     buf = _counters.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
