@@ -110,6 +110,29 @@ def test_module_with_fp32_weights_takes_bf16_input(kernel_backend):
     torch.testing.assert_close(y.float(), ref(x.float()), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_module_under_autocast(kernel_backend, x_dtype):
+    """A mixed-precision training step: under torch.autocast the eager block runs its 1x1 convs
+    in bf16; the fused one keeps x's dtype (its fp32 accumulation is the more exact), gives the
+    output and gradients the dtypes eager gives, and matches eager within bf16 rounding."""
+    real, ours = _pair(torchvision.ops.SqueezeExcitation(24, 6), ak.SqueezeExcitation(24, 6))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 24, 5, 5, generator=g).to(DEVICE, x_dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16), ak.backend(kernel_backend):
+        ya, yb = ours(xa), real(xb)
+    assert ya.dtype == yb.dtype and ya.shape == yb.shape
+    torch.testing.assert_close(ya.float(), yb.float(), rtol=3e-2, atol=3e-2)
+    dy = torch.randn(ya.shape, generator=g).to(DEVICE, ya.dtype)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert xa.grad.dtype == xb.grad.dtype
+    torch.testing.assert_close(xa.grad.float(), xb.grad.float(), rtol=3e-2, atol=3e-2)
+    for (name, pa), pb in zip(ours.named_parameters(), real.parameters()):
+        assert pa.grad.dtype == pb.grad.dtype == torch.float32, name
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=5e-2, atol=5e-2, msg=name)
+
+
 def test_module_compile_fullgraph(kernel_backend):
     torch._dynamo.reset()
     real, ours = _pair(timm.layers.SEModule(16, add_maxpool=True), ak.SEModule(16, add_maxpool=True))
