@@ -148,9 +148,13 @@ def _check_compile_fullgraph(kernel_backend, case, pool):
     def f(x, w1, b1, w2, b2):
         return ak.se(x, w1, b1, w2, b2, act="hardswish", pool=pool, backend=kernel_backend)
 
+    _assert_same_fwd_bwd(torch.compile(f, fullgraph=True), f, case)
+
+
+def _assert_same_fwd_bwd(compiled, eager, case):
+    """compiled(*case) and eager(*case), each on its own leaves: equal outputs and gradients."""
     a, b = _leaves(case), _leaves(case)
-    y_c = torch.compile(f, fullgraph=True)(*a)
-    y_e = f(*b)
+    y_c, y_e = compiled(*a), eager(*b)
     torch.testing.assert_close(y_c, y_e)
     dy = torch.randn_like(y_e)
     y_c.backward(dy)
@@ -170,14 +174,7 @@ def test_se_compile_dynamic_shapes(kernel_backend):
         return ak.se(x, w1, b1, w2, b2, act="silu", pool="avgmax", backend=kernel_backend)
     compiled = torch.compile(f, fullgraph=True, dynamic=True, backend=counter)
     for seed, shape in enumerate([(2, 8, 5, 6, 3), (3, 8, 7, 4, 3), (5, 8, 3, 9, 3)]):
-        a, b = _leaves(make_case(shape, torch.float32, seed=seed)), _leaves(make_case(shape, torch.float32, seed=seed))
-        y_c, y_e = compiled(*a), f(*b)
-        torch.testing.assert_close(y_c, y_e)
-        dy = torch.randn_like(y_e)
-        y_c.backward(dy)
-        y_e.backward(dy)
-        for ta, tb in zip(a, b):
-            torch.testing.assert_close(ta.grad, tb.grad)
+        _assert_same_fwd_bwd(compiled, f, make_case(shape, torch.float32, seed=seed))
     assert counter.frame_count == 1
 
 
