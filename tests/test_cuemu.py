@@ -101,6 +101,25 @@ def test_inter_block_waits_in_ticket_order(builds):
     ok(builds, "wait_later_block", {"CUEMU_THREADS": "2"})
 
 
+def test_block_order(builds):
+    """CUEMU_BLOCK_ORDER: the order workers take blocks in (with one worker, the order they run):
+    blockIdx order by default, reversed, or a seeded permutation; waits in ticket order still
+    progress under any of them."""
+    def order(env):
+        out = ok(builds, "block_order", {"CUEMU_THREADS": "1", **env})
+        return [int(v) for v in out.split("PASS block_order")[1].split()]
+    n = 37
+    assert order({}) == order({"CUEMU_BLOCK_ORDER": "index"}) == list(range(n))
+    assert order({"CUEMU_BLOCK_ORDER": "reverse"}) == list(range(n))[::-1]
+    r1, r2 = order({"CUEMU_BLOCK_ORDER": "random:1"}), order({"CUEMU_BLOCK_ORDER": "random:2"})
+    assert sorted(r1) == sorted(r2) == list(range(n))
+    assert r1 != list(range(n)) and r1 != r2 and order({"CUEMU_BLOCK_ORDER": "random:1"}) == r1
+    for env in ({"CUEMU_BLOCK_ORDER": "reverse"}, {"CUEMU_BLOCK_ORDER": "random:3"}):
+        for threads in ("1", "3"):
+            ok(builds, "ticket_chain", {"CUEMU_THREADS": threads, **env})
+    raises(builds, "warp", "CUEMU_BLOCK_ORDER", env={"CUEMU_BLOCK_ORDER": "shuffle"})
+
+
 def test_clusters(builds):
     """A cluster's blocks run at once: cluster_sync and DSMEM reads of a neighbour's dynamic
     shared memory work with any worker count."""

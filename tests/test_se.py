@@ -218,6 +218,29 @@ def test_se_repeated_calls_reuse_counters(kernel_backend):
         torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["auto", "pipelined", "fused"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_is_deterministic(kernel_backend, variant, channels_last, monkeypatch):
+    """Run to run, the same bits: no float atomics (the program or block that arrives last
+    combines the partials in a fixed order, whichever it is), forward and backward, every
+    variant. On cuda-emu the two runs take the blocks in two random orders (CUEMU_BLOCK_ORDER),
+    so another block of each sample is the last; on a GPU the arrival order varies by itself."""
+    if variant == "fused" and kernel_backend == "triton":
+        pytest.skip("Triton has no fused variant")
+    case = make_case((3, 40, 24, 24, 10), torch.float32, channels_last=channels_last, seed=5)
+    dy = rand(case[0].shape, torch.float32, case[0].device, torch.Generator().manual_seed(6))
+    runs = []
+    for seed in (1, 2):
+        monkeypatch.setenv("CUEMU_BLOCK_ORDER", f"random:{seed}")
+        leaves = _leaves(case)
+        with force_variant(variant, bps=7, lag=1):  # CUDA: 7 blocks per sample race to be last
+            y = ak.se(*leaves, act="gelu", pool="avgmax", backend=kernel_backend)
+            y.backward(dy)
+        runs.append([y.detach()] + [t.grad for t in leaves])
+    for name, a, b in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), *runs):
+        assert torch.equal(a, b), f"{name} differs between two runs"
+
+
 def _backend_module(backend):
     import importlib
     return importlib.import_module("attnkernels.triton.se" if backend == "triton" else "attnkernels.cuda")

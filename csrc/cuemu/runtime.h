@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -54,6 +55,10 @@ struct Options {
   size_t stack_bytes = 256 * 1024;  // CUEMU_STACK_KB
   double spin_timeout_s = 60.0;     // CUEMU_SPIN_TIMEOUT_S: inter-block spin-waits (spin_pause)
   bool no_run = false;   // CUEMU_NO_RUN=1: validate launches, run no block (host-overhead timing)
+  // CUEMU_BLOCK_ORDER=index (default) | reverse | random:<seed>: the order workers take blocks
+  // in (a GPU promises none): exposes results that depend on which block of a group is last.
+  enum class BlockOrder : uint8_t { Index, Reverse, Random } block_order = BlockOrder::Index;
+  uint64_t block_seed = 0;
 
   static Options from_env() {
     Options o;
@@ -78,6 +83,19 @@ struct Options {
     o.strict = flag("CUEMU_STRICT");
     o.poison_static = flag("CUEMU_POISON_SHARED");
     o.no_run = flag("CUEMU_NO_RUN");
+    if (const char* s = std::getenv("CUEMU_BLOCK_ORDER")) {
+      std::string v(s);
+      char* end = nullptr;
+      if (v.empty() || v == "index") {
+      } else if (v == "reverse") {
+        o.block_order = BlockOrder::Reverse;
+      } else if (v.rfind("random:", 0) == 0 && v.size() > 7 &&
+                 (o.block_seed = std::strtoull(v.c_str() + 7, &end, 0), end && !*end)) {
+        o.block_order = BlockOrder::Random;
+      } else {
+        throw Error("cuemu: bad CUEMU_BLOCK_ORDER='" + v + "' (use index, reverse or random:<seed>)");
+      }
+    }
     if (const char* s = std::getenv("CUEMU_SPIN_TIMEOUT_S")) o.spin_timeout_s = std::atof(s);
     if (const char* s = std::getenv("CUEMU_THREADS")) o.threads = static_cast<unsigned>(std::atoi(s));
     if (const char* s = std::getenv("CUEMU_STACK_KB")) {
@@ -169,6 +187,8 @@ struct LaunchCtx {
   const void* payload = nullptr;
   Options opts;
   std::atomic<unsigned long long> next_block{0};
+  // the i-th block taken is block (mul * i + add) % nblocks (mul coprime to nblocks: a bijection)
+  unsigned long long order_mul = 1, order_add = 0;
   std::atomic<bool> failed{false};
   std::mutex err_mu;
   std::exception_ptr err;
@@ -795,6 +815,24 @@ struct Payload {
   }
 };
 
+// CUEMU_BLOCK_ORDER as the affine bijection run_grid maps the take order through: reverse is
+// (n - 1) - i; random:<seed> a seeded multiplier coprime to n and a seeded offset.
+inline void set_block_order(LaunchCtx& L) {
+  const unsigned long long n = L.nblocks;
+  if (n < 2 || L.opts.block_order == Options::BlockOrder::Index) return;
+  if (L.opts.block_order == Options::BlockOrder::Reverse) {
+    L.order_mul = n - 1;  // (n - 1) * i + (n - 1) = (n - 1) - i (mod n)
+    L.order_add = n - 1;
+    return;
+  }
+  uint64_t h = L.opts.block_seed * 0x9E3779B97F4A7C15ull + 0xD1B54A32D192ED03ull;
+  h ^= h >> 31;
+  unsigned long long mul = 1 + h % (n - 1);
+  while (std::gcd(mul, n) != 1) mul = mul % (n - 1) + 1;
+  L.order_mul = mul;
+  L.order_add = (h >> 17) % n;
+}
+
 inline void run_grid(LaunchCtx& L) {
   // default: one worker per core, at most 24 (each worker maps 2 VMAs per fiber stack: keeps
   // 1024-thread blocks below the default vm.max_map_count); CUEMU_THREADS overrides.
@@ -802,6 +840,7 @@ inline void run_grid(LaunchCtx& L) {
   unsigned nw = L.opts.threads ? L.opts.threads : hw;
   if (static_cast<unsigned long long>(nw) > L.nblocks) nw = static_cast<unsigned>(L.nblocks);
   if (nw < 1) nw = 1;
+  set_block_order(L);
   auto work = [&L]() {
     try {
       BlockRunner R(&L);
@@ -809,6 +848,7 @@ inline void run_grid(LaunchCtx& L) {
         if (L.failed.load(std::memory_order_relaxed)) break;
         unsigned long long b = L.next_block.fetch_add(1);
         if (b >= L.nblocks) break;
+        b = static_cast<unsigned long long>((static_cast<unsigned __int128>(L.order_mul) * b + L.order_add) % L.nblocks);
         if (!R.run_block(b)) break;
       }
     } catch (...) {

@@ -318,6 +318,10 @@ __global__ void k_cluster_divergent(int* out) {
   if (ak::cluster_rank() != 1) ak::cluster_sync();  // rank 1 never arrives
   out[blockIdx.x] = 1;
 }
+// The order blocks start in: thread 0 takes a ticket and records its block there.
+__global__ void k_block_order(unsigned* ticket, int* order) {
+  if (threadIdx.x == 0) order[atomicAdd(ticket, 1u)] = (int)blockIdx.x;
+}
 // Block 0 waits for block 1: fine with two workers, a wait that cannot end with one.
 __global__ void k_wait_later_block(unsigned* flag) {
   if (threadIdx.x != 0) return;
@@ -576,6 +580,19 @@ static int c_cluster_ring() {
   return 0;
 }
 
+static int c_block_order() {
+  const int nb = 37;
+  unsigned ticket = 0;
+  std::vector<int> order(nb, -1);
+  ak::launch(k_block_order, dim3(nb), dim3(32), 0, S, &ticket, order.data());
+  std::vector<int> seen(nb, 0);
+  for (int b : order) CHECK(b >= 0 && b < nb && seen[b]++ == 0);  // every block once
+  std::printf("PASS block_order");
+  for (int b : order) std::printf(" %d", b);
+  std::printf("\n");
+  return 0;
+}
+
 static int c_wait_later_block() {
   unsigned flag = 0;
   ak::launch(k_wait_later_block, dim3(2), dim3(32), 0, S, &flag);
@@ -623,6 +640,7 @@ int main(int argc, char** argv) {
       {"spin", c_spin},
       {"ticket_chain", c_ticket_chain},
       {"wait_later_block", c_wait_later_block},
+      {"block_order", c_block_order},
       {"cluster_ring", c_cluster_ring},
       {"cluster_map_static",
        [] {
