@@ -124,7 +124,7 @@ def main(argv=None):
                 us = per_call_us(fn, calls, lambda: None, repeats=3)
                 best[f"{mode} {op}"] = min(us, best.get(f"{mode} {op}", us))
     rows = list(best.items())
-    where = platform.processor() or platform.machine()
+    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU"
     print(f"Triton SE launcher host time per call, {'x'.join(map(str, shape))} bf16 NCHW, no-launch "
           f"driver (sm_90 kernels), on {where}; triton {triton.__version__}, torch {torch.__version__}")
     for label, us in rows:
