@@ -4,8 +4,9 @@
 specializes each one (type, 16-byte alignment of pointers, integers == 1 or divisible by 16),
 hashes a cache key and builds launch metadata, then calls the compiled kernel's launcher. With
 a no-op driver on the 2-core dev machine (benchmarks/triton_dispatch.py) that is ~15-25 us per
-launch of an SE kernel, against ~1 us for the launcher call itself: at batch 1 it is most of a
-Triton SE call's host time (2 launches forward, 2-3 backward).
+launch of an SE kernel, against ~1 us to call the compiled kernel's launcher (whose C call into
+the driver comes on top, both ways): at batch 1 it was most of a Triton SE call's host time (2
+launches forward, 2-3 backward).
 
 `launcher(kernel)[grid](*args, **kwargs)` takes the JIT's path the first time it sees a key,
 keeps the compiled kernel the JIT returns, and afterwards calls its launcher directly, with the
