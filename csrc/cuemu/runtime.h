@@ -89,8 +89,10 @@ struct Options {
       if (v.empty() || v == "index") {
       } else if (v == "reverse") {
         o.block_order = BlockOrder::Reverse;
-      } else if (v.rfind("random:", 0) == 0 && v.size() > 7 &&
-                 (o.block_seed = std::strtoull(v.c_str() + 7, &end, 0), end && !*end)) {
+      } else if (v.rfind("random:", 0) == 0) {
+        o.block_seed = std::strtoull(v.c_str() + 7, &end, 0);
+        if (v.size() == 7 || !end || *end)
+          throw Error("cuemu: bad CUEMU_BLOCK_ORDER='" + v + "' (use index, reverse or random:<seed>)");
         o.block_order = BlockOrder::Random;
       } else {
         throw Error("cuemu: bad CUEMU_BLOCK_ORDER='" + v + "' (use index, reverse or random:<seed>)");
