@@ -25,9 +25,18 @@ $(VENV)/.installed: setup.py $(wildcard csrc/*/*.cu csrc/*/*.cuh csrc/*/*.cpp cs
 build-inplace:
 	$(PY) setup.py -q build_ext --inplace
 
+# With pytest-xdist (dev requirements; the GPU machine has it too) the suite runs on
+# PYTEST_WORKERS processes (auto: one per core; 0: in this process), and with pytest-timeout a
+# test that hangs fails after PYTEST_TIMEOUT_S instead of stalling the run. Without them, plain.
+PYTEST_WORKERS ?= auto
+PYTEST_TIMEOUT_S ?= 600
+PLUGIN_ARGS_PY := from importlib.util import find_spec as f; \
+  print(*(["-n", "$(PYTEST_WORKERS)"] if f("xdist") else []), \
+        *(["--timeout=$(PYTEST_TIMEOUT_S)", "--timeout-method=thread"] if f("pytest_timeout") else []))
+
 test: $(SETUP_DEP)
 	TRITON_INTERPRET=$${TRITON_INTERPRET-$$($(PY) -c "import torch;print(0 if torch.cuda.is_available() else 1)")} \
-	  $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	  $(PY) -m pytest -q tests $$($(PY) -c '$(PLUGIN_ARGS_PY)') $(PYTEST_ARGS)
 
 # The suite on the oldest supported stack (`python setup.py min-requirements`: torch 2.11, the
 # GPU machine's), in .venv-min, on a copy of the tree in build/min: its extension is built

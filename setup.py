@@ -18,6 +18,8 @@ DEV_REQUIREMENTS = [
     "timm==1.0.31",
     "pytest",
     "pytest-benchmark",
+    "pytest-xdist",  # `make test` spreads the suite over the cores (gpu-check: -n 8)
+    "pytest-timeout",  # a hung test (a spin-wait) fails alone instead of stalling the run
     "hypothesis",
     "ninja",
     "pybind11",

@@ -31,3 +31,15 @@ def kernel_backend(request):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+# Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs
+# them on the GPU machine's stack too: `make test-min`) and the reference-parity tests on CPU.
+HOST_ONLY_FILES = ("test_cuemu.py", "test_cuda_build.py", "test_triton_compile.py", "test_triton_launch.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    # On a GPU, the tests that run kernels on it first (stable order otherwise), so that a run cut
+    # short by gpu-check's time budget has covered them; every xdist worker sorts the same way.
+    if DEVICE.type == "cuda":
+        items.sort(key=lambda it: it.path.name in HOST_ONLY_FILES or it.path.name.startswith("test_reference_"))

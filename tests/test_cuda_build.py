@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from utils import ROOT, once_per_run
 
 
 def _nvcc():
@@ -26,17 +26,18 @@ pytestmark = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """(ptxas -v output, PTX text) of one sm_90 compile."""
-    out_dir = tmp_path_factory.mktemp("se_cuda")
-    cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-keep", "--keep-dir", str(out_dir),
-           "-c", os.path.join(ROOT, "csrc", "se", "se_cuda.cu"), "-o", str(out_dir / "se_cuda.o")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-5000:]
-    ptx = glob.glob(str(out_dir / "*.ptx"))
-    assert ptx, f"nvcc -keep left no PTX in {out_dir}"
-    with open(ptx[0]) as f:
-        return out, f.read()
+    """(ptxas -v output, PTX text) of one sm_90 compile, done once per run (xdist workers share it)."""
+    def compile_once(out_dir):
+        cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-keep", "--keep-dir", str(out_dir),
+               "-c", os.path.join(ROOT, "csrc", "se", "se_cuda.cu"), "-o", str(out_dir / "se_cuda.o")]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out[-5000:]
+        ptx = glob.glob(str(out_dir / "*.ptx"))
+        assert ptx, f"nvcc -keep left no PTX in {out_dir}"
+        with open(ptx[0]) as f:
+            return [out, f.read()]
+    return tuple(once_per_run(tmp_path_factory, "se_cuda_build", compile_once)[0])
 
 
 def test_se_kernels_no_spills(build):

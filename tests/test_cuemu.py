@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from utils import once_per_run
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 TESTS = CSRC / "cuemu" / "tests"
@@ -27,27 +29,31 @@ if not (CUDA_HOME / "include" / "cuda_fp16.h").exists():
 
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cuemu")
-    common = EMU_FLAGS + ["-rdynamic", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
-    srcs = [str(TESTS / "cuemu_selftest.cpp"), str(TESTS / "cuemu_selftest_tu2.cpp")]
-    jobs = {
-        "asm": [CXX, *common, *srcs, "-o", str(out / "selftest")],
-        # the fallback build also checks C++20 (torch 2.14 extensions compile with -std=c++20) and
-        # -DNDEBUG (setuptools) with CUEMU_FORCE_ASSERT
-        "ucontext": [CXX, *common, "-std=c++20", "-DNDEBUG", "-DCUEMU_FORCE_ASSERT", "-DCUEMU_USE_UCONTEXT", *srcs,
-                     "-o", str(out / "selftest_uc")],
-        "compat_emu": [CXX, "-x", "c++", *common, str(TESTS / "compat_check.cu"), "-o", str(out / "compat_emu")],
-    }
-    nvcc = CUDA_HOME / "bin" / "nvcc"
-    if nvcc.exists():
-        jobs["nvcc"] = [str(nvcc), "-std=c++17", "-arch=sm_90", f"-I{CSRC}", "-c",
-                        str(TESTS / "compat_check.cu"), "-o", str(out / "compat_nvcc.o")]
-    procs = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for k, v in jobs.items()}
-    results = {}
-    for k, p in procs.items():
-        log, _ = p.communicate(timeout=300)
-        results[k] = (p.returncode, log)
+    def build_once(out):
+        common = EMU_FLAGS + ["-rdynamic", f"-I{CSRC}", f"-I{CUDA_HOME / 'include'}"]
+        srcs = [str(TESTS / "cuemu_selftest.cpp"), str(TESTS / "cuemu_selftest_tu2.cpp")]
+        jobs = {
+            "asm": [CXX, *common, *srcs, "-o", str(out / "selftest")],
+            # the fallback build also checks C++20 (torch 2.14 extensions compile with -std=c++20) and
+            # -DNDEBUG (setuptools) with CUEMU_FORCE_ASSERT
+            "ucontext": [CXX, *common, "-std=c++20", "-DNDEBUG", "-DCUEMU_FORCE_ASSERT", "-DCUEMU_USE_UCONTEXT",
+                         *srcs, "-o", str(out / "selftest_uc")],
+            "compat_emu": [CXX, "-x", "c++", *common, str(TESTS / "compat_check.cu"), "-o", str(out / "compat_emu")],
+        }
+        nvcc = CUDA_HOME / "bin" / "nvcc"
+        if nvcc.exists():
+            jobs["nvcc"] = [str(nvcc), "-std=c++17", "-arch=sm_90", f"-I{CSRC}", "-c",
+                            str(TESTS / "compat_check.cu"), "-o", str(out / "compat_nvcc.o")]
+        procs = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for k, v in jobs.items()}
+        results = {}
+        for k, p in procs.items():
+            log, _ = p.communicate(timeout=300)
+            results[k] = [p.returncode, log]
+        return results
+
+    # built once per run: xdist workers share the executables (utils.once_per_run)
+    results, out = once_per_run(tmp_path_factory, "cuemu_selftest", build_once)
     rc, log = results["asm"]
     assert rc == 0, f"building the cuemu self-test failed:\n{log}"
     return {"dir": out, "results": results}

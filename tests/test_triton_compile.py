@@ -11,12 +11,13 @@ import sys
 
 import pytest
 
-from utils import run_without_interpreter
+from utils import once_per_run, run_without_interpreter
 
 
 @pytest.fixture(scope="module")
-def aot_results():
-    return run_without_interpreter(__file__)
+def aot_results(tmp_path_factory):
+    # one subprocess per run, also with xdist workers
+    return once_per_run(tmp_path_factory, "triton_compile", lambda _: run_without_interpreter(__file__))[0]
 
 
 def test_se_kernels_compile_for_sm90(aot_results):

@@ -14,12 +14,13 @@ import sys
 import pytest
 import torch
 
-from utils import ROOT, run_without_interpreter
+from utils import ROOT, once_per_run, run_without_interpreter
 
 
 @pytest.fixture(scope="module")
-def results():
-    return run_without_interpreter(__file__)
+def results(tmp_path_factory):
+    # one subprocess per run, also with xdist workers
+    return once_per_run(tmp_path_factory, "triton_launch", lambda _: run_without_interpreter(__file__))[0]
 
 
 def test_se_launches_match_the_jit(results):

@@ -1,7 +1,8 @@
-"""Helpers shared by the test files: fresh random inputs, the low-precision error bar, and the
-scripts that must run without the Triton interpreter."""
+"""Helpers shared by the test files: fresh random inputs, the low-precision error bar, the
+scripts that must run without the Triton interpreter, and builds done once per pytest run."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -94,3 +95,28 @@ def run_without_interpreter(script, timeout=600):
         pytest.skip(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def once_per_run(tmp_path_factory, name, compute):
+    """compute() -> a JSON-able result, run once per pytest run even under pytest-xdist, whose
+    workers are processes that each set up their own module and session fixtures (gpu-check runs
+    `-n 8`: the nvcc, g++ and AOT Triton builds of a file would run on every worker that draws one
+    of its tests). The first worker computes under a file lock in the run's shared temp dir and
+    stores the result; the others wait and read it. `--dist loadgroup` would do this by marks,
+    but pytest 9.2 silently stopped honouring them (pytest-xdist issue 1386). A compute() that
+    raises stores nothing, so each worker fails (or skips) on its own. Returns (result, shared
+    dir): outputs that must outlive the call go in that dir."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = root / f"once-{name}"
+    shared.mkdir(exist_ok=True)
+    result_file = shared / "result.json"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if result_file.exists():
+            return json.loads(result_file.read_text()), shared
+        result = compute(shared)
+        tmp = shared / "result.json.tmp"
+        tmp.write_text(json.dumps(result))
+        tmp.replace(result_file)
+        return json.loads(result_file.read_text()), shared
