@@ -194,7 +194,13 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     args = (x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)
     if torch.compiler.is_compiling():
         return se_forward(*args)[0]
-    return _SEFunction.apply(*args)
+    if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad
+                                    or (b1 is not None and b1.requires_grad)
+                                    or (b2 is not None and b2.requires_grad)):
+        return _SEFunction.apply(*args)
+    # nothing to differentiate (no_grad, inference, frozen weights and x): the kernels alone,
+    # without the autograd.Function's context and saves
+    return get_impl(name).se_forward(*args[:-1])[0]
 
 
 # ---------------------------------------------------------------------------------------------

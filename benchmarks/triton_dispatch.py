@@ -6,7 +6,9 @@ A no-launch driver stands in for CUDA: triton compiles the kernels for sm_90 as 
 H100 (ptxas included), and the "launch" is a Python call that only records its arguments. So
 the numbers are the host path of `attnkernels.triton.se.se_forward` / `se_backward` (plan,
 allocations, argument binding, dispatch) minus the driver's launch call itself (a few us on a
-GPU host). CPU tensors stand in for the device's: nothing reads them.
+GPU host). CPU tensors stand in for the device's: nothing reads them. The "module" rows time
+the drop-in SqueezeExcitation on the Triton backend the same way: input checks, autograd and
+the launchers, under no_grad and as forward + torch.autograd.grad.
 
     python3 benchmarks/triton_dispatch.py [--calls 3000] [--rounds 3] [--shape 1,256,56,56] [--csv FILE]
 
@@ -101,6 +103,30 @@ def se_calls(shape, dtype=torch.bfloat16, channels_last=False, Cr=None):
             lambda: tse.se_backward(dy, x, w1, w2, *saved, *opts))
 
 
+def module_calls(shape, dtype=torch.bfloat16):
+    """(no_grad forward, forward + autograd.grad) closures of the drop-in SqueezeExcitation on the
+    Triton backend: everything a model's call runs (checks, autograd, the launchers). The
+    backend table is told the interpreter is on so that it accepts CPU stand-in tensors; the
+    kernels are still the compiled ones (no TRITON_INTERPRET at import)."""
+    import attnkernels as ak
+    sys.modules["attnkernels.backend"].triton_interpret = lambda: True
+    N, C, H, W = shape
+    m = ak.SqueezeExcitation(C, max(1, C // 16)).to(dtype)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    xg = x.clone().requires_grad_()
+    params = [xg, *m.parameters()]
+
+    def fwd():
+        with ak.backend("triton"), torch.no_grad():
+            return m(x)
+
+    def fwd_bwd():
+        with ak.backend("triton"):
+            y = m(xg)
+            return torch.autograd.grad(y, params, y)
+    return fwd, fwd_bwd
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=3000)
@@ -116,12 +142,15 @@ def main(argv=None):
     cached = tse.launcher  # attnkernels/triton/_launch.py's
     shape = tuple(int(v) for v in args.shape.split(","))
     fwd, bwd = se_calls(shape)
+    mod_fwd, mod_fwd_bwd = module_calls(shape)
+    ops = (("se_forward", fwd, args.calls), ("se_backward", bwd, args.calls // 2),
+           ("module no_grad", mod_fwd, args.calls), ("module fwd+bwd", mod_fwd_bwd, args.calls // 4))
     best = {}
     for _ in range(args.rounds):  # the modes interleaved, best of each: this host is noisy
         for mode in ("jit", "cached"):
             # jit: every launch through kernel[grid](...), as before attnkernels/triton/_launch.py
             tse.launcher = (lambda k: k) if mode == "jit" else cached
-            for op, fn, calls in (("se_forward", fwd, args.calls), ("se_backward", bwd, args.calls // 2)):
+            for op, fn, calls in ops:
                 us = per_call_us(fn, calls, lambda: None, repeats=3)
                 best[f"{mode} {op}"] = min(us, best.get(f"{mode} {op}", us))
     rows = list(best.items())
@@ -129,7 +158,7 @@ def main(argv=None):
     print(f"Triton SE launcher host time per call, {'x'.join(map(str, shape))} bf16 NCHW, no-launch "
           f"driver (sm_90 kernels), on {where}; triton {triton.__version__}, torch {torch.__version__}")
     for label, us in rows:
-        print(f"  {label:22s} {us:8.1f} us")
+        print(f"  {label:26s} {us:8.1f} us")
     if args.csv:
         new = not os.path.exists(args.csv)
         with open(args.csv, "a", newline="") as f:

@@ -4,6 +4,7 @@ Runs on the CPU through the Triton interpreter and cuda-emu, and unchanged on a 
 cuda). Covers fp32/fp16/bf16 (fp32 accumulation) against an fp64 reference, fp64 gradcheck,
 NCHW and channels_last, odd shapes, poisoned outputs, opcheck, torch.compile, bad input, fuzz.
 """
+import contextlib
 import itertools
 import math
 
@@ -210,11 +211,37 @@ def test_se_non_contiguous_input(kernel_backend):
         torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen", "only_b2"])
+def test_se_forward_with_and_without_autograd(kernel_backend, mode):
+    """With nothing to differentiate (no_grad, inference mode, no input requiring grad) the op
+    skips its autograd Function; with one input that requires grad it must not."""
+    case = make_case((3, 20, 5, 7, 5), torch.float32, channels_last=mode == "frozen", seed=31)
+    ins = [None if t is None else t.clone() for t in case]
+    if mode in ("no_grad", "inference_mode"):
+        ins = _leaves(case)
+    elif mode == "only_b2":
+        ins[4].requires_grad_()
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, contextlib.nullcontext)
+    with ctx(), poisoned():
+        y = ak.se(*ins, act="gelu", gate="hardsigmoid", pool="avgmax", backend=kernel_backend)
+    ref64 = _leaves([to64(t).cpu() for t in case])
+    y64 = reference.se(*ref64, "gelu", "hardsigmoid", "avgmax")
+    assert_matches(y, reference.se(*case, "gelu", "hardsigmoid", "avgmax"), y64, "y")
+    assert y.requires_grad == (mode == "only_b2")
+    if mode == "only_b2":
+        dy = rand(y.shape, y.dtype, y.device, torch.Generator().manual_seed(5))
+        (db2,) = torch.autograd.grad(y, ins[4], dy)
+        (db2_64,) = torch.autograd.grad(y64, ref64[4], to64(dy).cpu())
+        torch.testing.assert_close(db2.cpu().double(), db2_64, rtol=1e-4, atol=1e-5)
+
+
 def test_se_repeated_calls_reuse_counters(kernel_backend):
-    """The arrival counters reset themselves: many calls of different shapes stay correct."""
+    """The arrival counters reset themselves and the cached workspaces (Triton) serve calls of
+    other sizes (poisoned each call): many calls of different shapes stay correct."""
     for i, shape in enumerate([(3, 8, 4, 4, 2), (1, 33, 3, 3, 4), (5, 8, 2, 7, 2)] * 2):
         case = make_case(shape, torch.float32, seed=i)
-        y = ak.se(*case, backend=kernel_backend)
+        with poisoned():
+            y = ak.se(*case, backend=kernel_backend)
         torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
 
 

@@ -183,6 +183,7 @@ def main():
         calls.append(((x, y, 16, 16, 1.0, False), dict(BLOCK=16)))
     for flag in (True, 1, 1.0, 0, False):
         calls.append(((base32, base32, 5, 1, 1, flag), dict(BLOCK=16)))
+        calls.append(((base32, base32, 5, 1, 1), dict(flag=flag, BLOCK=16)))  # by keyword too
     calls.append(((base32, base32, 5, 1, 1.0, True), dict(BLOCK=32)))
     calls.append(((base32, base32, 5, 1, 1.0, True), dict(BLOCK=16, num_warps=2)))
     order = torch.randperm(len(calls), generator=g).tolist()

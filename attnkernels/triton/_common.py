@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 import triton
 import triton.language as tl
 
-from .._alloc import acc_dtype
+from .._alloc import _fill, acc_dtype, poisoning as _poison_active
 
 # The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest even); kernels
 # cast their outputs through `cast_to` so both round the same way.
@@ -102,10 +103,18 @@ def target_programs(device: torch.device) -> int:
 
 
 _counters: dict = {}
+_scratch: dict = {}
 # The current stream's handle, as triton's driver reads it (torch.cuda.current_stream builds a
 # Stream object each call: a few us of host time per launch at batch 1).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream",
                       lambda index: torch.cuda.current_stream(index).cuda_stream)
+
+
+def _order_key(device: torch.device):
+    """What orders the calls that share a cached buffer: on a GPU the current stream (its
+    launches run one after another), on the CPU (the interpreter runs a launch to its end) the
+    calling thread."""
+    return _raw_stream(device.index) if device.type == "cuda" else threading.get_ident()
 
 
 def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
@@ -113,9 +122,28 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     use it ("the last program of a sample finishes the job") reset their counter to 0 when done,
     so the buffer needs no memset launch per call, and calls on one stream run in order, so
     they never share a counter at the same time."""
-    key = (device, _raw_stream(device.index) if device.type == "cuda" else 0)
+    key = (device, _order_key(device))
     buf = _counters.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
         _counters[key] = buf
     return buf
+
+
+def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int) -> list:
+    """Scratch buffers of >= sizes[i] elements, cached per (device, stream, dtype) like the
+    counters: a call's kernels write each element before they read it, and calls on one stream
+    run in order, so they can share them; one dict lookup instead of an allocation per buffer
+    and call. Under attnkernels._alloc.poisoned() they are poisoned on every call, as fresh
+    buffers would be, so a read of an element the call did not write still fails the tests."""
+    key = (device, _order_key(device), dtype)
+    bufs = _scratch.get(key)
+    if bufs is None or len(bufs) < len(sizes) or any(b.numel() < n for b, n in zip(bufs, sizes)):
+        old = bufs or []
+        bufs = _scratch[key] = [
+            old[i] if i < len(old) and old[i].numel() >= n else torch.empty(max(n, 1024), dtype=dtype, device=device)
+            for i, n in enumerate(sizes)]
+    if _poison_active():
+        for b in bufs:
+            _fill(b)
+    return bufs

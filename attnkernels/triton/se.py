@@ -41,7 +41,7 @@ from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
 from ._launch import launcher
 from ._common import (activation, activation_grad, arrival_counters, cast_to, gate,
-                      gate_grad, target_programs, tl_acc_dtype)
+                      gate_grad, target_programs, tl_acc_dtype, workspaces)
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,10 +612,11 @@ def _weights_plan(C: int, Cr: int):
 
 
 def _workspaces(N, Cr, a, dtype, device):
-    """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr), counters."""
+    """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr), counters:
+    scratch that only this call's launches use, cached per stream (_common.workspace)."""
     split = a["n_split"] > 1
-    ws = empty((N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"],) if split else (1,), dtype, device)
-    wsu = empty((N * a["n_cblk"] * Cr,), dtype, device)
+    ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if split else 1,
+                         N * a["n_cblk"] * Cr)
     counters = arrival_counters(device, N + N * a["n_cblk"])
     return ws, wsu, counters
 
