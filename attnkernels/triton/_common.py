@@ -132,10 +132,12 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
 
 def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int) -> list:
     """Scratch buffers of >= sizes[i] elements, cached per (device, stream, dtype) like the
-    counters: a call's kernels write each element before they read it, and calls on one stream
-    run in order, so they can share them; one dict lookup instead of an allocation per buffer
-    and call. Under attnkernels._alloc.poisoned() they are poisoned on every call, as fresh
-    buffers would be, so a read of an element the call did not write still fails the tests."""
+    counters: each is written and read within one launch (the split partials and layer shares
+    of a reduce kernel, combined by its last program), and launches on one stream run in order,
+    so calls can share them, also calls from two threads on one stream; one dict lookup instead
+    of an allocation per buffer and call. Under attnkernels._alloc.poisoned() they are poisoned
+    on every call, as fresh buffers would be, so a read of an element the call did not write
+    still fails the tests."""
     key = (device, _order_key(device), dtype)
     bufs = _scratch.get(key)
     if bufs is None or len(bufs) < len(sizes) or any(b.numel() < n for b, n in zip(bufs, sizes)):
