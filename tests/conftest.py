@@ -34,7 +34,7 @@ def device():
 
 
 # Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs
-# them on the GPU machine's stack too: `make test-min`) and the reference-parity tests on CPU.
+# them on the GPU machine's stack too: `make test-min`), and test_reference_* (CPU parity).
 HOST_ONLY_FILES = ("test_cuemu.py", "test_cuda_build.py", "test_triton_compile.py", "test_triton_launch.py")
 
 

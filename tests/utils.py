@@ -98,14 +98,15 @@ def run_without_interpreter(script, timeout=600):
 
 
 def once_per_run(tmp_path_factory, name, compute):
-    """compute() -> a JSON-able result, run once per pytest run even under pytest-xdist, whose
-    workers are processes that each set up their own module and session fixtures (gpu-check runs
-    `-n 8`: the nvcc, g++ and AOT Triton builds of a file would run on every worker that draws one
-    of its tests). The first worker computes under a file lock in the run's shared temp dir and
-    stores the result; the others wait and read it. `--dist loadgroup` would do this by marks,
-    but pytest 9.2 silently stopped honouring them (pytest-xdist issue 1386). A compute() that
-    raises stores nothing, so each worker fails (or skips) on its own. Returns (result, shared
-    dir): outputs that must outlive the call go in that dir."""
+    """compute(shared_dir) -> a JSON-able result, run once per pytest run even under
+    pytest-xdist, whose workers are processes that each set up their own module and session
+    fixtures (gpu-check runs `-n 8`: the nvcc, g++ and AOT Triton builds of a file would run on
+    every worker that draws one of its tests). The first worker computes under a file lock in
+    the run's shared temp dir and stores the result; the others wait and read it.
+    `--dist loadgroup` would do this by marks, but with pytest 9.2 (seen here, xdist 3.8) they
+    are silently ignored (pytest-xdist issue 1386). A compute() that raises stores nothing, so
+    each worker fails (or skips) on its own. Returns (result, shared dir): outputs that must
+    outlive the call go in that dir."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     shared = root / f"once-{name}"

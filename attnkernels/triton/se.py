@@ -613,7 +613,7 @@ def _weights_plan(C: int, Cr: int):
 
 def _workspaces(N, Cr, a, dtype, device):
     """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr), counters:
-    scratch that only this call's launches use, cached per stream (_common.workspace)."""
+    the first two are scratch of one launch, cached per stream (_common.workspaces)."""
     split = a["n_split"] > 1
     ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if split else 1,
                          N * a["n_cblk"] * Cr)
