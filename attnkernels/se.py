@@ -2,13 +2,16 @@
 modules. Kernels live in attnkernels/triton/se.py and csrc/se/ (attnkernels/cuda.py); the spec
 is attnkernels/reference/se.py.
 
-Backend contract (every kernel backend module implements these two functions):
+Backend contract (every kernel backend module implements se_forward and se_backward):
   se_forward(x, w1, b1, w2, b2, act, gate, pool) -> (y, s, z, u, p, pmax)
     x (N, C, H, W), N >= 1, contiguous in NCHW or channels_last; w1 (Cr, C), w2 (C, Cr)
     contiguous; b1 (Cr,) / b2 (C,) or None; all of x's dtype and device. y: like x (same memory
     format). s = gate(z), z = fc2 output, u = fc1 output (pre-activation), p = pooled MLP input,
     pmax = channel max (pool "avgmax") or an empty (0,) tensor: all in the accumulation dtype
     (fp64 for fp64 x, else fp32).
+  se_inference(x, w1, b1, w2, b2, act, gate, pool) -> y
+    se_forward's y when no backward follows (the per-(n, c) vectors may go to reused scratch).
+    Backends with their own eager path (cuda, cuda-emu: `se_eager`) need not have it.
   se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool) -> (dx, dw1, db1, dw2, db2)
     dy of x's shape, dtype and memory format; dx like x; weight/bias grads in the weight dtype.
     The max-pool gradient is split evenly over tied maxima, as torch.amax's backward does.
@@ -199,8 +202,8 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
                                     or (b2 is not None and b2.requires_grad)):
         return _SEFunction.apply(*args)
     # nothing to differentiate (no_grad, inference, frozen weights and x): the kernels alone,
-    # without the autograd.Function's context and saves
-    return get_impl(name).se_forward(*args[:-1])[0]
+    # without the autograd.Function's context and saves, nor the vectors a backward would need
+    return get_impl(name).se_inference(*args[:-1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,11 +211,19 @@ def test_se_non_contiguous_input(kernel_backend):
         torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["auto", "pipelined"])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen", "only_b2"])
-def test_se_forward_with_and_without_autograd(kernel_backend, mode):
+def test_se_forward_with_and_without_autograd(kernel_backend, mode, variant):
     """With nothing to differentiate (no_grad, inference mode, no input requiring grad) the op
-    skips its autograd Function; with one input that requires grad it must not."""
-    case = make_case((3, 20, 5, 7, 5), torch.float32, channels_last=mode == "frozen", seed=31)
+    skips its autograd Function (Triton: se_inference, its vectors in reused scratch: two calls
+    of other shapes in a row); with one input that requires grad it must not."""
+    with force_variant(variant, lag=1):
+        for shape in ((3, 20, 5, 7, 5), (2, 36, 4, 3, 7)):
+            _with_and_without_autograd_case(kernel_backend, mode, shape)
+
+
+def _with_and_without_autograd_case(kernel_backend, mode, shape):
+    case = make_case(shape, torch.float32, channels_last=mode == "frozen", seed=31)
     ins = [None if t is None else t.clone() for t in case]
     if mode in ("no_grad", "inference_mode"):
         ins = _leaves(case)

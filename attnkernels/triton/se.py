@@ -672,16 +672,36 @@ def _on_x_device(launcher_fn):
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined; any other the two-launch
     split forward (the default until a GPU run has measured the pipelined one)."""
-    global _last_variant
     N, C = x.shape[:2]
-    Cr = w1.shape[0]
     acc = acc_dtype(x.dtype)
+    s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
+    u = empty((N, w1.shape[0]), acc, x.device)
+    pmax = empty((N, C) if pool == "avgmax" else (0,), acc, x.device)
+    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)
+
+
+@_on_x_device
+def se_inference(x, w1, b1, w2, b2, act, gate, pool):
+    """-> y: the forward when no backward follows (attnkernels.se with nothing to differentiate).
+    The per-(n, c) vectors the backward would need go to cached scratch instead of five fresh
+    allocations (~1-2 us of host time each)."""
+    N, C = x.shape[:2]
+    NC = N * C
+    # separate buffers, not slices of one: no view ops, and each starts 16-byte aligned, so the
+    # launches reuse se_forward's compiled kernels (triton specializes on pointer alignment)
+    s, z, p, pmax, u = workspaces(x.device, acc_dtype(x.dtype), NC, NC, NC, NC if pool == "avgmax" else 1,
+                                  N * w1.shape[0], across_launches=True)
+    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)[0]
+
+
+def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
+    global _last_variant
+    N = x.shape[0]
+    Cr = w1.shape[0]
+    acc = s.dtype
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
     grid, a, rows = _plan(x, Cr)
-    s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
-    u = empty((N, Cr), acc, x.device)
-    pmax = empty((N, C) if pool_max else (0,), acc, x.device)
     ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device)
     y = empty_like(x)
     variant, _, lag = request()
