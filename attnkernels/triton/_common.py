@@ -130,17 +130,19 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int, across_launches: bool = False) -> list:
+def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int, across_launches: str | None = None) -> list:
     """Scratch buffers of >= sizes[i] elements, cached per (device, stream, dtype) like the
     counters: each is written and read within one launch (the split partials and layer shares
     of a reduce kernel, combined by its last program), and launches on one stream run in order,
     so calls can share them, also calls from two threads on one stream; one dict lookup instead
     of an allocation per buffer and call. Under attnkernels._alloc.poisoned() they are poisoned
     on every call, as fresh buffers would be, so a read of an element the call did not write
-    still fails the tests. across_launches: buffers that one launch of a call writes and a later
-    one reads (the inference forward's per-(n, c) vectors); another thread's call on the same
-    stream could land between the two, so those are cached per thread too."""
-    key = (device, _order_key(device), dtype, threading.get_ident() if across_launches else None)
+    still fails the tests. across_launches: the name of a set of buffers that one launch of a
+    call writes and a later one reads (the inference forward's per-(n, c) vectors, the
+    backward's gradients of them); another thread's call on the same stream could land between
+    the two, so those are cached per thread too."""
+    key = (device, _order_key(device), dtype,
+           (across_launches, threading.get_ident()) if across_launches else None)
     bufs = _scratch.get(key)
     if bufs is None or len(bufs) < len(sizes) or any(b.numel() < n for b, n in zip(bufs, sizes)):
         old = bufs or []

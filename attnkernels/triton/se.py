@@ -690,7 +690,7 @@ def se_inference(x, w1, b1, w2, b2, act, gate, pool):
     # separate buffers, not slices of one: no view ops, and each starts 16-byte aligned, so the
     # launches reuse se_forward's compiled kernels (triton specializes on pointer alignment)
     s, z, p, pmax, u = workspaces(x.device, acc_dtype(x.dtype), NC, NC, NC, NC if pool == "avgmax" else 1,
-                                  N * w1.shape[0], across_launches=True)
+                                  N * w1.shape[0], across_launches="inference")
     return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)[0]
 
 
@@ -735,8 +735,12 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     accd = tl_acc_dtype(x.dtype)
     grid, a, rows = _plan(x, Cr)
     ws, wsu, counters = _workspaces(N, Cr, a, s.dtype, x.device)
-    dz, du = empty_like(s), empty_like(u)
-    ties = empty_like(s) if pool_max else s
+    # the gradients of z and u and the max-pool tie counts pass from the reduce launch to the
+    # weight-gradient and dx launches: scratch of this call, like se_inference's vectors
+    dz, du, ties = workspaces(x.device, s.dtype, N * C, N * Cr, N * C if pool_max else 1,
+                              across_launches="backward")
+    if not pool_max:
+        ties = s
     dx = empty_like(x)
     variant, _, lag = request()
     pipelined = variant == "pipelined"
