@@ -179,6 +179,23 @@ def test_se_compile_dynamic_shapes(kernel_backend):
     assert counter.frame_count == 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph trees need a GPU")
+def test_se_compile_reduce_overhead(kernel_backend):
+    """torch.compile(mode="reduce-overhead"): inductor's CUDA graph trees warm up and record in
+    a private memory pool and reset that pool to a checkpoint when they switch branches. Buffers
+    the backends cache across calls (arrival counters; Triton's scratch) must survive that:
+    shapes alternate so the tree branches, and every call must still match eager."""
+    torch._dynamo.reset()
+
+    def f(x, w1, b1, w2, b2):
+        return ak.se(x, w1, b1, w2, b2, act="relu", pool="avgmax", backend=kernel_backend)
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    shapes = [(4, 24, 9, 9, 6), (6, 24, 5, 7, 6), (2, 24, 11, 3, 6)]
+    for step in range(4):
+        for i, shape in enumerate(shapes):
+            _assert_same_fwd_bwd(compiled, f, make_case(shape, torch.float32, seed=10 * step + i))
+
+
 @pytest.mark.parametrize("shape", [(0, 8, 4, 4, 2), (0, 1, 1, 1, 1)], ids=str)
 def test_se_empty_batch(kernel_backend, shape):
     x, w1, b1, w2, b2 = _leaves(make_case(shape, torch.float32))
