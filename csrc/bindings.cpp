@@ -16,15 +16,19 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #ifdef AK_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -126,21 +130,78 @@ struct DeviceFor {
   c10::OptionalDeviceGuard guard;
 };
 
+#ifdef AK_WITH_CUDA
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// n zeroed int32 on `stream`, allocated where no CUDA graph pool takes them: inductor's CUDA graph
+// trees (torch.compile mode="reduce-overhead") route every allocation of the thread that warms up
+// a graph to their private pool and reset that pool to a checkpoint when the tree branches,
+// freeing what it holds, a cached buffer included. The routing is per thread, so a helper thread
+// allocates (only when the cache grows: a stream's first call, a larger N), with the GIL released
+// meanwhile: an allocator recording its history takes Python stack traces, on the helper too.
+at::Tensor zeros_outside_graph_pools(const at::Tensor& x, int64_t n, c10::cuda::CUDAStream stream) {
+  at::Tensor t;
+  std::exception_ptr error;
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (PyGILState_Check()) no_gil.emplace();
+  std::thread helper([&] {
+    try {
+      c10::cuda::CUDAStreamGuard guard(stream);
+      t = at::zeros({n}, x.options().dtype(at::kInt));
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  helper.join();
+  if (error) std::rethrow_exception(error);
+  return t;
+}
+#endif
+
 // N zeroed counters private to the stream: the kernels leave them zeroed, so they are allocated
-// once per (device, stream). The emulated build keeps one set per calling thread (its launches are
-// synchronous) and checks after every call that the kernels did re-zero them.
-unsigned* counters_for(const Backend& be, const at::Tensor& x, int64_t n) {
+// once per (device, stream); the call holds a reference in `keep` (another thread's call on the
+// stream may replace the cached buffer with a larger one meanwhile). While the stream captures a
+// CUDA graph, a fresh zeroed buffer of the call's own: a graph-owned temporary whose memset the
+// graph replays, so no two graphs, nor a graph and eager calls, share counters. The emulated
+// build keeps one set per calling thread (its launches are synchronous) and checks after every
+// call that the kernels did re-zero them.
+unsigned* counters_for(const Backend& be, const at::Tensor& x, int64_t n, std::vector<at::Tensor>& keep) {
   if (be.emu) {
     static thread_local at::Tensor t;
     if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 64)}, x.options().dtype(at::kInt));
     return reinterpret_cast<unsigned*>(t.data_ptr());
   }
+#ifdef AK_WITH_CUDA
+  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(x.device().index());
+  if (capturing(stream.stream())) {
+    keep.push_back(at::zeros({n}, x.options().dtype(at::kInt)));
+    return reinterpret_cast<unsigned*>(keep.back().data_ptr());
+  }
   static std::mutex mu;
   static auto* cache = new std::map<std::pair<int, void*>, at::Tensor>();  // never freed
-  std::lock_guard<std::mutex> g(mu);
-  at::Tensor& t = (*cache)[{(int)x.device().index(), stream_of(be, x)}];
-  if (!t.defined() || t.numel() < n) t = at::zeros({std::max<int64_t>(n, 1024)}, x.options().dtype(at::kInt));
-  return reinterpret_cast<unsigned*>(t.data_ptr());
+  const std::pair<int, void*> key{(int)x.device().index(), static_cast<void*>(stream.stream())};
+  at::Tensor buf;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    buf = (*cache)[key];
+  }
+  if (!buf.defined() || buf.numel() < n) {
+    // a miss: allocate with the lock released (the helper may wait for the GIL), then install
+    buf = zeros_outside_graph_pools(x, std::max<int64_t>(n, 1024), stream);
+    std::lock_guard<std::mutex> g(mu);
+    at::Tensor& t = (*cache)[key];
+    if (!t.defined() || t.numel() < buf.numel()) t = buf;
+  }
+  keep.push_back(buf);
+  return reinterpret_cast<unsigned*>(buf.data_ptr());
+#else
+  (void)keep;
+  TORCH_CHECK(false, "se (", be.name, "): built without CUDA");
+#endif
 }
 
 void check_counters_rezeroed(const Backend& be, const unsigned* c, int64_t n, const char* op) {
@@ -266,7 +327,7 @@ void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<
   io.b2 = b2.has_value() && b2->defined() ? b2->data_ptr() : nullptr;
   io.y = y.data_ptr();
   set_stats(io, st, o.pool);
-  io.counters = counters_for(be, x, pr.N + 1);  // + the pipelined variant's ticket
+  io.counters = counters_for(be, x, pr.N + 1, keep);  // + the pipelined variant's ticket
   last_variant_slot() = be.forward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
                                    make_alloc(x, keep, o.poison));
   check_counters_rezeroed(be, io.counters, pr.N + 1, "se_forward");
@@ -290,7 +351,7 @@ void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w
   io.db1 = db1.data_ptr();
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
-  io.counters = counters_for(be, x, pr.N + 1);  // + the pipelined variant's ticket
+  io.counters = counters_for(be, x, pr.N + 1, keep);  // + the pipelined variant's ticket
   be.backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
               make_alloc(x, keep, o.poison));
   check_counters_rezeroed(be, io.counters, pr.N + 1, "se_backward");

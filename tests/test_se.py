@@ -461,6 +461,123 @@ def _graph_capture_case(kernel_backend):
         torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
 
 
+def _check_fwd_bwd_and_no_grad(kernel_backend, shape, seed):
+    """Forward + backward, then the no-grad forward (Triton: se_inference), poisoned, against the
+    reference."""
+    case = make_case(shape, torch.float32, channels_last=seed % 2 == 1, seed=seed)
+    leaves, ref = _leaves(case), _leaves(case)
+    dy = rand(case[0].shape, torch.float32, case[0].device, torch.Generator().manual_seed(seed))
+    with poisoned():
+        y = ak.se(*leaves, pool="avgmax", backend=kernel_backend)
+        y.backward(dy)
+        with torch.no_grad():
+            y_ng = ak.se(*case, act="silu", backend=kernel_backend)
+    yr = reference.se(*ref, "relu", "sigmoid", "avgmax")
+    yr.backward(dy)
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
+    torch.testing.assert_close(y_ng, reference.se(*case, "silu", "sigmoid", "avg"), rtol=1e-5, atol=1e-5)
+
+
+def test_se_triton_takes_buffers_of_its_own_while_capturing(monkeypatch):
+    """While a CUDA graph is being captured the Triton launchers use fresh buffers (graph-owned
+    temporaries), not the ones cached per stream and thread: a graph must not share them with
+    eager calls or other graphs, nor hold one that the cache frees when it grows. Simulated here
+    (capture reported on, kernels run as usual) from a new thread, whose cache keys are new on
+    the CPU: the caches must be left as they were, and the results right."""
+    if "triton" not in KERNEL_BACKENDS:
+        pytest.skip("no triton backend")
+    import threading
+    from attnkernels.triton import _common
+    monkeypatch.setattr(_common, "capturing", lambda device: True)
+    before = {name: dict(getattr(_common, name)) for name in ("_counters", "_scratch")}
+    errors = []
+
+    def run():
+        try:
+            for seed, shape in enumerate([(3, 20, 5, 7, 5), (5, 36, 6, 6, 7)]):
+                with force_variant("pipelined" if seed else "auto", lag=1):
+                    _check_fwd_bwd_and_no_grad("triton", shape, seed)
+        except BaseException as e:  # reported by the test's thread
+            errors.append(e)
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    for name, old in before.items():
+        now = getattr(_common, name)
+        assert now.keys() == old.keys() and all(now[k] is old[k] for k in old), f"{name} changed during capture"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_se_caches_stay_out_of_graph_pools(kernel_backend):
+    """Inductor's CUDA graph trees warm a graph up eagerly with every allocation of the calling
+    thread routed to their private pool (torch._C._cuda_beginAllocateCurrentThreadToPool), and
+    later reset that pool to a checkpoint, freeing what it holds. The buffers the backends cache
+    across calls (arrival counters; Triton's scratch) must not land there: warm up the same way
+    on a new stream (every per-stream cache misses), then nothing the calls left behind may
+    still be allocated in the pool."""
+    import gc
+    import warnings
+    device = torch.cuda.current_device()
+    pool = torch.cuda.graph_pool_handle()
+    side = torch.cuda.Stream()
+    keeper = torch.cuda.CUDAGraph()  # holds the pool, as the tree manager's empty graph does
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (an empty capture warns)
+        with torch.cuda.graph(keeper, pool=pool, stream=side):
+            pass
+    side.wait_stream(torch.cuda.current_stream())
+    torch._C._cuda_beginAllocateCurrentThreadToPool(device, pool)
+    try:
+        with torch.cuda.stream(side):
+            _check_fwd_bwd_and_no_grad(kernel_backend, (3, 40, 9, 9, 10), seed=2)
+            _check_fwd_bwd_and_no_grad(kernel_backend, (6, 72, 11, 11, 18), seed=3)  # larger: caches grow
+        torch.cuda.synchronize()
+    finally:
+        torch._C._cuda_endAllocateToPool(device, pool)
+        torch._C._cuda_releasePool(device, pool)
+    gc.collect()
+    torch.cuda.synchronize()
+    left = [block for seg in torch.cuda.memory_snapshot() if seg["segment_pool_id"] == pool
+            for block in seg["blocks"] if block["state"] == "active_allocated"]
+    assert not left, f"{len(left)} block(s) of {sum(b['size'] for b in left)} bytes left allocated in the graph pool"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_se_graphs_of_growing_shapes_and_eager_calls_between(kernel_backend):
+    """Two graphs captured on one stream without a warm-up there (that stream's caches are
+    empty when capture starts: each call brings buffers of its own), the second of a larger
+    shape, with eager calls of a still larger shape on that stream between the replays (its
+    caches grow): each replay on new input values matches the reference, and so do the eager
+    calls."""
+    side = torch.cuda.Stream()
+    graphs = []
+    for seed, shape in enumerate([(2, 24, 7, 7, 6), (5, 48, 9, 9, 12)]):
+        x, w1, b1, w2, b2 = make_case(shape, torch.float32, seed=40 + seed)
+        # kernels compiled and loaded before capture, on the current stream (not side's caches)
+        ak.se(x, w1, b1, w2, b2, pool="avgmax", backend=kernel_backend)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.graph(g, stream=side):
+            y = ak.se(x, w1, b1, w2, b2, pool="avgmax", backend=kernel_backend)
+        graphs.append((g, shape, (x, w1, b1, w2, b2), y))
+    for step in range(3):
+        for i, (g, shape, (x, w1, b1, w2, b2), y) in enumerate(graphs):
+            with torch.no_grad():
+                x.copy_(make_case(shape, torch.float32, seed=50 + 10 * step + i)[0])
+            g.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(y, reference.se(x, w1, b1, w2, b2, "relu", "sigmoid", "avgmax"),
+                                       rtol=1e-5, atol=1e-5)
+            with torch.cuda.stream(side):
+                _check_fwd_bwd_and_no_grad(kernel_backend, (7, 64, 10, 10, 16), seed=60 + step)
+            torch.cuda.synchronize()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_se_runs_on_x_device_not_the_current_one(kernel_backend):
     """x on cuda:1 while cuda:0 is current: the kernels must run on x's device (Triton launches

@@ -108,6 +108,39 @@ _scratch: dict = {}
 # Stream object each call: a few us of host time per launch at batch 1).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream",
                       lambda index: torch.cuda.current_stream(index).cuda_stream)
+_stream_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
+
+
+def capturing(device: torch.device) -> bool:
+    """True while the current stream is capturing a CUDA graph (torch.cuda.graph, or inductor's
+    CUDA graph trees recording): the call then uses buffers of its own, not the caches'."""
+    return device.type == "cuda" and _stream_capturing()
+
+
+def _outside_graph_pools(device: torch.device, make):
+    """make() for a buffer that a cache keeps, allocated where no CUDA graph pool takes it.
+    Inductor's CUDA graph trees (torch.compile mode="reduce-overhead") route every allocation of
+    the thread that warms up a graph to their private pool, and reset that pool to a checkpoint
+    when the tree branches, freeing whatever it holds: a cached buffer allocated there would be
+    freed under the cache. The routing is per thread, so a helper thread allocates, on the
+    caller's stream (it runs only when a cache grows: the first call of a stream, a larger shape)."""
+    if device.type != "cuda":
+        return make()
+    stream = torch.cuda.current_stream(device)
+    box = []
+
+    def run():
+        try:
+            with torch.cuda.stream(stream):
+                box.append(make())
+        except BaseException as e:  # re-raised in the caller
+            box.append(e)
+    helper = threading.Thread(target=run, name="attnkernels-alloc")
+    helper.start()
+    helper.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _order_key(device: torch.device):
@@ -121,12 +154,15 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     """A zeroed int32 buffer of >= n arrival counters, cached per (device, stream). Kernels that
     use it ("the last program of a sample finishes the job") reset their counter to 0 when done,
     so the buffer needs no memset launch per call, and calls on one stream run in order, so
-    they never share a counter at the same time."""
+    they never share a counter at the same time. While a CUDA graph is being captured, a fresh
+    zeroed buffer of the call's own: a graph-owned temporary, whose memset the graph replays."""
+    if capturing(device):
+        return torch.zeros(n, dtype=torch.int32, device=device)
     key = (device, _order_key(device))
     buf = _counters.get(key)
     if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _counters[key] = buf
+        buf = _counters[key] = _outside_graph_pools(
+            device, lambda: torch.zeros(max(n, 1024), dtype=torch.int32, device=device))
     return buf
 
 
@@ -140,14 +176,18 @@ def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int, across_lau
     still fails the tests. across_launches: the name of a set of buffers that one launch of a
     call writes and a later one reads (the inference forward's per-(n, c) vectors, the
     backward's gradients of them); another thread's call on the same stream could land between
-    the two, so those are cached per thread too."""
+    the two, so those are cached per thread too. While a CUDA graph is being captured: fresh
+    buffers (graph-owned temporaries), so no two graphs, nor a graph and eager calls, share one."""
+    if capturing(device):
+        return [_fill(torch.empty(n, dtype=dtype, device=device)) for n in sizes]
     key = (device, _order_key(device), dtype,
            (across_launches, threading.get_ident()) if across_launches else None)
     bufs = _scratch.get(key)
     if bufs is None or len(bufs) < len(sizes) or any(b.numel() < n for b, n in zip(bufs, sizes)):
         old = bufs or []
         bufs = _scratch[key] = [
-            old[i] if i < len(old) and old[i].numel() >= n else torch.empty(max(n, 1024), dtype=dtype, device=device)
+            old[i] if i < len(old) and old[i].numel() >= n else
+            _outside_graph_pools(device, lambda n=n: torch.empty(max(n, 1024), dtype=dtype, device=device))
             for i, n in enumerate(sizes)]
     if _poison_active():
         for b in bufs:
