@@ -8,6 +8,8 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.SqueezeExcitation
   timm.layers.SEModule (= timm.layers.squeeze_excite.SEModule)
       -> attnkernels.SEModule
+  timm.models._efficientnet_blocks.SqueezeExcite (timm's EfficientNet, MobileNetV3, MixNet, ...)
+      -> attnkernels.SqueezeExcite
 
 The replacement is built with the constructor arguments read off the old module (channels,
 squeeze channels, bias, add_maxpool), reusing the old activation / gate / norm module
@@ -21,13 +23,14 @@ torchvision and timm are optional: a library that is not installed is simply not
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections import Counter
 import torch
 from torch import nn
 
 from .backend import get_backend, resolve
-from .se import SEModule, SqueezeExcitation
+from .se import SEModule, SqueezeExcitation, SqueezeExcite
 
 __all__ = ["convert", "convert_report", "convertible_types"]
 
@@ -45,6 +48,11 @@ def convertible_types() -> dict:
         table[TimmSEModule] = _from_timm
     except Exception:
         pass
+    # timm.models registers every model when imported (seconds): only looked up if loaded, as it
+    # is when a model holds one of its blocks
+    blocks = sys.modules.get("timm.models._efficientnet_blocks")
+    if blocks is not None and hasattr(blocks, "SqueezeExcite"):
+        table[blocks.SqueezeExcite] = _from_timm_efficientnet
     return table
 
 
@@ -68,6 +76,11 @@ def _from_timm(old: nn.Module) -> nn.Module:
                     gate_layer=old.gate)
 
 
+def _from_timm_efficientnet(old: nn.Module) -> nn.Module:
+    return SqueezeExcite(old.conv_reduce.in_channels, rd_channels=old.conv_reduce.out_channels,
+                         act_layer=old.act1, gate_layer=old.gate)
+
+
 def _swap_one(old: nn.Module, build) -> nn.Module:
     requires_grad = {n: p.requires_grad for n, p in old.named_parameters()}
     training = {n: m.training for n, m in old.named_modules()}
@@ -83,10 +96,11 @@ def _swap_one(old: nn.Module, build) -> nn.Module:
 
 
 def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
-    """Swap every torchvision SqueezeExcitation / timm SEModule in `model` for attnkernels'
-    fused drop-in and return the model (a deep copy when inplace=False). If `model` itself is
-    such a block, the returned module is its replacement. A block that cannot be converted
-    (e.g. an unexpected layout) is left as is with a warning. The number swapped per class is
+    """Swap every torchvision SqueezeExcitation / timm SEModule / timm EfficientNet-block
+    SqueezeExcite in `model` for attnkernels' fused drop-in and return the model (a deep copy
+    when inplace=False). If `model` itself is such a block, the returned module is its
+    replacement. A block that cannot be converted (e.g. an unexpected layout) is left as is
+    with a warning. The number swapped per class is
     stored on the returned model as ``_attnkernels_converted`` (see convert_report)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
@@ -134,7 +148,7 @@ def convert_report(model: nn.Module, device=None) -> dict:
     `device` defaults to the model's first parameter's device."""
     fused, fallback, by_cfg = 0, 0, Counter()
     for m in model.modules():
-        if isinstance(m, (SqueezeExcitation, SEModule)):
+        if isinstance(m, (SqueezeExcitation, SEModule, SqueezeExcite)):
             opts = m.fused_options()
             if opts is None:
                 fallback += 1

@@ -233,48 +233,69 @@ def _weight(conv: nn.Conv2d, x: Tensor):
     return w, b
 
 
-def _fused_se(module: nn.Module, x: Tensor, act: str, gate: str, pool: str) -> Tensor:
-    mods = module._modules
-    w1, b1 = _weight(mods["fc1"], x)
-    w2, b2 = _weight(mods["fc2"], x)
-    return se(x, w1, b1, w2, b2, act=act, gate=gate, pool=pool)
+class _FusedSE:
+    """The drop-ins' forward: the fused op on the module's two 1x1 convs when fused_options()
+    says it can run it, else the eager forward of the module it replaces (the next class in the
+    MRO: its reference twin). Each drop-in names its submodules; one that the fused op cannot
+    run in some configurations also overrides _fusable."""
 
+    _CONVS = ("fc1", "fc2")  # reduce, expand
+    _ACT_GATE = ("act", "gate")
 
-class SqueezeExcitation(reference.SqueezeExcitation):
-    """Drop-in for torchvision.ops.SqueezeExcitation (same constructor, submodules, `_scale`
-    and state_dict); forward runs the fused op when activation and scale_activation are ones
-    it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid) and no hooks sit on fc1/fc2 (pruning,
-    weight norm, ...), else the eager path."""
+    def _fusable(self) -> bool:
+        return True
 
-    def fused_options(self):
-        """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
-        mods = self._modules
-        act, gate = act_name(mods["activation"]), gate_name(mods["scale_activation"])
-        if act is None or gate is None or _hooked(mods["fc1"], mods["fc2"]):
-            return None
-        return act, gate, "avg"
-
-    def forward(self, input: Tensor) -> Tensor:
-        opts = self.fused_options()
-        if opts is None:
-            return super().forward(input)
-        return _fused_se(self, input, *opts)
-
-
-class SEModule(reference.SEModule):
-    """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
-    norm_layer or an activation the fused op lacks is configured, or hooks sit on fc1/fc2."""
+    def _pool(self) -> str:
+        return "avg"
 
     def fused_options(self):
         """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
         mods = self._modules
-        act, gate = act_name(mods["act"]), gate_name(mods["gate"])
-        if act is None or gate is None or not isinstance(mods["bn"], nn.Identity) or _hooked(mods["fc1"], mods["fc2"]):
+        reduce, expand = self._CONVS
+        act_mod, gate_mod = self._ACT_GATE
+        act, gate = act_name(mods[act_mod]), gate_name(mods[gate_mod])
+        if act is None or gate is None or not self._fusable() or _hooked(mods[reduce], mods[expand]):
             return None
-        return act, gate, "avgmax" if self.add_maxpool else "avg"
+        return act, gate, self._pool()
 
     def forward(self, x: Tensor) -> Tensor:
         opts = self.fused_options()
         if opts is None:
             return super().forward(x)
-        return _fused_se(self, x, *opts)
+        mods = self._modules
+        w1, b1 = _weight(mods[self._CONVS[0]], x)
+        w2, b2 = _weight(mods[self._CONVS[1]], x)
+        return se(x, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
+
+
+class SqueezeExcitation(_FusedSE, reference.SqueezeExcitation):
+    """Drop-in for torchvision.ops.SqueezeExcitation (same constructor, submodules, `_scale`
+    and state_dict); forward runs the fused op when activation and scale_activation are ones
+    it has (ReLU/SiLU/Hardswish/GELU, Sigmoid/Hardsigmoid) and no hooks sit on fc1/fc2 (pruning,
+    weight norm, ...), else the eager path."""
+
+    _ACT_GATE = ("activation", "scale_activation")
+
+    def forward(self, input: Tensor) -> Tensor:  # torchvision's argument name
+        return _FusedSE.forward(self, input)
+
+
+class SEModule(_FusedSE, reference.SEModule):
+    """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
+    norm_layer or an activation the fused op lacks is configured, or hooks sit on fc1/fc2."""
+
+    def _fusable(self) -> bool:
+        return isinstance(self._modules["bn"], nn.Identity)
+
+    def _pool(self) -> str:
+        return "avgmax" if self.add_maxpool else "avg"
+
+
+class SqueezeExcite(_FusedSE, reference.SqueezeExcite):
+    """Drop-in for timm's EfficientNet / MobileNetV3 block SE,
+    timm.models._efficientnet_blocks.SqueezeExcite (same constructor, conv_reduce / act1 /
+    conv_expand / gate and state_dict); fused unless act1 or the gate is one the fused op lacks,
+    or hooks sit on the convs."""
+
+    _CONVS = ("conv_reduce", "conv_expand")
+    _ACT_GATE = ("act1", "gate")

@@ -5,7 +5,8 @@
                                                #      e.g. --quick, --full, --dtypes fp32 ...)
     python3 benchmarks/main.py --demo          # the model demo (CPU, or CUDA tensors on a GPU)
 
-Demo: torchvision mobilenet_v3_large and efficientnet_b0 (random init, eval), SE blocks swapped
+Demo: torchvision mobilenet_v3_large and efficientnet_b0, and timm's efficientnet_b0 when timm is
+installed (random init, eval), SE blocks swapped
 by attnkernels.convert, run on each backend available for the device, outputs checked against
 the unconverted model (max |diff|, PASS/FAIL; exit status 1 on any FAIL).
 """
@@ -66,6 +67,19 @@ def calibrate_bn(model, device):
     return model.eval()
 
 
+def _models(torchvision):
+    """(name, factory) of the demo's models: torchvision's (SqueezeExcitation blocks) and, when
+    timm is installed, its efficientnet_b0 (SE blocks of its own class)."""
+    models = [(arch, lambda arch=arch: getattr(torchvision.models, arch)(weights=None))
+              for arch in ("mobilenet_v3_large", "efficientnet_b0")]
+    try:
+        import timm
+        models.append(("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0", pretrained=False)))
+    except ImportError:
+        pass
+    return models
+
+
 def demo(device):
     import torchvision
 
@@ -78,9 +92,9 @@ def demo(device):
               "1x3x96x96 image; reference and cuda-emu (the CUDA kernels compiled against an "
               "emulator) use 2x3x224x224)")
     rows, failed = [], False
-    for arch in ("mobilenet_v3_large", "efficientnet_b0"):
+    for arch, make in _models(torchvision):
         torch.manual_seed(0)
-        orig = calibrate_bn(getattr(torchvision.models, arch)(weights=None).to(device), device)
+        orig = calibrate_bn(make().to(device), device)
         model = ak.convert(orig, inplace=False)
         rep = convert_report(model)
         print(f"\n{arch}: {sum(rep['swapped'].values())} SE blocks swapped {rep['swapped']}; "
@@ -115,7 +129,7 @@ def demo(device):
             print(f"  {be:10s} {'x'.join(map(str, shape)):12s} max|diff| {diff:.2e} (max|out| {scale:.2f})  "
                   f"{'PASS' if ok else 'FAIL'}  ({t_new:.1f} ms vs {t_orig:.1f} ms unconverted)",
                   flush=True)
-    head = ("model", "backend", "input", "torchvision ms", "converted ms", "max|diff| / max|out|",
+    head = ("model", "backend", "input", "unconverted ms", "converted ms", "max|diff| / max|out|",
             "result")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731

@@ -109,6 +109,28 @@ def test_timm_seresnet18():
     _check_same_output(model, orig, torch.randn(1, 3, 64, 64))
 
 
+@needs_timm
+@pytest.mark.parametrize("name,n_se,config", [
+    ("efficientnet_b0", 16, {"silu/sigmoid/avg": 16}),
+    ("mobilenetv3_large_100", 8, {"relu/hardsigmoid/avg": 8}),
+])
+def test_timm_efficientnet_family(name, n_se, config):
+    """timm's EfficientNet / MobileNetV3 SE is its own class (_efficientnet_blocks.SqueezeExcite):
+    swapped, same keys and Parameters, fused with the block's activation, same output."""
+    from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
+    model, orig = _pair(lambda: timm.create_model(name, pretrained=False))
+    assert _count(model, TimmSqueezeExcite) == n_se
+    keys, params = list(model.state_dict()), dict(model.named_parameters())
+    ak.convert(model)
+    assert _count(model, TimmSqueezeExcite) == 0 and _count(model, ak.SqueezeExcite) == n_se
+    assert list(model.state_dict()) == keys
+    assert all(params[n] is p for n, p in model.named_parameters())
+    rep = convert_report(model)
+    assert rep["by_config"] == config and rep["eager_fallback"] == 0
+    assert rep["swapped"] == {"timm.models._efficientnet_blocks.SqueezeExcite": n_se}
+    _check_same_output(model, orig, torch.randn(1, 3, 64, 64))
+
+
 def _timm_variants():
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1),
@@ -209,6 +231,18 @@ def test_kernel_backend_mobilenet(kernel_backend):
     assert convert_report(model)["device"] == str(model.features[0][0].weight.device)
     x = torch.randn(1, 3, 64, 64, device=DEVICE)
     # cudnn may use TF32 for the convs of both models; the SE blocks are the only difference
+    _check_same_output(model, orig, x, backend=kernel_backend, rtol=1e-3, atol=1e-4)
+
+
+@needs_timm
+def test_kernel_backend_timm_mobilenetv3(kernel_backend):
+    """timm's MobileNetV3 (its SE: _efficientnet_blocks.SqueezeExcite, ReLU / hard_sigmoid)
+    converted, on each kernel backend, matches the unconverted model."""
+    model, orig = _pair(lambda: timm.create_model("mobilenetv3_small_050", pretrained=False))
+    model, orig = model.to(DEVICE), orig.to(DEVICE)
+    ak.convert(model)
+    assert convert_report(model)["fused"] == _count(model, ak.SqueezeExcite) > 0
+    x = torch.randn(1, 3, 64, 64, device=DEVICE)
     _check_same_output(model, orig, x, backend=kernel_backend, rtol=1e-3, atol=1e-4)
 
 

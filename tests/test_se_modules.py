@@ -1,5 +1,8 @@
 """The fused SE modules are drop-ins: same state_dict as torchvision/timm, same outputs and
 gradients, on every kernel backend."""
+import sys
+from unittest import mock
+
 import pytest
 import timm.layers
 import torch
@@ -25,8 +28,11 @@ def _check(real, ours, backend, shape, channels_last=False, dtype=torch.float32,
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with ak.backend(backend):
+    se_module = sys.modules["attnkernels.se"]
+    with ak.backend(backend), mock.patch.object(se_module, "se", wraps=se_module.se) as fused_op:
         ya = ours(xa)
+    # the fused op ran exactly when the module says it fuses (else the eager fallback)
+    assert fused_op.call_count == (ours.fused_options() is not None)
     yb = real(xb)
     torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
     dy = torch.randn(ya.shape, generator=g).to(DEVICE, dtype)
@@ -58,12 +64,33 @@ def test_se_module_matches_timm(kernel_backend, kw):
     _check(real, ours, kernel_backend, (3, 40, 6, 6), channels_last=True)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(act_layer=nn.SiLU), dict(rd_ratio=0.0625, act_layer=nn.Hardswish),
+                                dict(gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_channels=7),
+                                dict(act_layer=timm.layers.activations.Swish, gate_layer=timm.layers.activations.HardSigmoid)],
+                         ids=["relu", "silu", "hardswish", "mobilenetv3", "timm_classes"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_squeeze_excite_matches_timm_efficientnet_block(kernel_backend, kw, channels_last):
+    """timm.models._efficientnet_blocks.SqueezeExcite (EfficientNet / MobileNetV3 blocks): the
+    fused drop-in has its keys and computes its outputs and gradients (C=36 is not a multiple of
+    the reduced width in every case)."""
+    from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
+    real, ours = _pair(TimmSqueezeExcite(36, **kw), ak.SqueezeExcite(36, **kw))
+    assert list(ours.state_dict()) == list(real.state_dict())
+    assert ours.conv_reduce.out_channels == real.conv_reduce.out_channels
+    assert ours.fused_options() is not None
+    _check(real, ours, kernel_backend, (3, 36, 5, 6), channels_last)
+
+
 def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
     real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2, activation=nn.Tanh),
                        ak.SqueezeExcitation(8, 2, activation=nn.Tanh))
     _check(real, ours, kernel_backend, (2, 8, 3, 3))
     real, ours = _pair(timm.layers.SEModule(16, norm_layer=nn.BatchNorm2d).eval(),
                        ak.SEModule(16, norm_layer=nn.BatchNorm2d).eval())
+    _check(real, ours, kernel_backend, (2, 16, 3, 3))
+    from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
+    real, ours = _pair(TimmSqueezeExcite(16, act_layer=nn.Tanh), ak.SqueezeExcite(16, act_layer=nn.Tanh))
+    assert ours.fused_options() is None
     _check(real, ours, kernel_backend, (2, 16, 3, 3))
 
 

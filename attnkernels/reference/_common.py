@@ -43,6 +43,8 @@ def _lookup_name(module: nn.Module, table) -> str | None:
     cname = type(module).__name__.lower().replace("_", "")
     if cname == "gelu" and table is _ACT_MODULES:
         return "gelu"  # timm.layers.GELU: exact erf form
+    if cname in ("swish", "swishme") and table is _ACT_MODULES:
+        return "silu"  # timm.layers.Swish / SwishMe: x * sigmoid(x)
     for _, name in table:
         if cname in (name, name + "me"):
             return name
