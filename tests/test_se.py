@@ -461,22 +461,29 @@ def _graph_capture_case(kernel_backend):
         torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
 
 
-def _check_fwd_bwd_and_no_grad(kernel_backend, shape, seed):
+def _check_fwd_bwd_and_no_grad(kernel_backend, shape, seed, reference_on_cpu=False):
     """Forward + backward, then the no-grad forward (Triton: se_inference), poisoned, against the
-    reference."""
+    reference (computed from CPU copies with reference_on_cpu: no cuBLAS workspace, which is
+    cached per stream, gets allocated on the GPU)."""
     case = make_case(shape, torch.float32, channels_last=seed % 2 == 1, seed=seed)
-    leaves, ref = _leaves(case), _leaves(case)
+    leaves = _leaves(case)
     dy = rand(case[0].shape, torch.float32, case[0].device, torch.Generator().manual_seed(seed))
     with poisoned():
         y = ak.se(*leaves, pool="avgmax", backend=kernel_backend)
         y.backward(dy)
         with torch.no_grad():
             y_ng = ak.se(*case, act="silu", backend=kernel_backend)
+    if reference_on_cpu:
+        case, dy = [None if t is None else t.cpu() for t in case], dy.cpu()
+        y, y_ng, grads = y.cpu(), y_ng.cpu(), [None if t is None else t.grad.cpu() for t in leaves]
+    else:
+        grads = [None if t is None else t.grad for t in leaves]
+    ref = _leaves(case)
     yr = reference.se(*ref, "relu", "sigmoid", "avgmax")
     yr.backward(dy)
     torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), leaves, ref):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
+    for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), grads, ref):
+        torch.testing.assert_close(a, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
     torch.testing.assert_close(y_ng, reference.se(*case, "silu", "sigmoid", "avg"), rtol=1e-5, atol=1e-5)
 
 
@@ -533,8 +540,9 @@ def test_se_caches_stay_out_of_graph_pools(kernel_backend):
     torch._C._cuda_beginAllocateCurrentThreadToPool(device, pool)
     try:
         with torch.cuda.stream(side):
-            _check_fwd_bwd_and_no_grad(kernel_backend, (3, 40, 9, 9, 10), seed=2)
-            _check_fwd_bwd_and_no_grad(kernel_backend, (6, 72, 11, 11, 18), seed=3)  # larger: caches grow
+            _check_fwd_bwd_and_no_grad(kernel_backend, (3, 40, 9, 9, 10), seed=2, reference_on_cpu=True)
+            # larger: the caches grow
+            _check_fwd_bwd_and_no_grad(kernel_backend, (6, 72, 11, 11, 18), seed=3, reference_on_cpu=True)
         torch.cuda.synchronize()
     finally:
         torch._C._cuda_endAllocateToPool(device, pool)
