@@ -54,15 +54,17 @@ def _leaves(tensors):
     return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
 
 
-def run_and_check(backend, case, act, gate, pool, check_grad=True, seed=1):
+def run_and_check(backend, case, act, gate, pool, check_grad=True, seed=1, lowp_reference_on_cpu=False):
     """Forward (+ backward) of the fused op with poisoned outputs vs the reference computed in
-    the same dtype and in fp64."""
+    the same dtype and in fp64. lowp_reference_on_cpu: the same-dtype reference from CPU copies
+    too (no cuBLAS workspace, which cuBLAS caches per stream, gets allocated on the GPU)."""
     x = case[0]
     dy = rand(x.shape, x.dtype, x.device, torch.Generator().manual_seed(seed))
     dy = dy.contiguous(memory_format=torch.channels_last) if not x.is_contiguous() else dy
     opts = dict(act=act, gate=gate, pool=pool)
     # the fp64 reference runs on the CPU: CUDA's fp64 hardsigmoid uses a float 1/6 constant
-    ins, ins_lp, ins_64 = _leaves(case), _leaves(case), _leaves([None if t is None else to64(t).cpu() for t in case])
+    lowp_case = [None if t is None else t.cpu() for t in case] if lowp_reference_on_cpu else case
+    ins, ins_lp, ins_64 = _leaves(case), _leaves(lowp_case), _leaves([None if t is None else to64(t).cpu() for t in case])
     with poisoned():
         y = ak.se(*ins, **opts, backend=backend)
     y_lp = reference.se(*ins_lp, act, gate, pool)
@@ -74,7 +76,7 @@ def run_and_check(backend, case, act, gate, pool, check_grad=True, seed=1):
         return
     with poisoned():
         y.backward(dy)
-    y_lp.backward(dy)
+    y_lp.backward(dy.to(y_lp.device))
     y_64.backward(to64(dy).cpu())
     for name, a, b, c in zip(("dx", "dw1", "db1", "dw2", "db2"), ins, ins_lp, ins_64):
         if a is None:
@@ -462,29 +464,16 @@ def _graph_capture_case(kernel_backend):
 
 
 def _check_fwd_bwd_and_no_grad(kernel_backend, shape, seed, reference_on_cpu=False):
-    """Forward + backward, then the no-grad forward (Triton: se_inference), poisoned, against the
-    reference (computed from CPU copies with reference_on_cpu: no cuBLAS workspace, which is
-    cached per stream, gets allocated on the GPU)."""
+    """run_and_check's forward + backward, then the no-grad forward (Triton: se_inference),
+    poisoned, against the references (all from CPU copies with reference_on_cpu)."""
     case = make_case(shape, torch.float32, channels_last=seed % 2 == 1, seed=seed)
-    leaves = _leaves(case)
-    dy = rand(case[0].shape, torch.float32, case[0].device, torch.Generator().manual_seed(seed))
-    with poisoned():
-        y = ak.se(*leaves, pool="avgmax", backend=kernel_backend)
-        y.backward(dy)
-        with torch.no_grad():
-            y_ng = ak.se(*case, act="silu", backend=kernel_backend)
-    if reference_on_cpu:
-        case, dy = [None if t is None else t.cpu() for t in case], dy.cpu()
-        y, y_ng, grads = y.cpu(), y_ng.cpu(), [None if t is None else t.grad.cpu() for t in leaves]
-    else:
-        grads = [None if t is None else t.grad for t in leaves]
-    ref = _leaves(case)
-    yr = reference.se(*ref, "relu", "sigmoid", "avgmax")
-    yr.backward(dy)
-    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), grads, ref):
-        torch.testing.assert_close(a, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
-    torch.testing.assert_close(y_ng, reference.se(*case, "silu", "sigmoid", "avg"), rtol=1e-5, atol=1e-5)
+    run_and_check(kernel_backend, case, "relu", "sigmoid", "avgmax", seed=seed,
+                  lowp_reference_on_cpu=reference_on_cpu)
+    with poisoned(), torch.no_grad():
+        y = ak.se(*case, act="silu", backend=kernel_backend)
+    lowp_case = [t.cpu() for t in case] if reference_on_cpu else case
+    assert_matches(y, reference.se(*lowp_case, "silu", "sigmoid", "avg"),
+                   reference.se(*[to64(t).cpu() for t in case], "silu", "sigmoid", "avg"), "y (no grad)")
 
 
 def test_se_triton_takes_buffers_of_its_own_while_capturing(monkeypatch):

@@ -611,13 +611,14 @@ def _weights_plan(C: int, Cr: int):
     return (2 * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b
 
 
-def _workspaces(N, Cr, a, dtype, device):
+def _workspaces(N, Cr, a, dtype, device, pipelined=False):
     """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr), counters:
-    the first two are scratch of one launch, cached per stream (_common.workspaces)."""
+    the first two are scratch of one launch, cached per stream (_common.workspaces). The
+    pipelined launches also count per-sample readiness and take a ticket after those counters."""
     split = a["n_split"] > 1
     ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if split else 1,
                          N * a["n_cblk"] * Cr)
-    counters = arrival_counters(device, N + N * a["n_cblk"])
+    counters = arrival_counters(device, N + N * a["n_cblk"] + (N + 1 if pipelined else 0))
     return ws, wsu, counters
 
 
@@ -702,12 +703,10 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
     grid, a, rows = _plan(x, Cr)
-    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device)
-    y = empty_like(x)
     variant, _, lag = request()
+    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=variant == "pipelined")
+    y = empty_like(x)
     if variant == "pipelined":
-        # + per-sample ready counters and the ticket after the split and block counters
-        counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
         launcher(_se_pipelined)[(_pipe_programs(grid, x.device),)](
             x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
             u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
@@ -734,7 +733,9 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     pool_max = pool == "avgmax"
     accd = tl_acc_dtype(x.dtype)
     grid, a, rows = _plan(x, Cr)
-    ws, wsu, counters = _workspaces(N, Cr, a, s.dtype, x.device)
+    variant, _, lag = request()
+    pipelined = variant == "pipelined"
+    ws, wsu, counters = _workspaces(N, Cr, a, s.dtype, x.device, pipelined)
     # the gradients of z and u and the max-pool tie counts pass from the reduce launch to the
     # weight-gradient and dx launches: scratch of this call, like se_inference's vectors
     dz, du, ties = workspaces(x.device, s.dtype, N * C, N * Cr, N * C if pool_max else 1,
@@ -742,10 +743,7 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     if not pool_max:
         ties = s
     dx = empty_like(x)
-    variant, _, lag = request()
-    pipelined = variant == "pipelined"
     if pipelined:
-        counters = arrival_counters(x.device, 2 * N + N * a["n_cblk"] + 1)
         launcher(_se_bwd_pipelined)[(_pipe_programs(grid, x.device),)](
             dy, x, dx, w1, w2, s, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
             N, **a, lag=_pipe_lag(x, lag), **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd,
