@@ -8,6 +8,8 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.SqueezeExcitation
   timm.layers.SEModule (= timm.layers.squeeze_excite.SEModule)
       -> attnkernels.SEModule
+  timm.layers.EffectiveSEModule (ESE: timm's VoVNet, ese_vovnet*)
+      -> attnkernels.EffectiveSEModule
   timm.models._efficientnet_blocks.SqueezeExcite (timm's EfficientNet, MobileNetV3, MixNet, ...)
       -> attnkernels.SqueezeExcite
 
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from .backend import get_backend, resolve
-from .se import SEModule, SqueezeExcitation, SqueezeExcite
+from .se import EffectiveSEModule, SEModule, SqueezeExcitation, SqueezeExcite, _FusedSE
 
 __all__ = ["convert", "convert_report", "convertible_types"]
 
@@ -44,8 +46,10 @@ def convertible_types() -> dict:
     except Exception:  # torchvision missing or broken: nothing to swap from it
         pass
     try:
+        from timm.layers.squeeze_excite import EffectiveSEModule as TimmEffectiveSEModule
         from timm.layers.squeeze_excite import SEModule as TimmSEModule
         table[TimmSEModule] = _from_timm
+        table[TimmEffectiveSEModule] = _from_timm_ese
     except Exception:
         pass
     # timm.models registers every model when imported (seconds): only looked up if loaded, as it
@@ -76,6 +80,11 @@ def _from_timm(old: nn.Module) -> nn.Module:
                     gate_layer=old.gate)
 
 
+def _from_timm_ese(old: nn.Module) -> nn.Module:
+    return EffectiveSEModule(old.fc.in_channels, add_maxpool=bool(getattr(old, "add_maxpool", False)),
+                             gate_layer=_fixed(old.gate))
+
+
 def _from_timm_efficientnet(old: nn.Module) -> nn.Module:
     return SqueezeExcite(old.conv_reduce.in_channels, rd_channels=old.conv_reduce.out_channels,
                          act_layer=old.act1, gate_layer=old.gate)
@@ -96,8 +105,8 @@ def _swap_one(old: nn.Module, build) -> nn.Module:
 
 
 def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
-    """Swap every torchvision SqueezeExcitation / timm SEModule / timm EfficientNet-block
-    SqueezeExcite in `model` for attnkernels' fused drop-in and return the model (a deep copy
+    """Swap every torchvision SqueezeExcitation / timm SEModule / EffectiveSEModule / timm
+    EfficientNet-block SqueezeExcite in `model` for attnkernels' fused drop-in and return the model (a deep copy
     when inplace=False). If `model` itself is such a block, the returned module is its
     replacement. A block that cannot be converted (e.g. an unexpected layout) is left as is
     with a warning. The number swapped per class is
@@ -148,7 +157,7 @@ def convert_report(model: nn.Module, device=None) -> dict:
     `device` defaults to the model's first parameter's device."""
     fused, fallback, by_cfg = 0, 0, Counter()
     for m in model.modules():
-        if isinstance(m, (SqueezeExcitation, SEModule, SqueezeExcite)):
+        if isinstance(m, _FusedSE):
             opts = m.fused_options()
             if opts is None:
                 fallback += 1

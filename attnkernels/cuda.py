@@ -46,7 +46,7 @@ __all__ = [
 
 _EXT = "attnkernels._C"
 _NAMES = ("cuda", "cuda-emu")
-_ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3}
+_ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3, "identity": 4}
 _GATE = {"sigmoid": 0, "hardsigmoid": 1}
 _POOL = {"avg": 0, "avgmax": 1}
 _VARIANT = {"auto": 0, "split": 1, "fused": 2, "pipelined": 3}

@@ -5,7 +5,8 @@ is attnkernels/reference/se.py.
 Backend contract (every kernel backend module implements se_forward and se_backward):
   se_forward(x, w1, b1, w2, b2, act, gate, pool) -> (y, s, z, u, p, pmax)
     x (N, C, H, W), N >= 1, contiguous in NCHW or channels_last; w1 (Cr, C), w2 (C, Cr)
-    contiguous; b1 (Cr,) / b2 (C,) or None; all of x's dtype and device. y: like x (same memory
+    contiguous; b1 (Cr,) / b2 (C,) or None; all of x's dtype and device. w1 None (b1 None): the
+    single-layer form, w2 (C, C), Cr = C, u = p. y: like x (same memory
     format). s = gate(z), z = fc2 output, u = fc1 output (pre-activation), p = pooled MLP input,
     pmax = channel max (pool "avgmax") or an empty (0,) tensor: all in the accumulation dtype
     (fp64 for fp64 x, else fp32).
@@ -13,7 +14,8 @@ Backend contract (every kernel backend module implements se_forward and se_backw
     se_forward's y when no backward follows (the per-(n, c) vectors may go to reused scratch).
     Backends with their own eager path (cuda, cuda-emu: `se_eager`) need not have it.
   se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool) -> (dx, dw1, db1, dw2, db2)
-    dy of x's shape, dtype and memory format; dx like x; weight/bias grads in the weight dtype.
+    dy of x's shape, dtype and memory format; dx like x; weight/bias grads in the weight dtype
+    (w1 None: dw1, db1 empty (0,) tensors).
     The max-pool gradient is split evenly over tied maxima, as torch.amax's backward does.
 """
 from __future__ import annotations
@@ -40,12 +42,18 @@ _CPP_AUTOGRAD = ("cuda", "cuda-emu")
 # custom ops
 # ---------------------------------------------------------------------------------------------
 def _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool):
-    """Clear errors naming the argument; returns w1, w2 as (out, in) views."""
+    """Clear errors naming the argument; returns w1 (or None: the single-layer form), w2 as
+    (out, in) views."""
     check_tensor(x, "x", 4)
     C = x.shape[1]
-    w1 = as_matrix(w1, "w1", None, C, x)
-    w2 = as_matrix(w2, "w2", C, w1.shape[0], x)
-    check_vector(b1, "b1", w1.shape[0], x)
+    if w1 is None:
+        if b1 is not None:
+            raise ValueError("b1 given without w1 (the single-layer form, w1=None, has no fc1)")
+        w2 = as_matrix(w2, "w2", C, C, x)
+    else:
+        w1 = as_matrix(w1, "w1", None, C, x)
+        w2 = as_matrix(w2, "w2", C, w1.shape[0], x)
+        check_vector(b1, "b1", w1.shape[0], x)
     check_vector(b2, "b2", C, x)
     check_choice(act, "act", tuple(ACTIVATIONS))
     check_choice(gate, "gate", tuple(GATES))
@@ -59,7 +67,7 @@ def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
     _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError("x must be contiguous in NCHW or channels_last")
-    if w1.dim() != 2 or w2.dim() != 2 or not (w1.is_contiguous() and w2.is_contiguous()):
+    if any(w is not None and (w.dim() != 2 or not w.is_contiguous()) for w in (w1, w2)):
         raise ValueError("w1 and w2 must be contiguous (out, in) matrices")
     if any(b is not None and not b.is_contiguous() for b in (b1, b2)):
         raise ValueError("b1 and b2 must be contiguous")
@@ -67,7 +75,7 @@ def _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend):
 
 
 @torch.library.custom_op("attnkernels::se_forward", mutates_args=())
-def se_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+def se_forward(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                act: str, gate: str, pool: str, backend: str
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_op_inputs(x, w1, b1, w2, b2, act, gate, pool, backend)
@@ -79,18 +87,19 @@ def _(x, w1, b1, w2, b2, act, gate, pool, backend):
     N, C = x.shape[:2]
     vec = x.new_empty((N, C), dtype=acc_dtype(x.dtype))
     return (torch.empty_like(x), vec, torch.empty_like(vec),
-            x.new_empty((N, w1.shape[0]), dtype=vec.dtype), torch.empty_like(vec),
+            x.new_empty((N, w2.shape[1]), dtype=vec.dtype), torch.empty_like(vec),
             x.new_empty((N, C) if pool == "avgmax" else (0,), dtype=vec.dtype))
 
 
 @torch.library.custom_op("attnkernels::se_backward", mutates_args=())
-def se_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, s: Tensor, z: Tensor, u: Tensor,
+def se_backward(dy: Tensor, x: Tensor, w1: Optional[Tensor], w2: Tensor, s: Tensor, z: Tensor, u: Tensor,
                 p: Tensor, pmax: Tensor, act: str, gate: str, pool: str, backend: str,
                 variant: str = "auto", bps: int = 0, lag: int = 0
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """variant/bps/lag: the kernel variant request of the forward (attnkernels/_variant.py). An
     argument, not the thread's force_variant: on CUDA the autograd engine runs backward nodes on
-    its own thread, which a thread-local setting of the caller does not reach."""
+    its own thread, which a thread-local setting of the caller does not reach. w1 None (the
+    single-layer form): dw1 and db1 are empty (0,) tensors."""
     _check_op_inputs(x, w1, None, w2, None, act, gate, pool, backend)
     same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
     if dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
@@ -101,14 +110,18 @@ def se_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, s: Tensor, z: Ten
 
 @se_backward.register_fake
 def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend, variant="auto", bps=0, lag=0):
-    return (torch.empty_like(x), torch.empty_like(w1), w1.new_empty((w1.shape[0],)),
-            torch.empty_like(w2), w2.new_empty((w2.shape[0],)))
+    if w1 is None:
+        dw1, db1 = w2.new_empty((0,)), w2.new_empty((0,))
+    else:
+        dw1, db1 = torch.empty_like(w1), w1.new_empty((w1.shape[0],))
+    return torch.empty_like(x), dw1, db1, torch.empty_like(w2), w2.new_empty((w2.shape[0],))
 
 
 def _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax):
     ctx.save_for_backward(x, w1, w2, s, z, u, p, pmax)
     ctx.opts = (act, gate, pool, backend)
     ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.has_w1 = w1 is not None
     ctx.variant = request()  # the backward runs it, on whatever thread autograd runs it
 
 
@@ -117,7 +130,7 @@ def _grads(ctx, dy, backward_fn):
     dy = dy.contiguous(memory_format=memory_format_of(x))
     dx, dw1, db1, dw2, db2 = backward_fn(dy, x, w1, w2, s, z, u, p, pmax, *ctx.opts[:3])
     has_b1, has_b2 = ctx.has_bias
-    return (dx, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None,
+    return (dx, dw1 if ctx.has_w1 else None, db1 if has_b1 else None, dw2, db2 if has_b2 else None,
             None, None, None, None)
 
 
@@ -164,7 +177,7 @@ class _SEFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # functional
 # ---------------------------------------------------------------------------------------------
-def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], *,
+def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], *,
        act: str = "relu", gate: str = "sigmoid", pool: str = "avg",
        backend: Optional[str] = None) -> Tensor:
     """Fused squeeze-and-excitation: y = x * gate(w2 @ act(w1 @ pool(x) + b1) + b2).
@@ -173,7 +186,9 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     layout; other strides are first copied into channels_last if channels are the innermost
     dimension, else NCHW).
     w1: (Cr, C) or (Cr, C, 1, 1); w2: (C, Cr) or (C, Cr, 1, 1); b1 (Cr,), b2 (C,) or None.
-    act: relu | silu | hardswish | gelu; gate: sigmoid | hardsigmoid;
+    w1=None (and b1=None): the single-layer form y = x * gate(w2 @ act(pool(x)) + b2), w2 (C, C):
+    timm's EffectiveSEModule (ESE) with act="identity".
+    act: relu | silu | hardswish | gelu | identity; gate: sigmoid | hardsigmoid;
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
@@ -194,10 +209,10 @@ def se(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Ten
     x = x.contiguous(memory_format=memory_format_of(x))
     b1 = b1.contiguous() if b1 is not None else None  # the kernels index biases densely
     b2 = b2.contiguous() if b2 is not None else None
-    args = (x, w1.contiguous(), b1, w2.contiguous(), b2, act, gate, pool, name)
+    args = (x, w1.contiguous() if w1 is not None else None, b1, w2.contiguous(), b2, act, gate, pool, name)
     if torch.compiler.is_compiling():
         return se_forward(*args)[0]
-    if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad
+    if torch.is_grad_enabled() and (x.requires_grad or (w1 is not None and w1.requires_grad) or w2.requires_grad
                                     or (b1 is not None and b1.requires_grad)
                                     or (b2 is not None and b2.requires_grad)):
         return _SEFunction.apply(*args)
@@ -234,13 +249,14 @@ def _weight(conv: nn.Conv2d, x: Tensor):
 
 
 class _FusedSE:
-    """The drop-ins' forward: the fused op on the module's two 1x1 convs when fused_options()
-    says it can run it, else the eager forward of the module it replaces (the next class in the
-    MRO: its reference twin). Each drop-in names its submodules; one that the fused op cannot
-    run in some configurations also overrides _fusable."""
+    """The drop-ins' forward: the fused op on the module's 1x1 convs when fused_options() says
+    it can run it, else the eager forward of the module it replaces (the next class in the MRO:
+    its reference twin). Each drop-in names its submodules (None: the single-layer form has no
+    reduce conv and no activation); one that the fused op cannot run in some configurations also
+    overrides _fusable."""
 
-    _CONVS = ("fc1", "fc2")  # reduce, expand
-    _ACT_GATE = ("act", "gate")
+    _CONVS = ("fc1", "fc2")  # reduce (or None), expand
+    _ACT_GATE = ("act", "gate")  # activation (or None: identity), gate
 
     def _fusable(self) -> bool:
         return True
@@ -251,10 +267,11 @@ class _FusedSE:
     def fused_options(self):
         """(act, gate, pool) of the fused op this module runs, or None (eager fallback)."""
         mods = self._modules
-        reduce, expand = self._CONVS
         act_mod, gate_mod = self._ACT_GATE
-        act, gate = act_name(mods[act_mod]), gate_name(mods[gate_mod])
-        if act is None or gate is None or not self._fusable() or _hooked(mods[reduce], mods[expand]):
+        act = "identity" if act_mod is None else act_name(mods[act_mod])
+        gate = gate_name(mods[gate_mod])
+        if (act is None or gate is None or not self._fusable()
+                or _hooked(*(mods[name] for name in self._CONVS if name is not None))):
             return None
         return act, gate, self._pool()
 
@@ -263,8 +280,9 @@ class _FusedSE:
         if opts is None:
             return super().forward(x)
         mods = self._modules
-        w1, b1 = _weight(mods[self._CONVS[0]], x)
-        w2, b2 = _weight(mods[self._CONVS[1]], x)
+        reduce, expand = self._CONVS
+        w1, b1 = _weight(mods[reduce], x) if reduce is not None else (None, None)
+        w2, b2 = _weight(mods[expand], x)
         return se(x, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
 
 
@@ -299,3 +317,15 @@ class SqueezeExcite(_FusedSE, reference.SqueezeExcite):
 
     _CONVS = ("conv_reduce", "conv_expand")
     _ACT_GATE = ("act1", "gate")
+
+
+class EffectiveSEModule(_FusedSE, reference.EffectiveSEModule):
+    """Drop-in for timm.layers.EffectiveSEModule (ESE, VoVNet: one C -> C 1x1 conv `fc`, no
+    activation; same constructor and state_dict): the fused op's single-layer form (w1 None,
+    act "identity"); eager if the gate is one the fused op lacks or hooks sit on fc."""
+
+    _CONVS = (None, "fc")
+    _ACT_GATE = (None, "gate")
+
+    def _pool(self) -> str:
+        return "avgmax" if self.add_maxpool else "avg"

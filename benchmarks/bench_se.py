@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """SE benchmark (CUDA GPU): eager torchvision SqueezeExcitation vs torch.compile of it vs the
 attnkernels drop-in on each kernel backend ("triton", "cuda"), forward and forward+backward,
-at the SE shapes of ResNet-50 (SE-ResNet-50), MobileNetV3-Large and EfficientNet-B0.
+at the SE shapes of ResNet-50 (SE-ResNet-50), MobileNetV3-Large and EfficientNet-B0; suite
+"vovnet": timm's EffectiveSEModule (ESE, the single-layer form) at VoVNet-39's stage shapes.
 
     python3 benchmarks/bench_se.py --quick                 # ~2 min on an H100 (compile included)
     python3 benchmarks/bench_se.py                         # "standard": every shape, batch 32, bf16
@@ -69,6 +70,11 @@ SUITES = {
                   shapes=[(32, 112, 8), (96, 56, 4), (144, 56, 6), (144, 28, 6), (240, 28, 10),
                           (240, 14, 10), (480, 14, 20), (672, 14, 28), (672, 7, 28),
                           (1152, 7, 48)]),
+    # timm ese_vovnet39b's ESE blocks (timm.layers.EffectiveSEModule: one C -> C conv, no
+    # activation, hard_sigmoid; stage outputs @ resolution): the fused op's single-layer form,
+    # eager timm module vs ak.EffectiveSEModule. Cr is C (the "reduced" width of the one layer).
+    "vovnet": dict(act="identity", gate="hardsigmoid", batches=(32, 128),
+                   shapes=[(256, 56, 256), (512, 28, 512), (768, 14, 768), (1024, 7, 1024)]),
 }
 
 # --quick: one or two shapes per model, bf16, both layouts, both modes (< 2 min with compile)
@@ -177,7 +183,8 @@ def build_configs(args):
     if args.cpu_smoke:
         dt = _csv_list(args.dtypes, DTYPES, "dtype")[0] if args.dtypes else "fp32"
         return [("resnet50", 2, 32, 5, 4, "relu", "sigmoid", dt, "nchw"),
-                ("mbv3", 2, 24, 6, 8, "relu", "hardsigmoid", dt, "cl")]
+                ("mbv3", 2, 24, 6, 8, "relu", "hardsigmoid", dt, "cl"),
+                ("vovnet", 2, 16, 5, 16, "identity", "hardsigmoid", dt, "cl")]
     if args.quick:
         shapes = [q for q in QUICK]
         dtypes, layouts = ["bf16"], ["nchw", "cl"]
@@ -316,8 +323,20 @@ class Rotor:
 # one config
 # ---------------------------------------------------------------------------------------------
 def make_modules(C, Cr, act, gate, dtype):
-    import torchvision
+    """(eager module, its fused drop-in) with the same weights: torchvision's SqueezeExcitation,
+    or for act "identity" (suite vovnet) timm's EffectiveSEModule."""
     import attnkernels as ak
+    if act == "identity":
+        import timm.layers
+        eager = timm.layers.EffectiveSEModule(C, gate_layer=GATE_MODULES[gate])
+        with torch.no_grad():
+            eager.fc.weight.normal_(0, 1.5 / math.sqrt(C))
+            eager.fc.bias.normal_(0, 0.5)
+        eager = eager.to(DEV, dtype)
+        fused = ak.EffectiveSEModule(C, gate_layer=GATE_MODULES[gate]).to(DEV, dtype)
+        fused.load_state_dict(eager.state_dict(), strict=True)
+        return eager, fused
+    import torchvision
     tv = torchvision.ops.SqueezeExcitation(C, Cr, activation=ACT_MODULES[act],
                                            scale_activation=GATE_MODULES[gate])
     with torch.no_grad():  # weights scaled so the gate is not saturated

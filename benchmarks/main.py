@@ -5,8 +5,8 @@
                                                #      e.g. --quick, --full, --dtypes fp32 ...)
     python3 benchmarks/main.py --demo          # the model demo (CPU, or CUDA tensors on a GPU)
 
-Demo: torchvision mobilenet_v3_large and efficientnet_b0, and timm's efficientnet_b0 when timm is
-installed (random init, eval), SE blocks swapped
+Demo: torchvision mobilenet_v3_large and efficientnet_b0, and timm's efficientnet_b0 and
+ese_vovnet19b_dw (ESE blocks) when timm is installed (random init, eval), SE blocks swapped
 by attnkernels.convert, run on each backend available for the device, outputs checked against
 the unconverted model (max |diff|, PASS/FAIL; exit status 1 on any FAIL).
 """
@@ -69,12 +69,14 @@ def calibrate_bn(model, device):
 
 def _models(torchvision):
     """(name, factory) of the demo's models: torchvision's (SqueezeExcitation blocks) and, when
-    timm is installed, its efficientnet_b0 (SE blocks of its own class)."""
+    timm is installed, its efficientnet_b0 (SE blocks of its own class) and ese_vovnet19b_dw
+    (EffectiveSEModule: the fused op's single-layer form)."""
     models = [(arch, lambda arch=arch: getattr(torchvision.models, arch)(weights=None))
               for arch in ("mobilenet_v3_large", "efficientnet_b0")]
     try:
         import timm
         models.append(("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0", pretrained=False)))
+        models.append(("timm ese_vovnet19b_dw", lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False)))
     except ImportError:
         pass
     return models

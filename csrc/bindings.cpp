@@ -242,9 +242,9 @@ struct Opts {
   const Backend* be;  // x's
 };
 
-se::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const Opts& o) {
+se::Problem problem(const at::Tensor& x, const at::Tensor& w2, bool nhwc, const Opts& o) {
   const Backend& be = *o.be;
-  TORCH_CHECK(o.act >= 0 && o.act <= 3 && o.gate >= 0 && o.gate <= 1 && o.pool >= 0 && o.pool <= 1, "se (",
+  TORCH_CHECK(o.act >= 0 && o.act <= 4 && o.gate >= 0 && o.gate <= 1 && o.pool >= 0 && o.pool <= 1, "se (",
               be.name, "): bad act/gate/pool code");
   TORCH_CHECK(o.variant >= 0 && o.variant <= 3, "se (", be.name, "): bad variant code");
   se::Problem pr;
@@ -253,7 +253,7 @@ se::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const 
   pr.C = check_int(be, x.size(1), "C");
   pr.HW = check_int(be, x.size(2) * x.size(3), "H*W");
   check_int(be, x.size(1) * x.size(2) * x.size(3), "C*H*W");
-  pr.Cr = check_int(be, w1.size(0), "Cr");
+  pr.Cr = check_int(be, w2.size(1), "Cr");
   pr.nhwc = nhwc;
   pr.act = (int)o.act;
   pr.gate = (int)o.gate;
@@ -261,19 +261,28 @@ se::Problem problem(const at::Tensor& x, const at::Tensor& w1, bool nhwc, const 
   return pr;
 }
 
+bool given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
 // x, w1 (Cr, C), w2 (C, Cr) and the biases as the kernels take them; true for channels_last x.
-bool check_forward_inputs(const Backend& be, const at::Tensor& x, const at::Tensor& w1,
+// No w1 (nor b1): the single-layer form, w2 (C, C).
+bool check_forward_inputs(const Backend& be, const at::Tensor& x, const c10::optional<at::Tensor>& w1,
                           const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                           const c10::optional<at::Tensor>& b2) {
   // (be is x's build: backend_of has refused a device without one)
   const bool nhwc = layout_of(be, x, "x");
   const at::ScalarType dt = x.scalar_type();
   dtype_code(be, dt);
-  check_tensor(be, w1, x, "w1", dt, 2);
   check_tensor(be, w2, x, "w2", dt, 2);
-  const int64_t C = x.size(1), Cr = w1.size(0);
-  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cr, "se (", be.name, "): weight shapes w1 ",
-              w1.sizes(), ", w2 ", w2.sizes(), " do not match C=", C);
+  const int64_t C = x.size(1), Cr = w2.size(1);
+  if (given(w1)) {
+    check_tensor(be, *w1, x, "w1", dt, 2);
+    TORCH_CHECK(w1->size(0) == Cr && w1->size(1) == C && w2.size(0) == C, "se (", be.name, "): weight shapes w1 ",
+                w1->sizes(), ", w2 ", w2.sizes(), " do not match C=", C);
+  } else {
+    TORCH_CHECK(w2.size(0) == C && Cr == C, "se (", be.name, "): without w1, w2 must be (C, C), got ", w2.sizes(),
+                " for C=", C);
+    TORCH_CHECK(!given(b1), "se (", be.name, "): b1 given without w1");
+  }
   if (b1.has_value() && b1->defined()) {
     check_tensor(be, *b1, x, "b1", dt, 1);
     TORCH_CHECK(b1->size(0) == Cr, "se (", be.name, "): b1 must be (Cr,)");
@@ -314,14 +323,15 @@ std::string& last_variant_slot() {
 }
 
 // The forward on checked inputs: y and the stats are allocated by the caller.
-void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                 const c10::optional<at::Tensor>& b2, bool nhwc, const at::Tensor& y, const Stats& st, const Opts& o) {
+void run_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w1, const c10::optional<at::Tensor>& b1,
+                 const at::Tensor& w2, const c10::optional<at::Tensor>& b2, bool nhwc, const at::Tensor& y,
+                 const Stats& st, const Opts& o) {
   const Backend& be = *o.be;
-  se::Problem pr = problem(x, w1, nhwc, o);
+  se::Problem pr = problem(x, w2, nhwc, o);
   std::vector<at::Tensor> keep;
   se::FwdIO io;
   io.x = x.data_ptr();
-  io.w1 = w1.data_ptr();
+  io.w1 = given(w1) ? w1->data_ptr() : nullptr;  // null: the single-layer form
   io.b1 = b1.has_value() && b1->defined() ? b1->data_ptr() : nullptr;
   io.w2 = w2.data_ptr();
   io.b2 = b2.has_value() && b2->defined() ? b2->data_ptr() : nullptr;
@@ -334,21 +344,22 @@ void run_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<
 }
 
 // The backward on checked inputs: dx and the weight/bias gradients are allocated by the caller.
-void run_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, bool nhwc,
-                  const Stats& st, const at::Tensor& dx, const at::Tensor& dw1, const at::Tensor& db1,
-                  const at::Tensor& dw2, const at::Tensor& db2, const Opts& o) {
+void run_backward(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& w1,
+                  const at::Tensor& w2, bool nhwc, const Stats& st, const at::Tensor& dx, const at::Tensor& dw1,
+                  const at::Tensor& db1, const at::Tensor& dw2, const at::Tensor& db2, const Opts& o) {
   const Backend& be = *o.be;
-  se::Problem pr = problem(x, w1, nhwc, o);
+  se::Problem pr = problem(x, w2, nhwc, o);
   std::vector<at::Tensor> keep;
   se::BwdIO io;
   io.dy = dy.data_ptr();
   io.x = x.data_ptr();
-  io.w1 = w1.data_ptr();
+  const bool fc1 = given(w1);
+  io.w1 = fc1 ? w1->data_ptr() : nullptr;  // null: the single-layer form, no dw1 / db1
   io.w2 = w2.data_ptr();
   set_stats(io, st, o.pool);
   io.dx = dx.data_ptr();
-  io.dw1 = dw1.data_ptr();
-  io.db1 = db1.data_ptr();
+  io.dw1 = fc1 ? dw1.data_ptr() : nullptr;
+  io.db1 = fc1 ? db1.data_ptr() : nullptr;
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
   io.counters = counters_for(be, x, pr.N + 1, keep);  // + the pipelined variant's ticket
@@ -365,22 +376,24 @@ void check_dy(const Backend& be, const at::Tensor& dy, const at::Tensor& x, bool
               "): dy must have the memory format of x");
 }
 
-// Weight and bias gradients in the weight dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alloc_wgrads(const at::Tensor& w1, int64_t C, int64_t Cr) {
-  return {at::empty({Cr, C}, w1.options()), at::empty({Cr}, w1.options()), at::empty({C, Cr}, w1.options()),
-          at::empty({C}, w1.options())};
+// Weight and bias gradients in the weight dtype (single-layer form: dw1, db1 empty (0,)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> alloc_wgrads(const at::Tensor& w2, bool fc1, int64_t C,
+                                                                        int64_t Cr) {
+  const auto opt = w2.options();
+  return {fc1 ? at::empty({Cr, C}, opt) : at::empty({0}, opt), at::empty({fc1 ? Cr : 0}, opt),
+          at::empty({C, Cr}, opt), at::empty({C}, opt)};
 }
 
 // ---- the raw ops (attnkernels::se_forward / se_backward custom ops, torch.compile's path) ----
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::string> se_forward(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-    const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool, int64_t variant,
-    int64_t bps_hint, int64_t lag_hint, bool poison) {
+    const at::Tensor& x, const c10::optional<at::Tensor>& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2, int64_t act, int64_t gate, int64_t pool,
+    int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
   const Backend& be = backend_of(x);
   const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison, &be};
   const bool nhwc = check_forward_inputs(be, x, w1, b1, w2, b2);
   const DeviceFor device(x);
-  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+  const int64_t N = x.size(0), C = x.size(1), Cr = w2.size(1);
   const auto accopt = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor y = at::empty_like(x);  // same strides as x (dense)
   at::Tensor s = at::empty({N, C}, accopt), z = at::empty({N, C}, accopt), u = at::empty({N, Cr}, accopt),
@@ -393,7 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
-    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
+    const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& w1, const at::Tensor& w2,
+    const at::Tensor& s,
     const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
     int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
   const Backend& be = backend_of(x);
@@ -401,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const bool nhwc = check_forward_inputs(be, x, w1, c10::nullopt, w2, c10::nullopt);
   check_dy(be, dy, x, nhwc);
   const at::ScalarType at_ = acc_dtype(x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+  const int64_t N = x.size(0), C = x.size(1), Cr = w2.size(1);
   check_tensor(be, s, x, "s", at_, 2);
   check_tensor(be, z, x, "z", at_, 2);
   check_tensor(be, u, x, "u", at_, 2);
@@ -415,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   }
   const DeviceFor device(x);
   at::Tensor dx = at::empty_like(x);
-  auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
+  auto [dw1, db1, dw2, db2] = alloc_wgrads(w2, given(w1), C, Cr);
   if (poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
   run_backward(dy, x, w1, w2, nhwc, Stats{s.data_ptr(), z.data_ptr(), u.data_ptr(), p.data_ptr(), pmax.data_ptr()},
                dx, dw1, db1, dw2, db2, o);
@@ -458,12 +472,14 @@ using torch::autograd::variable_list;
 
 struct SEFunction : public torch::autograd::Function<SEFunction> {
   // Runs with autograd off; saves x (in the kernels' layout), the weight matrices and the stats.
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w1_in,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const c10::optional<at::Tensor>& w1_in,
                             const c10::optional<at::Tensor>& b1_in, const at::Tensor& w2_in,
                             const c10::optional<at::Tensor>& b2_in, Opts o) {
     const Backend& be = *o.be;
     at::Tensor x = x_in.contiguous(kernel_format(x_in));
-    at::Tensor w1 = as_matrix(be, w1_in, "w1"), w2 = as_matrix(be, w2_in, "w2");
+    const c10::optional<at::Tensor> w1 =
+        given(w1_in) ? c10::optional<at::Tensor>(as_matrix(be, *w1_in, "w1")) : c10::nullopt;
+    at::Tensor w2 = as_matrix(be, w2_in, "w2");
     auto dense = [](const c10::optional<at::Tensor>& b) -> c10::optional<at::Tensor> {
       if (b.has_value() && b->defined()) return b->contiguous();
       return c10::nullopt;
@@ -471,17 +487,17 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
     const c10::optional<at::Tensor> b1 = dense(b1_in), b2 = dense(b2_in);
     const bool nhwc = check_forward_inputs(be, x, w1, b1, w2, b2);
     const DeviceFor device(x);
-    const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+    const int64_t N = x.size(0), C = x.size(1), Cr = w2.size(1);
     at::Tensor y = at::empty_like(x);
     at::Tensor stats = at::empty({stats_numel(N, C, Cr, o.pool)}, x.options().dtype(acc_dtype(x.scalar_type())));
     if (o.poison) poison_all({&y, &stats});
     run_forward(x, w1, b1, w2, b2, nhwc, y, stats_view(stats, N, C, o.pool), o);
     if (ctx != nullptr) {
-      ctx->save_for_backward({x, w1, w2, stats});
+      ctx->save_for_backward({x, w1.value_or(at::Tensor()), w2, stats});  // w1 undefined: single layer
       ctx->saved_data["opts"] = std::vector<int64_t>{o.act, o.gate, o.pool, o.variant, o.bps_hint, o.lag_hint,
                                                       o.poison ? 1 : 0};
       ctx->saved_data["bias"] = std::vector<int64_t>{b1.has_value() && b1->defined(), b2.has_value() && b2->defined()};
-      ctx->saved_data["w1_shape"] = w1_in.sizes().vec();
+      if (w1) ctx->saved_data["w1_shape"] = w1_in->sizes().vec();
       ctx->saved_data["w2_shape"] = w2_in.sizes().vec();
     }
     return y;
@@ -490,7 +506,8 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // Differentiating the gradient (create_graph=True) would silently treat it as a constant.
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &w1 = saved[1], &w2 = saved[2], &stats = saved[3];
+    const at::Tensor &x = saved[0], &w2 = saved[2], &stats = saved[3];
+    const c10::optional<at::Tensor> w1 = saved[1].defined() ? c10::optional<at::Tensor>(saved[1]) : c10::nullopt;
     const Backend& be = backend_of(x);
     TORCH_CHECK(!at::GradMode::is_enabled(), "se (", be.name,
                 "): double backward (create_graph=True through the fused SE) is not supported");
@@ -501,9 +518,9 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
     at::Tensor dy = grads[0].contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
     check_dy(be, dy, x, nhwc);
     const DeviceFor device(x);
-    const int64_t N = x.size(0), C = x.size(1), Cr = w1.size(0);
+    const int64_t N = x.size(0), C = x.size(1), Cr = w2.size(1);
     at::Tensor dx = at::empty_like(x);
-    auto [dw1, db1, dw2, db2] = alloc_wgrads(w1, C, Cr);
+    auto [dw1, db1, dw2, db2] = alloc_wgrads(w2, w1.has_value(), C, Cr);
     if (o.poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
     run_backward(dy, x, w1, w2, nhwc, stats_view(stats, N, C, o.pool), dx, dw1, db1, dw2, db2, o);
     // the weight gradients in the shapes the weights came in (conv weights: (out, in, 1, 1))
@@ -511,25 +528,26 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
       const std::vector<int64_t> shape = ctx->saved_data[key].toIntVector();
       return shape.size() == 2 ? g : g.view(shape);
     };
-    return {dx, shaped(dw1, "w1_shape"), bias[0] ? db1 : at::Tensor(), shaped(dw2, "w2_shape"),
+    return {dx, w1 ? shaped(dw1, "w1_shape") : at::Tensor(), bias[0] ? db1 : at::Tensor(), shaped(dw2, "w2_shape"),
             bias[1] ? db2 : at::Tensor(), at::Tensor()};
   }
 };
 
 // -> (y, the variant that ran). Autograd records the op only when it has something to record.
-std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const at::Tensor& w1,
+std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const c10::optional<at::Tensor>& w1,
                                              const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                                              const c10::optional<at::Tensor>& b2, const std::string& act,
                                              const std::string& gate, const std::string& pool, int64_t variant,
                                              int64_t bps_hint, int64_t lag_hint, bool poison) {
   const Backend& be = backend_of(x);
-  const Opts o{code_of(be, act, {"relu", "silu", "hardswish", "gelu"}, "act"),
+  const Opts o{code_of(be, act, {"relu", "silu", "hardswish", "gelu", "identity"}, "act"),
                code_of(be, gate, {"sigmoid", "hardsigmoid"}, "gate"), code_of(be, pool, {"avg", "avgmax"}, "pool"),
                variant, bps_hint, lag_hint, poison, &be};
   auto wants_grad = [](const at::Tensor& t) { return t.requires_grad(); };
   const bool record = at::GradMode::is_enabled() &&
-                      (wants_grad(x) || wants_grad(w1) || wants_grad(w2) || (b1.has_value() && wants_grad(*b1)) ||
-                       (b2.has_value() && wants_grad(*b2)));
+                      (wants_grad(x) || (given(w1) && wants_grad(*w1)) || wants_grad(w2) ||
+                       (given(b1) && wants_grad(*b1)) ||
+                       (given(b2) && wants_grad(*b2)));
   at::Tensor y;
   if (record) {
     y = SEFunction::apply(x, w1, b1, w2, b2, o);

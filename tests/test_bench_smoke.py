@@ -30,6 +30,7 @@ def test_bench_se_cpu_smoke(tmp_path):
         forced = row["impl"].partition(":")[2].partition("@")[0]
         assert not forced or row["variant"] == forced, row
     assert {row["mode"] for row in rows} == {"fwd", "fwdbwd"}
+    assert {row["suite"] for row in rows} == {"resnet50", "mbv3", "vovnet"}  # vovnet: ESE, single layer
     assert (tmp_path / "smoke.md").exists()
 
 

@@ -131,6 +131,24 @@ def test_timm_efficientnet_family(name, n_se, config):
     _check_same_output(model, orig, torch.randn(1, 3, 64, 64))
 
 
+@needs_timm
+def test_timm_vovnet_effective_se():
+    """timm's VoVNet SE is timm.layers.EffectiveSEModule (ESE): swapped for the drop-in, which
+    runs the fused op's single-layer form; same keys, Parameters and output."""
+    model, orig = _pair(lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False))
+    n_se = _count(model, timm.layers.EffectiveSEModule)
+    assert n_se == 4
+    keys, params = list(model.state_dict()), dict(model.named_parameters())
+    ak.convert(model)
+    assert _count(model, timm.layers.EffectiveSEModule) == 0 and _count(model, ak.EffectiveSEModule) == n_se
+    assert list(model.state_dict()) == keys
+    assert all(params[n] is p for n, p in model.named_parameters())
+    rep = convert_report(model)
+    assert rep["by_config"] == {"identity/hardsigmoid/avg": n_se} and rep["eager_fallback"] == 0
+    assert rep["swapped"] == {"timm.layers.squeeze_excite.EffectiveSEModule": n_se}
+    _check_same_output(model, orig, torch.randn(1, 3, 64, 64))
+
+
 def _timm_variants():
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1),
@@ -242,6 +260,18 @@ def test_kernel_backend_timm_mobilenetv3(kernel_backend):
     model, orig = model.to(DEVICE), orig.to(DEVICE)
     ak.convert(model)
     assert convert_report(model)["fused"] == _count(model, ak.SqueezeExcite) > 0
+    x = torch.randn(1, 3, 64, 64, device=DEVICE)
+    _check_same_output(model, orig, x, backend=kernel_backend, rtol=1e-3, atol=1e-4)
+
+
+@needs_timm
+def test_kernel_backend_timm_vovnet(kernel_backend):
+    """timm's ese_vovnet19b_dw (ESE blocks: the single-layer form) converted, on each kernel
+    backend, matches the unconverted model."""
+    model, orig = _pair(lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False))
+    model, orig = model.to(DEVICE), orig.to(DEVICE)
+    ak.convert(model)
+    assert convert_report(model)["fused"] == _count(model, ak.EffectiveSEModule) == 4
     x = torch.randn(1, 3, 64, 64, device=DEVICE)
     _check_same_output(model, orig, x, backend=kernel_backend, rtol=1e-3, atol=1e-4)
 

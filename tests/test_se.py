@@ -32,8 +32,12 @@ SHAPES = [(2, 16, 7, 7, 4), (1, 1, 1, 1, 1), (3, 37, 5, 3, 5), (2, 64, 1, 1, 8),
 
 
 def make_case(shape, dtype, channels_last=False, bias=True, ties=False, seed=0, device=DEVICE,
-              conv_weights=False):
+              conv_weights=False, single_layer=False):
+    """(x, w1, b1, w2, b2). single_layer: the form without fc1 (w1 = b1 = None, w2 (C, C);
+    shape's Cr ignored)."""
     N, C, H, W, Cr = shape
+    if single_layer:
+        Cr = C
     g = torch.Generator().manual_seed(seed)
     x = rand((N, C, H, W), dtype, device, g)
     if ties:  # few distinct values: many tied maxima per channel
@@ -47,6 +51,8 @@ def make_case(shape, dtype, channels_last=False, bias=True, ties=False, seed=0, 
     b2 = rand((C,), dtype, device, g, 0.5) if bias else None
     if conv_weights:
         w1, w2 = w1[:, :, None, None], w2[:, :, None, None]
+    if single_layer:
+        w1 = b1 = None
     return x, w1, b1, w2, b2
 
 
@@ -163,7 +169,8 @@ def _assert_same_fwd_bwd(compiled, eager, case):
     y_c.backward(dy)
     y_e.backward(dy)
     for ta, tb in zip(a, b):
-        torch.testing.assert_close(ta.grad, tb.grad)
+        if ta is not None:
+            torch.testing.assert_close(ta.grad, tb.grad)
 
 
 def test_se_compile_dynamic_shapes(kernel_backend):
@@ -382,6 +389,73 @@ def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
         assert _backend_module(kernel_backend).last_variant() == _pipelined_runs_as(kernel_backend, x.device)
 
 
+# ---------------------------------------------------------------------------------------------
+# the single-layer form (w1 None): timm's EffectiveSEModule, y = x * gate(w2 @ act(pool(x)) + b2)
+# ---------------------------------------------------------------------------------------------
+SINGLE_LAYER_OPTS = [("identity", "hardsigmoid", "avg"), ("identity", "sigmoid", "avgmax"),
+                     ("relu", "hardsigmoid", "avgmax"), ("gelu", "sigmoid", "avg")]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[7]], ids=str)
+def test_se_single_layer_matches_reference(kernel_backend, shape, dtype, channels_last):
+    i = SHAPES.index(shape) + DTYPES.index(dtype) + channels_last
+    case = make_case(shape, dtype, channels_last, bias=i % 3 != 0, seed=i, single_layer=True)
+    run_and_check(kernel_backend, case, *SINGLE_LAYER_OPTS[i % len(SINGLE_LAYER_OPTS)])
+
+
+@pytest.mark.parametrize("variant", ["auto", "pipelined"])
+def test_se_single_layer_gradcheck_opcheck_compile(kernel_backend, variant):
+    """The single-layer form through the op's contract: fp64 gradcheck (conv-shaped w2, with and
+    without b2), opcheck of both custom ops (dw1 / db1 come back empty), compile(fullgraph)."""
+    with force_variant(variant, lag=1):
+        for pool, bias, cl in (("avg", True, False), ("avgmax", False, True)):
+            x, _, _, w2, b2 = _leaves(make_case((3, 4, 2, 3, 0), torch.float64, cl, bias=bias, seed=8,
+                                                conv_weights=True, single_layer=True))
+            assert torch.autograd.gradcheck(
+                lambda x, w2, b2: ak.se(x, None, None, w2, b2, act="identity", gate="hardsigmoid", pool=pool,
+                                        backend=kernel_backend), (x, w2, b2), fast_mode=True)
+        x, _, _, w2, b2 = make_case((3, 6, 3, 4, 0), torch.float32, single_layer=True)
+        args = (x.requires_grad_(), None, None, w2.requires_grad_(), b2, "identity", "hardsigmoid", "avgmax",
+                kernel_backend)
+        torch.library.opcheck(torch.ops.attnkernels.se_forward.default, args)
+        y, s, z, u, p, pmax = torch.ops.attnkernels.se_forward(*args)
+        bwd_args = (torch.randn_like(y), x.detach(), None, w2.detach(), *(t.detach() for t in (s, z, u, p, pmax)),
+                    "identity", "hardsigmoid", "avgmax", kernel_backend)
+        torch.library.opcheck(torch.ops.attnkernels.se_backward.default, bwd_args)
+        dx, dw1, db1, dw2, db2 = torch.ops.attnkernels.se_backward(*bwd_args)
+        assert dw1.shape == (0,) and db1.shape == (0,) and dw2.shape == w2.shape
+        torch._dynamo.reset()
+
+        def f(x, w1, b1, w2, b2):
+            return ak.se(x, w1, b1, w2, b2, act="identity", gate="hardsigmoid", pool="avgmax",
+                         backend=kernel_backend)
+        case = make_case((3, 8, 5, 5, 0), torch.float32, channels_last=True, seed=9, single_layer=True)
+        _assert_same_fwd_bwd(torch.compile(f, fullgraph=True), f, case)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "only_b2"])
+def test_se_single_layer_without_autograd(kernel_backend, mode):
+    """No-grad (Triton: se_inference, its vectors in reused scratch) and a call where only b2
+    wants a gradient (no dw1 to form), poisoned, against the references."""
+    case = make_case((3, 20, 5, 7, 0), torch.float32, channels_last=mode == "only_b2", seed=13, single_layer=True)
+    ins = list(case)
+    if mode == "only_b2":
+        ins[4] = ins[4].clone().requires_grad_()
+    ctx = torch.no_grad() if mode == "no_grad" else contextlib.nullcontext()
+    with ctx, poisoned():
+        y = ak.se(*ins, act="identity", gate="hardsigmoid", pool="avgmax", backend=kernel_backend)
+    ref64 = _leaves([None if t is None else to64(t).cpu() for t in case])
+    y64 = reference.se(*ref64, "identity", "hardsigmoid", "avgmax")
+    assert_matches(y, reference.se(*case, "identity", "hardsigmoid", "avgmax"), y64, "y")
+    if mode == "only_b2":
+        dy = rand(y.shape, y.dtype, y.device, torch.Generator().manual_seed(5))
+        (db2,) = torch.autograd.grad(y, ins[4], dy)
+        (db2_64,) = torch.autograd.grad(y64, ref64[4], to64(dy).cpu())
+        torch.testing.assert_close(db2.cpu().double(), db2_64, rtol=1e-4, atol=1e-5)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(N=st.integers(1, 3), C=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 9),
        Cr=st.integers(1, 8), combo=st.sampled_from(COMBOS), cl=st.booleans(), bias=st.booleans(),
@@ -416,6 +490,8 @@ def _good():
     (lambda a: a.update(gate="softmax"), ValueError, "gate must be one of"),
     (lambda a: a.update(pool="max"), ValueError, "pool must be one of"),
     (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
+    (lambda a: a.update(w1=None), ValueError, "b1 given without w1"),
+    (lambda a: a.update(w1=None, b1=None), ValueError, r"w2 has shape \(8, 2\), expected \(8, 8\)"),
 ])
 @pytest.mark.parametrize("backend", [None] + KERNEL_BACKENDS)
 def test_se_bad_input(mutate, exc, match, backend):

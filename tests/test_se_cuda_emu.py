@@ -49,13 +49,14 @@ def _acc(dtype):
 
 
 def reference(x, w1, b1, w2, b2, act, gate, pool):
-    """(y, s, z, u, p, pmax) in the accumulation dtype; differentiable."""
+    """(y, s, z, u, p, pmax) in the accumulation dtype; differentiable. w1 None: the
+    single-layer form (u = p)."""
     xa = x.to(_acc(x.dtype))
     pa = xa.mean((2, 3))
     pm = xa.amax((2, 3))
     p = 0.5 * pa + 0.5 * pm if pool == "avgmax" else pa
-    u = F.linear(p, w1, b1)
-    h = {"relu": F.relu, "silu": F.silu, "hardswish": F.hardswish,
+    u = p if w1 is None else F.linear(p, w1, b1)
+    h = {"relu": F.relu, "silu": F.silu, "hardswish": F.hardswish, "identity": lambda t: t,
          "gelu": lambda t: F.gelu(t, approximate="none")}[act](u)
     z = F.linear(h, w2, b2)
     s = torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
@@ -63,7 +64,9 @@ def reference(x, w1, b1, w2, b2, act, gate, pool):
     return y, s, z, u, p, pm
 
 
-def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, misalign=False, seed=0):
+def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, misalign=False, seed=0,
+         single_layer=False):
+    """x and the weights; single_layer: w1 = b1 = None and w2 (C, C) (cr ignored)."""
     g = torch.Generator().manual_seed(seed)
     n, c, h, w = shape
     if ties:
@@ -83,6 +86,9 @@ def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, m
     w2 = (torch.randn(c, cr, generator=g, dtype=acc) * 2 / cr ** 0.5).to(dtype).to(device)
     b1 = (torch.randn(cr, generator=g, dtype=acc) * 0.5).to(dtype).to(device) if bias else None
     b2 = (torch.randn(c, generator=g, dtype=acc) * 0.5).to(dtype).to(device) if bias else None
+    if single_layer:
+        w2 = (torch.randn(c, c, generator=g, dtype=acc) * 2 / c ** 0.5).to(dtype).to(device)
+        w1 = b1 = None
     return x, w1, b1, w2, b2
 
 
@@ -135,17 +141,24 @@ def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward
     ry.backward(dy.cpu().to(acc))
     assert dx.dtype == dtype and dx.stride() == x.stride()
     torch.testing.assert_close(dx.cpu(), xr.grad.to(dtype), atol=atol * 4, rtol=rtol * 4, msg=lambda m: f"dx: {m}")
-    for name, got, ref_t, shape in (("dw1", dw1, ws[0], w1.shape), ("dw2", dw2, ws[2], w2.shape)):
+    if w1 is None:  # the single-layer form: no fc1, so no dw1 / db1
+        assert dw1.shape == (0,) and db1.shape == (0,)
+    for name, got, ref_t, shape in (("dw1", dw1, ws[0], w1.shape if w1 is not None else None),
+                                    ("dw2", dw2, ws[2], w2.shape)):
+        if ref_t is None:
+            continue
         assert got.dtype == dtype and got.shape == shape
         torch.testing.assert_close(got.cpu(), ref_t.grad.to(dtype), atol=atol * 8, rtol=rtol * 4,
                                    msg=lambda m: f"{name}: {m}")
     rdb1 = ws[1].grad if ws[1] is not None else None
     rdb2 = ws[3].grad if ws[3] is not None else None
-    if rdb1 is None:  # bias-free: db is still returned (sum over n of du / dz)
-        assert db1.shape == (w1.shape[0],) and db2.shape == (w2.shape[0],)
-        assert torch.isfinite(db1).all() and torch.isfinite(db2).all()
+    if rdb2 is None:  # bias-free: db is still returned (sum over n of du / dz)
+        assert db2.shape == (w2.shape[0],) and torch.isfinite(db2).all()
+        if w1 is not None:
+            assert db1.shape == (w1.shape[0],) and torch.isfinite(db1).all()
     else:
-        torch.testing.assert_close(db1.cpu(), rdb1.to(dtype), atol=atol * 8, rtol=rtol * 4)
+        if w1 is not None:
+            torch.testing.assert_close(db1.cpu(), rdb1.to(dtype), atol=atol * 8, rtol=rtol * 4)
         torch.testing.assert_close(db2.cpu(), rdb2.to(dtype), atol=atol * 8, rtol=rtol * 4)
 
 
@@ -269,6 +282,32 @@ def test_fused_clusters(device, channels_last):
             # the backward reads the s, z, u, p the cluster's blocks wrote
             check_case(x, w1, b1, w2, b2, act, gate, pool, ("fused", 0), backward=pool == "avgmax")
             assert cuda_mod.last_variant().startswith("fused-cluster"), (shape, cuda_mod.last_variant())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_single_layer_variants(device, variant, channels_last):
+    """The single-layer form (w1 None: timm's EffectiveSEModule, u = p, Cr = C) through every
+    variant: the epilogues skip fc1 forward and backward, the weight-gradient kernel dW1 / db1."""
+    cases = [((2, 37, 7, 7), torch.float32, ("identity", "hardsigmoid", "avgmax"), True),
+             ((3, 1, 5, 5), torch.float16, ("identity", "sigmoid", "avg"), False),
+             ((2, 24, 1, 1), torch.float64, ("relu", "hardsigmoid", "avg"), True),
+             ((1, 96, 9, 11), torch.bfloat16, ("silu", "sigmoid", "avgmax"), True)]
+    for i, (shape, dtype, opts, bias) in enumerate(cases):
+        x, w1, b1, w2, b2 = make(shape, 0, dtype, device, channels_last, bias=bias, seed=i, single_layer=True)
+        check_case(x, w1, b1, w2, b2, *opts, variant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_single_layer_fused_clusters(device):
+    """The single-layer form on the cluster path: the rank-0 block writes p and u = p."""
+    if not sm90_code_here(device):
+        pytest.skip("thread-block clusters need sm_90")
+    for channels_last in (False, True):
+        x, w1, b1, w2, b2 = make((2, 1024, 14, 14), 0, torch.bfloat16, device, channels_last, single_layer=True)
+        check_case(x, w1, b1, w2, b2, "identity", "hardsigmoid", "avgmax", ("fused", 0))
+        assert cuda_mod.last_variant().startswith("fused-cluster"), cuda_mod.last_variant()
 
 
 def test_variant_dispatch_reporting():

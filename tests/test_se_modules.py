@@ -81,6 +81,18 @@ def test_squeeze_excite_matches_timm_efficientnet_block(kernel_backend, kw, chan
     _check(real, ours, kernel_backend, (3, 36, 5, 6), channels_last)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(add_maxpool=True), dict(gate_layer="sigmoid")], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_effective_se_module_matches_timm(kernel_backend, kw, channels_last):
+    """timm.layers.EffectiveSEModule (ESE: one C -> C conv, no activation): the drop-in runs the
+    fused op's single-layer form, with timm's keys, outputs and gradients."""
+    real, ours = _pair(timm.layers.EffectiveSEModule(20, **kw), ak.EffectiveSEModule(20, **kw))
+    assert list(ours.state_dict()) == list(real.state_dict()) == ["fc.weight", "fc.bias"]
+    assert ours.fused_options() == ("identity", "sigmoid" if kw.get("gate_layer") else "hardsigmoid",
+                                    "avgmax" if kw.get("add_maxpool") else "avg")
+    _check(real, ours, kernel_backend, (3, 20, 5, 6), channels_last)
+
+
 def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
     real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2, activation=nn.Tanh),
                        ak.SqueezeExcitation(8, 2, activation=nn.Tanh))
@@ -90,6 +102,14 @@ def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
     _check(real, ours, kernel_backend, (2, 16, 3, 3))
     from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
     real, ours = _pair(TimmSqueezeExcite(16, act_layer=nn.Tanh), ak.SqueezeExcite(16, act_layer=nn.Tanh))
+    assert ours.fused_options() is None
+    _check(real, ours, kernel_backend, (2, 16, 3, 3))
+    real, ours = _pair(timm.layers.EffectiveSEModule(16, gate_layer="tanh"),
+                       ak.EffectiveSEModule(16, gate_layer="tanh"))
+    assert ours.fused_options() is None
+    _check(real, ours, kernel_backend, (2, 16, 3, 3))
+    real, ours = _pair(timm.layers.EffectiveSEModule(16), ak.EffectiveSEModule(16))
+    ours.fc.register_forward_pre_hook(lambda *_: None)  # hooks on fc: eager, so they run
     assert ours.fused_options() is None
     _check(real, ours, kernel_backend, (2, 16, 3, 3))
 

@@ -101,25 +101,28 @@ def main():
         if any(used):
             spills[name] = used
     for dtype in ("*bf16", "*fp32"):
-        for act, gate in (("relu", "sigmoid"), ("gelu", "hardsigmoid"), ("silu", "sigmoid"), ("hardswish", "hardsigmoid")):
+        # the last: the single-layer form (ESE: no fc1, no activation)
+        for act, gate, fc1 in (("relu", "sigmoid", True), ("gelu", "hardsigmoid", True), ("silu", "sigmoid", True),
+                               ("hardswish", "hardsigmoid", True), ("identity", "hardsigmoid", False)):
             for cl in (False, True):
                 tile = dict(BLOCK_C=64, BLOCK_HW=32, stride_c=1) if cl else dict(BLOCK_C=4, BLOCK_HW=512, stride_hw=1)
                 tile["BLOCK_R"] = 16
                 acc = dict(ACC=tl.float32)
                 kernels = {
-                    "squeeze": (se._se_squeeze, dict(HAS_B1=True, POOL_MAX=True, SPLIT=True, BLOCK_ROWS=8)),
+                    "squeeze": (se._se_squeeze, dict(HAS_B1=fc1, POOL_MAX=True, SPLIT=True, BLOCK_ROWS=8, FC1=fc1)),
                     "rescale": (se._se_excite_rescale, dict(HAS_B2=True, ACT=act, GATE=gate)),
                     "bwd_reduce": (se._se_bwd_reduce, dict(ACT=act, GATE=gate, POOL_MAX=True, SPLIT=False, BLOCK_ROWS=8)),
-                    "bwd_dx": (se._se_bwd_dx, dict(POOL_MAX=True)),
-                    "pipelined": (se._se_pipelined, dict(HAS_B1=True, HAS_B2=True, ACT=act, GATE=gate, POOL_MAX=True,
-                                                         SPLIT=True, BLOCK_ROWS=8, SPIN_CAP=0)),
+                    "bwd_dx": (se._se_bwd_dx, dict(POOL_MAX=True, FC1=fc1)),
+                    "pipelined": (se._se_pipelined, dict(HAS_B1=fc1, HAS_B2=True, ACT=act, GATE=gate, POOL_MAX=True,
+                                                         SPLIT=True, BLOCK_ROWS=8, SPIN_CAP=0, FC1=fc1)),
                     "bwd_pipelined": (se._se_bwd_pipelined, dict(ACT=act, GATE=gate, POOL_MAX=True, SPLIT=True,
-                                                                 BLOCK_ROWS=8, SPIN_CAP=0)),
+                                                                 BLOCK_ROWS=8, SPIN_CAP=0, FC1=fc1)),
                 }
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
-                    check_spills(k, f"{name} {dtype} {act}/{gate} {'cl' if cl else 'nchw'}")
+                    check_spills(k, f"{name} {dtype} {act}/{gate}{'' if fc1 else ' single-layer'} "
+                                    f"{'cl' if cl else 'nchw'}")
                     if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined", "bwd_pipelined"):
                         ptx = k.asm["ptx"]
                         ok = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
@@ -128,7 +131,8 @@ def main():
                             ok = ok and bool(re.search(r"st\.global\.L1::evict_first\S*\.v4", ptx))
                         elif name != "squeeze":
                             ok = ok and "st.global.v4" in ptx
-                        vector[f"{name} {'cl' if cl else 'nchw'}"] = ok
+                        key = f"{name} {'cl' if cl else 'nchw'}"
+                        vector[key] = vector.get(key, True) and ok  # in every act/gate/form
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=64, BLOCK_B=32))
             count += 1
             check_spills(k, f"bwd_weights {dtype} {act}")

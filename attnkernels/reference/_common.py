@@ -11,6 +11,7 @@ ACTIVATIONS = {
     "silu": F.silu,
     "hardswish": F.hardswish,
     "gelu": F.gelu,  # exact (erf) form, as nn.GELU()
+    "identity": lambda u: u,  # the single-layer form (ESE) has none
 }
 # Gates that turn the excitation into a scale.
 GATES = {
@@ -18,7 +19,7 @@ GATES = {
     "hardsigmoid": F.hardsigmoid,
 }
 
-_ACT_MODULES = ((nn.ReLU, "relu"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"))
+_ACT_MODULES = ((nn.ReLU, "relu"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"), (nn.Identity, "identity"))
 _GATE_MODULES = ((nn.Sigmoid, "sigmoid"), (nn.Hardsigmoid, "hardsigmoid"))
 
 

@@ -40,8 +40,11 @@ def sigmoid(v):
 
 @triton.jit
 def activation(u, ACT: tl.constexpr):
-    """The excitation MLP's hidden activation: relu / silu / hardswish / gelu (exact erf)."""
-    if ACT == "relu":
+    """The excitation MLP's hidden activation: relu / silu / hardswish / gelu (exact erf) /
+    identity (the single-layer form's)."""
+    if ACT == "identity":
+        return u
+    elif ACT == "relu":
         return tl.maximum(u, 0.0)
     elif ACT == "silu":
         return u * sigmoid(u)
@@ -54,7 +57,9 @@ def activation(u, ACT: tl.constexpr):
 @triton.jit
 def activation_grad(u, ACT: tl.constexpr):
     """d activation / du, matching PyTorch autograd's formulas (incl. its choices at the kinks)."""
-    if ACT == "relu":
+    if ACT == "identity":
+        return tl.full(u.shape, 1.0, u.dtype)
+    elif ACT == "relu":
         return tl.where(u > 0.0, 1.0, 0.0)
     elif ACT == "silu":
         sg = sigmoid(u)

@@ -161,8 +161,10 @@ def _squeeze_tile(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    FC1: tl.constexpr,
 ):
-    """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u."""
+    """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
+    FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
@@ -188,19 +190,23 @@ def _squeeze_tile(
             tl.store(pmax_ptr + n * C + c, pmax, mask=cmask)
             pv = 0.5 * pv + 0.5 * pmax
         tl.store(p_ptr + n * C + c, pv, mask=cmask)
-        pv = tl.where(cmask, pv, 0.0)
-        # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
-        for r0 in range(0, Cr, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            tl.store(wsu_ptr + ncb * Cr + r, _matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
-                     mask=r < Cr)
-        if _arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
+        if FC1:
+            pv = tl.where(cmask, pv, 0.0)
+            # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
             for r0 in range(0, Cr, BLOCK_R):
                 r = r0 + tl.arange(0, BLOCK_R)
-                u = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
-                if HAS_B1:
-                    u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
-                tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
+                tl.store(wsu_ptr + ncb * Cr + r, _matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
+                         mask=r < Cr)
+        else:
+            tl.store(u_ptr + n * C + c, pv, mask=cmask)
+        if _arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
+            if FC1:
+                for r0 in range(0, Cr, BLOCK_R):
+                    r = r0 + tl.arange(0, BLOCK_R)
+                    u = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
+                    if HAS_B1:
+                        u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
+                    tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
             done = True
     return done
 
@@ -211,10 +217,11 @@ def _se_squeeze(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    FC1: tl.constexpr,
 ):
     _squeeze_tile(tl.program_id(0), x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
                   pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
-                  HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS)
+                  HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS, FC1)
 
 
 @triton.jit
@@ -338,6 +345,7 @@ def _se_pipelined(
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
     POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr,
+    FC1: tl.constexpr,
 ):
     """Squeeze and rescale in one launch: persistent programs take the tiles of both grids in
     ticket order (_pipe_item), each sample's rescale `lag` samples behind its squeeze, so the
@@ -354,7 +362,7 @@ def _se_pipelined(
         if is_squeeze:
             if _squeeze_tile(pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
                              pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
-                             HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS):
+                             HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS, FC1):
                 _publish(ready_ptr + n)
         else:
             _wait_ready(ready_ptr + n, SPIN_CAP)
@@ -463,6 +471,7 @@ def _outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
 @triton.jit
 def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """dW2's tiles, then (when the grid has them: not in the single-layer form) dW1's."""
     pid = tl.program_id(0)
     tiles_c = tl.cdiv(C, BLOCK_A)
     tiles_r = tl.cdiv(Cr, BLOCK_B)
@@ -481,13 +490,20 @@ def _bwd_dx_tile(
     C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, LAST: tl.constexpr,
+    FC1: tl.constexpr,
 ):
     """dx tile pid. LAST: du and the tie counts were written during this launch (read them
-    through L2) and this is dy's (and x's) last read (evict-first, as is dx's store)."""
+    through L2) and this is dy's (and x's) last read (evict-first, as is dx's store).
+    FC1 False: the single-layer form, dp = du."""
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
-    dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
+    if FC1:
+        dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
+    elif LAST:
+        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0, cache_modifier=".cg")
+    else:
+        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0)
     s = tl.load(s_ptr + n * C + c, mask=cmask, other=0.0)
     if POOL_MAX:
         pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
@@ -523,11 +539,12 @@ def _se_bwd_dx(
     dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
     C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     POOL_MAX: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, FC1: tl.constexpr,
 ):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # reverse order of the reduction
     _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr, n_cblk,
-                 n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW, BLOCK_R, False)
+                 n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW, BLOCK_R, False,
+                 FC1)
 
 
 @triton.jit
@@ -537,7 +554,7 @@ def _se_bwd_pipelined(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw, lag,
     ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr, FC1: tl.constexpr,
 ):
     """The backward's reduction and dx in one launch, ticket-ordered like _se_pipelined: a dx tile
     waits for its sample's du and re-reads dy (and x) from L2. _se_bwd_weights runs after."""
@@ -556,7 +573,7 @@ def _se_bwd_pipelined(
             _wait_ready(ready_ptr + n, SPIN_CAP)
             _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr,
                          n_cblk, n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW,
-                         BLOCK_R, True)
+                         BLOCK_R, True, FC1)
             _tile_done(ready_ptr + n, per_sample)
         t = _take_ticket(ticket_ptr, last_ticket)
 
@@ -603,21 +620,23 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device):
 
 
 @functools.lru_cache(maxsize=4096)
-def _weights_plan(C: int, Cr: int):
-    """(grid, BLOCK_A, BLOCK_B) of _se_bwd_weights. Cached: triton.cdiv and next_power_of_2 are
-    constexpr-function wrappers, ~2-3 us a call on the host (4 of them were ~10 us a backward)."""
+def _weights_plan(C: int, Cr: int, fc1: bool = True):
+    """(grid, BLOCK_A, BLOCK_B) of _se_bwd_weights: dW2's tiles, then dW1's unless the form has
+    no fc1. Cached: triton.cdiv and next_power_of_2 are constexpr-function wrappers, ~2-3 us a
+    call on the host (4 of them were ~10 us a backward)."""
     block_a = min(triton.next_power_of_2(C), 64)
     block_b = min(triton.next_power_of_2(Cr), 32)
-    return (2 * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b
+    return ((2 if fc1 else 1) * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b
 
 
-def _workspaces(N, Cr, a, dtype, device, pipelined=False):
-    """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr), counters:
-    the first two are scratch of one launch, cached per stream (_common.workspaces). The
-    pipelined launches also count per-sample readiness and take a ticket after those counters."""
+def _workspaces(N, Cr, a, dtype, device, pipelined=False, shares=True):
+    """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr; not for the
+    single-layer forward: shares=False), counters: the first two are scratch of one launch, cached
+    per stream (_common.workspaces). The pipelined launches also count per-sample readiness and
+    take a ticket after those counters."""
     split = a["n_split"] > 1
     ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if split else 1,
-                         N * a["n_cblk"] * Cr)
+                         N * a["n_cblk"] * Cr if shares else 1)
     counters = arrival_counters(device, N + N * a["n_cblk"] + (N + 1 if pipelined else 0))
     return ws, wsu, counters
 
@@ -676,7 +695,7 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     N, C = x.shape[:2]
     acc = acc_dtype(x.dtype)
     s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
-    u = empty((N, w1.shape[0]), acc, x.device)
+    u = empty((N, w2.shape[1]), acc, x.device)
     pmax = empty((N, C) if pool == "avgmax" else (0,), acc, x.device)
     return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)
 
@@ -691,33 +710,36 @@ def se_inference(x, w1, b1, w2, b2, act, gate, pool):
     # separate buffers, not slices of one: no view ops, and each starts 16-byte aligned, so the
     # launches reuse se_forward's compiled kernels (triton specializes on pointer alignment)
     s, z, p, pmax, u = workspaces(x.device, acc_dtype(x.dtype), NC, NC, NC, NC if pool == "avgmax" else 1,
-                                  N * w1.shape[0], across_launches="inference")
+                                  N * w2.shape[1], across_launches="inference")
     return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)[0]
 
 
 def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
     global _last_variant
     N = x.shape[0]
-    Cr = w1.shape[0]
+    Cr = w2.shape[1]
+    fc1 = w1 is not None
+    if not fc1:
+        w1 = w2  # (never read: FC1=False)
     acc = s.dtype
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
     grid, a, rows = _plan(x, Cr)
     variant, _, lag = request()
-    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=variant == "pipelined")
+    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=variant == "pipelined", shares=fc1)
     y = empty_like(x)
     if variant == "pipelined":
         launcher(_se_pipelined)[(_pipe_programs(grid, x.device),)](
             x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
             u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
             HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=act, GATE=gate, POOL_MAX=pool_max,
-            ACC=accd, SPIN_CAP=_spin_cap(x.device), num_warps=4)
+            ACC=accd, SPIN_CAP=_spin_cap(x.device), FC1=fc1, num_warps=4)
         _last_variant = "pipelined"
         return y, s, z, u, p, pmax
     _last_variant = "split"
     launcher(_se_squeeze)[grid](
         x, w1, b1 if b1 is not None else w1, ws, wsu, counters, u, p, pmax if pool_max else p, N,
-        **a, **rows, HAS_B1=b1 is not None, POOL_MAX=pool_max, ACC=accd, num_warps=4)
+        **a, **rows, HAS_B1=b1 is not None, POOL_MAX=pool_max, ACC=accd, FC1=fc1, num_warps=4)
     launcher(_se_excite_rescale)[grid](
         x, y, w2, b2 if b2 is not None else w2, u, s, z, **a,
         HAS_B2=b2 is not None, ACT=act, GATE=gate, ACC=accd, num_warps=4)
@@ -727,9 +749,11 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
 @_on_x_device
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     """Variant "pipelined" runs the reduction and dx in one launch (_se_bwd_pipelined), then the
-    weight gradients; any other: reduction, weight gradients, dx."""
+    weight gradients; any other: reduction, weight gradients, dx. No w1 (the single-layer form):
+    dw1 and db1 are empty (0,) tensors."""
     N, C = x.shape[:2]
-    Cr = w1.shape[0]
+    Cr = w2.shape[1]
+    fc1 = w1 is not None
     pool_max = pool == "avgmax"
     accd = tl_acc_dtype(x.dtype)
     grid, a, rows = _plan(x, Cr)
@@ -745,20 +769,22 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     dx = empty_like(x)
     if pipelined:
         launcher(_se_bwd_pipelined)[(_pipe_programs(grid, x.device),)](
-            dy, x, dx, w1, w2, s, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
+            dy, x, dx, w1 if fc1 else w2, w2, s, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties,
             N, **a, lag=_pipe_lag(x, lag), **rows, ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd,
-            SPIN_CAP=_spin_cap(x.device), num_warps=4)
+            SPIN_CAP=_spin_cap(x.device), FC1=fc1, num_warps=4)
     else:
         launcher(_se_bwd_reduce)[grid](
             dy, x, w2, z, u, pmax if pool_max else s, ws, wsu, counters, dz, du, ties, N, **a, **rows,
             ACT=act, GATE=gate, POOL_MAX=pool_max, ACC=accd, num_warps=4)
-    dw1, dw2 = empty_like(w1), empty_like(w2)
-    db1, db2 = empty((Cr,), w1.dtype, x.device), empty((C,), w2.dtype, x.device)
-    wgrid, block_a, block_b = _weights_plan(C, Cr)
-    launcher(_se_bwd_weights)[wgrid](dz, du, u, p, dw1, db1, dw2, db2, N, C, Cr, ACT=act, ACC=accd,
-                                     BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
+    dw1 = empty_like(w1) if fc1 else empty((0,), w2.dtype, x.device)
+    db1 = empty((Cr if fc1 else 0,), w2.dtype, x.device)
+    dw2, db2 = empty_like(w2), empty((C,), w2.dtype, x.device)
+    wgrid, block_a, block_b = _weights_plan(C, Cr, fc1)
+    launcher(_se_bwd_weights)[wgrid](dz, du, u, p, dw1 if fc1 else dw2, db1 if fc1 else db2, dw2, db2,
+                                     N, C, Cr, ACT=act, ACC=accd, BLOCK_A=block_a, BLOCK_B=block_b,
+                                     num_warps=4)  # (single layer: no dW1 tiles, its pointers unused)
     if pipelined:
         return dx, dw1, db1, dw2, db2
-    launcher(_se_bwd_dx)[grid](dy, x, dx, w1, du, s, pmax if pool_max else s, ties, **a,
-                               POOL_MAX=pool_max, ACC=accd, num_warps=4)
+    launcher(_se_bwd_dx)[grid](dy, x, dx, w1 if fc1 else w2, du, s, pmax if pool_max else s, ties, **a,
+                               POOL_MAX=pool_max, ACC=accd, FC1=fc1, num_warps=4)
     return dx, dw1, db1, dw2, db2

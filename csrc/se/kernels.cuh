@@ -11,7 +11,7 @@
 //                             (sm_90) split over a thread-block cluster that pools through DSMEM.
 // Backward
 //   se_bwd_reduce_kernel      ds = sum dy*x (+ tie count), last block per sample: gate/MLP backward.
-//   se_wgrad_kernel           dw1/db1/dw2/db2 from the per-sample vectors (deterministic).
+//   se_wgrad_kernel           dw2/db2/dw1/db1 from the per-sample vectors (deterministic).
 //   se_dx_kernel              dx = dy*s + A[n,c] + B[n,c]*(x == pmax[n,c]).
 //   se_bwd_pipelined_kernel   reduce + dx in one launch, ticket-ordered like the pipelined forward
 //                             (dy and x re-read from L2), then se_wgrad_kernel.
@@ -42,7 +42,7 @@ namespace ak {
 namespace se {
 namespace AK_BACKEND_NS {  // one copy per build (cuda_compat.h)
 
-enum { ACT_RELU = 0, ACT_SILU = 1, ACT_HARDSWISH = 2, ACT_GELU = 3 };
+enum { ACT_RELU = 0, ACT_SILU = 1, ACT_HARDSWISH = 2, ACT_GELU = 3, ACT_IDENTITY = 4 };
 enum { GATE_SIGMOID = 0, GATE_HARDSIGMOID = 1 };
 enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 
@@ -100,6 +100,7 @@ template <typename A> AK_INL A act_fwd(int act, A u) {
       t = t < A(0) ? A(0) : (t > A(6) ? A(6) : t);
       return u * t / A(6);
     }
+    case ACT_IDENTITY: return u;
     default: return A(0.5) * u * (A(1) + ak_erf(u * A(0.70710678118654752440)));
   }
 }
@@ -113,6 +114,7 @@ template <typename A> AK_INL A act_grad(int act, A u) {
     }
     case ACT_HARDSWISH:
       return u < A(-3) ? A(0) : (u <= A(3) ? u / A(3) + A(0.5) : A(1));
+    case ACT_IDENTITY: return A(1);
     default: {
       A cdf = A(0.5) * (A(1) + ak_erf(u * A(0.70710678118654752440)));
       A pdf = ak_exp(A(-0.5) * u * u) * A(0.39894228040143267794);
@@ -166,10 +168,12 @@ AK_HD_INL int pow2_at_least(int v) {
 }
 
 // ------------------------------------------------------------------ parameters
+// w1 null: the single-layer form (timm's EffectiveSEModule): no fc1, u = p, Cr = C, so the MLP
+// is z = w2 @ act(p) + b2. Every kernel takes it at run time, in the epilogues only.
 template <typename T> struct FwdParams {
   using A = typename Acc<T>::type;
   const T* x;
-  const T* w1;
+  const T* w1;  // null: single-layer form
   const T* b1;  // may be null
   const T* w2;
   const T* b2;  // may be null
@@ -206,7 +210,7 @@ template <typename T> struct BwdParams {
   using A = typename Acc<T>::type;
   const T* dy;
   const T* x;
-  const T* w1;
+  const T* w1;  // null: single-layer form (dw1, db1 null too)
   const T* w2;
   const A* s;
   const A* z;
@@ -543,11 +547,18 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
   __syncthreads();
   const T* b1 = P.b1;
   const int act = P.act;
-  rowdots<T, A, R>(P.w1, sp, Cr, C, [&](int j, A acc) {
-    A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
-    if (store_pu) P.u[nCr + j] = uv;
-    sh[j] = act_fwd(act, uv);
-  });
+  if (P.w1) {
+    rowdots<T, A, R>(P.w1, sp, Cr, C, [&](int j, A acc) {
+      A uv = acc + (b1 ? to_acc(b1[j]) : A(0));
+      if (store_pu) P.u[nCr + j] = uv;
+      sh[j] = act_fwd(act, uv);
+    });
+  } else {  // single layer: u = p (Cr == C)
+    for (int j = tid; j < Cr; j += nt) {
+      if (store_pu) P.u[nCr + j] = sp[j];
+      sh[j] = act_fwd(act, sp[j]);
+    }
+  }
   __syncthreads();
   // The gate runs in a loop of its own, not in rowdots' callback: one copy of its code instead of
   // one per unrolled row (nvcc time).
@@ -969,7 +980,7 @@ AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::ty
   }
   __syncthreads();
   const A hw = A(P.HW);
-  coldots<T, A>(P.w1, sdu, C, Cr, red, [&](int c, A dp) {
+  auto coefs = [&](int c, A dp) {
     if (POOL == POOL_AVGMAX) {
       const A half = A(0.5) * dp;
       P.coef_a[nC + c] = half / hw;
@@ -977,7 +988,12 @@ AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::ty
     } else {
       P.coef_a[nC + c] = dp / hw;
     }
-  });
+  };
+  if (P.w1) {
+    coldots<T, A>(P.w1, sdu, C, Cr, red, coefs);
+  } else {  // single layer: dp = du (Cr == C)
+    for (int c = tid; c < C; c += nt) coefs(c, sdu[c]);
+  }
 }
 
 // Out of line: see fwd_epilogue_call.
@@ -1009,30 +1025,35 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
   bwd_epilogue_call<T, POOL>(P, n, pa, pb, P.S, sdz, sdu, red);
 }
 
-// dw1[j,c] = sum_n du[n,j] p[n,c]; db1[j] = sum_n du[n,j]; dw2[c,j] = sum_n dz[n,c] h[n,j];
-// db2[c] = sum_n dz[n,c]. One thread per output, fixed order over n: deterministic.
+// dw2[c,j] = sum_n dz[n,c] h[n,j]; db2[c] = sum_n dz[n,c]; dw1[j,c] = sum_n du[n,j] p[n,c];
+// db1[j] = sum_n du[n,j] (the last two not in the single-layer form: wgrad_outputs). One thread
+// per output, fixed order over n: deterministic.
+AK_HD_INL long long wgrad_outputs(int C, int Cr, bool fc1) {
+  return (long long)C * Cr + C + (fc1 ? (long long)Cr * C + Cr : 0);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
   using A = typename Acc<T>::type;
   const int C = P.C, Cr = P.Cr, N = P.N;
   const long long n1 = (long long)Cr * C;
-  const long long total = 2 * n1 + C + Cr;
+  const long long total = wgrad_outputs(C, Cr, P.w1 != nullptr);
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
     A acc = A(0);
-    if (i < n1) {  // dw1[j, c]
-      const int j = (int)(i / C), c = (int)(i - (long long)j * C);
-      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c];
-      P.dw1[i] = Cvt<T>::from(acc);
-    } else if (i < 2 * n1) {  // dw2[c, j]
-      const long long k = i - n1;
-      const int c = (int)(k / Cr), j = (int)(k - (long long)c * Cr);
+    if (i < n1) {  // dw2[c, j]
+      const int c = (int)(i / Cr), j = (int)(i - (long long)c * Cr);
       for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c] * P.h[(size_t)n * Cr + j];
-      P.dw2[k] = Cvt<T>::from(acc);
-    } else if (i < 2 * n1 + C) {  // db2[c]
-      const int c = (int)(i - 2 * n1);
+      P.dw2[i] = Cvt<T>::from(acc);
+    } else if (i < n1 + C) {  // db2[c]
+      const int c = (int)(i - n1);
       for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c];
       P.db2[c] = Cvt<T>::from(acc);
+    } else if (i < 2 * n1 + C) {  // dw1[j, c]
+      const long long k = i - n1 - C;
+      const int j = (int)(k / C), c = (int)(k - (long long)j * C);
+      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c];
+      P.dw1[k] = Cvt<T>::from(acc);
     } else {  // db1[j]
       const int j = (int)(i - 2 * n1 - C);
       for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j];

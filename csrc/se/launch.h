@@ -337,7 +337,7 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
 
 template <typename T, int POOL, bool NHWC>
 void launch_backward(BwdParams<T>& P, bool pipelined, int grid, const Geom& g, size_t smem, ak::Stream st) {
-  const long long total = 2LL * P.C * P.Cr + P.C + P.Cr;
+  const long long total = wgrad_outputs(P.C, P.Cr, P.w1 != nullptr);
   const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
   if constexpr (has_fast_variants<T>()) {
     if (pipelined) {
