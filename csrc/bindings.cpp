@@ -407,9 +407,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
     const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& w1, const at::Tensor& w2,
-    const at::Tensor& s,
-    const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax, int64_t act,
-    int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
+    const at::Tensor& s, const at::Tensor& z, const at::Tensor& u, const at::Tensor& p, const at::Tensor& pmax,
+    int64_t act, int64_t gate, int64_t pool, int64_t variant, int64_t bps_hint, int64_t lag_hint, bool poison) {
   const Backend& be = backend_of(x);
   const Opts o{act, gate, pool, variant, bps_hint, lag_hint, poison, &be};
   const bool nhwc = check_forward_inputs(be, x, w1, c10::nullopt, w2, c10::nullopt);

@@ -114,12 +114,18 @@ def test_timm_effective_se(shape, add_maxpool):
     mine = ref.EffectiveSEModule(C, add_maxpool=add_maxpool).to(DT)
     x = torch.randn(shape, generator=g, dtype=DT) * 3
     check_pair(mine, theirs, x, g=g)
-    # ESE == SE with identity "MLP": use fc as fc2 and an identity fc1 with a no-op ReLU-free path
+    # ESE by hand: one layer on the pooled vector, hard-sigmoid gate
     p = x.mean((2, 3))
     if add_maxpool:
         p = 0.5 * p + 0.5 * x.amax((2, 3))
     z = p @ theirs.fc.weight[:, :, 0, 0].T + theirs.fc.bias
     torch.testing.assert_close(mine(x), x * torch.clamp(z / 6 + 0.5, 0, 1)[:, :, None, None], **TOL)
+    # ... and the functional reference's single-layer form (w1 None, act "identity"), which the
+    # fused op's ESE path is tested against
+    with torch.no_grad():
+        y = ref.se(x, None, None, theirs.fc.weight, theirs.fc.bias, "identity", "hardsigmoid",
+                   "avgmax" if add_maxpool else "avg")
+        torch.testing.assert_close(y, theirs(x), **TOL)
 
 
 EB_KW = [

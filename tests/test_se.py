@@ -205,13 +205,15 @@ def test_se_compile_reduce_overhead(kernel_backend):
             _assert_same_fwd_bwd(compiled, f, make_case(shape, torch.float32, seed=10 * step + i))
 
 
+@pytest.mark.parametrize("single_layer", [False, True], ids=["two_layers", "single_layer"])
 @pytest.mark.parametrize("shape", [(0, 8, 4, 4, 2), (0, 1, 1, 1, 1)], ids=str)
-def test_se_empty_batch(kernel_backend, shape):
-    x, w1, b1, w2, b2 = _leaves(make_case(shape, torch.float32))
-    y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)
+def test_se_empty_batch(kernel_backend, shape, single_layer):
+    x, w1, b1, w2, b2 = _leaves(make_case(shape, torch.float32, single_layer=single_layer))
+    y = ak.se(x, w1, b1, w2, b2, act="identity" if single_layer else "relu", backend=kernel_backend)
     assert y.shape == x.shape
     y.sum().backward()
-    assert x.grad.shape == x.shape and w1.grad is not None and float(w1.grad.abs().sum()) == 0.0
+    assert x.grad.shape == x.shape and w2.grad is not None and float(w2.grad.abs().sum()) == 0.0
+    assert single_layer or (w1.grad is not None and float(w1.grad.abs().sum()) == 0.0)
 
 
 def test_se_non_contiguous_input(kernel_backend):

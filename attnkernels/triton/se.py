@@ -21,6 +21,8 @@ Backward
   3. _se_bwd_dx: each program forms dp = W1[:, cb]^T du for its channels, then
      dx = dy * s + dp_avg / HW (+ dp_max / ties where x is a tied max), in reverse order.
 No (N, C, H, W) intermediate besides y and dx; autograd keeps x and per-(n, c) vectors only.
+Single-layer form (w1 None, timm's EffectiveSEModule; constexpr FC1=False): u = p (the squeeze
+stores it, no layer-1 shares), dp = du in the dx tiles, and the weight grid has dW2's tiles only.
 
 Variant "pipelined" (attnkernels/_variant.py; opt-in until measured on a GPU): _se_pipelined runs
 the forward's two grids in one launch of persistent programs that take their tiles in the order
