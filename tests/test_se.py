@@ -461,12 +461,15 @@ def test_se_single_layer_without_autograd(kernel_backend, mode):
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(N=st.integers(1, 3), C=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 9),
        Cr=st.integers(1, 8), combo=st.sampled_from(COMBOS), cl=st.booleans(), bias=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16))
-def test_se_fuzz(N, C, H, W, Cr, combo, cl, bias, dtype, seed):
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16),
+       single=st.sampled_from([False, False, True]))
+def test_se_fuzz(N, C, H, W, Cr, combo, cl, bias, dtype, seed, single):
+    """single: the single-layer form (w1 None), a third of the examples."""
     for backend in ak.available_backends(DEVICE):
         if backend == "reference":
             continue
-        run_and_check(backend, make_case((N, C, H, W, Cr), dtype, cl, bias, seed=seed), *combo, seed=seed + 1)
+        case = make_case((N, C, H, W, Cr), dtype, cl, bias, seed=seed, single_layer=single)
+        run_and_check(backend, case, *combo, seed=seed + 1)
 
 
 # ---------------------------------------------------------------------------------------------

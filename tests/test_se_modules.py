@@ -189,3 +189,21 @@ def test_module_compile_fullgraph(kernel_backend):
     torch.testing.assert_close(y, real(x), rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert x.grad is not None and ours.fc1.weight.grad is not None
+
+
+@pytest.mark.parametrize("make", [lambda: ak.SEModule(16, add_maxpool=True), lambda: ak.EffectiveSEModule(16)],
+                         ids=["se_module", "effective_se"])
+def test_module_torch_export(kernel_backend, make):
+    """torch.export (for deployment): the exported graph holds the fused custom op, not the eager
+    fallback, and with a dynamic batch dimension the program matches the module at new sizes."""
+    torch.manual_seed(0)
+    m = make().to(DEVICE)
+    x = torch.randn(2, 16, 5, 5, device=DEVICE)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with ak.backend(kernel_backend):
+        ep = torch.export.export(m, (x,), dynamic_shapes={"x": {0: batch}})
+        targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert "attnkernels.se_forward.default" in targets, targets
+        for n in (1, 5):
+            xn = torch.randn(n, 16, 5, 5, device=DEVICE)
+            torch.testing.assert_close(ep.module()(xn), m(xn), rtol=1e-5, atol=1e-5)
