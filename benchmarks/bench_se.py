@@ -79,11 +79,12 @@ SUITES = {
 
 # --quick: one or two shapes per model, bf16, both layouts, both modes (< 2 min with compile)
 # The issues' target shapes first (ResNet-50 stages at batch 128 and batch 1), then one
-# MobileNetV3 and one EfficientNet stage; --quick stops starting configs at its time budget.
+# MobileNetV3 and one EfficientNet stage, last the VoVNet ESE stage where the single-layer form's
+# weight reads matter most (NOTES.md); --quick stops starting configs at its time budget.
 QUICK = [("resnet50", 128, 256, 56, 16), ("resnet50", 128, 2048, 7, 128),
          ("resnet50", 1, 256, 56, 16), ("resnet50", 128, 512, 28, 32),
          ("resnet50", 128, 1024, 14, 64), ("resnet50", 1, 2048, 7, 128),
-         ("mbv3", 128, 72, 28, 24), ("effb0", 32, 96, 56, 4)]
+         ("mbv3", 128, 72, 28, 24), ("effb0", 32, 96, 56, 4), ("vovnet", 128, 1024, 7, 1024)]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
