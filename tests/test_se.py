@@ -103,7 +103,7 @@ def test_se_matches_reference(kernel_backend, shape, dtype, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("act,gate,pool", COMBOS)
+@pytest.mark.parametrize("act,gate,pool", COMBOS + [("identity", "sigmoid", "avgmax")])  # (+ two layers, no act)
 def test_se_all_options(kernel_backend, act, gate, pool, channels_last):
     run_and_check(kernel_backend, make_case((2, 12, 5, 6, 3), torch.float32, channels_last), act, gate, pool)
 

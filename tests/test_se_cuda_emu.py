@@ -26,7 +26,7 @@ if cuda_mod.unavailable_reason("cuda") is None and torch.cuda.is_available():
 if not DEVICES:
     pytest.skip(f"no cuda/cuda-emu extension: {cuda_mod.unavailable_reason('cuda-emu')}", allow_module_level=True)
 
-ACTS = ("relu", "silu", "hardswish", "gelu")
+ACTS = ("relu", "silu", "hardswish", "gelu", "identity")
 GATES = ("sigmoid", "hardsigmoid")
 POOLS = ("avg", "avgmax")
 # (variant, squeeze blocks per sample hint[, pipelined lag]): auto, split with 1 block/sample, with
