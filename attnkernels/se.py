@@ -118,7 +118,8 @@ def _(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool, backend, variant="auto",
 
 
 def _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax):
-    ctx.save_for_backward(x, w1, w2, s, z, u, p, pmax)
+    # the biases only for a double backward (grads_with_graph): references, no copies
+    ctx.save_for_backward(x, w1, b1, w2, b2, s, z, u, p, pmax)
     ctx.opts = (act, gate, pool, backend)
     ctx.has_bias = (b1 is not None, b2 is not None)
     ctx.has_w1 = w1 is not None
@@ -126,7 +127,10 @@ def _save(ctx, x, w1, b1, w2, b2, act, gate, pool, backend, s, z, u, p, pmax):
 
 
 def _grads(ctx, dy, backward_fn):
-    x, w1, w2, s, z, u, p, pmax = ctx.saved_tensors
+    x, w1, b1, w2, b2, s, z, u, p, pmax = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+        dx, dw1, db1, dw2, db2 = grads_with_graph(x, w1, b1, w2, b2, dy, *ctx.opts[:3])
+        return dx, dw1, db1, dw2, db2, None, None, None, None
     dy = dy.contiguous(memory_format=memory_format_of(x))
     dx, dw1, db1, dw2, db2 = backward_fn(dy, x, w1, w2, s, z, u, p, pmax, *ctx.opts[:3])
     has_b1, has_b2 = ctx.has_bias
@@ -134,12 +138,43 @@ def _grads(ctx, dy, backward_fn):
             None, None, None, None)
 
 
-def _refuse_double_backward(backend):
-    """The kernels' backward is not differentiable: under create_graph=True the gradient would
-    silently be a constant of the second backward, so it is an error (as in the C++ path)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"se ({backend}): double backward (create_graph=True through the fused SE) "
-                           "is not supported")
+# torch's hardsigmoid_backward slope, 1.0f / 6.0f in every dtype (float64 too); the kernels use it
+_HARDSIGMOID_SLOPE = float(torch.tensor(1.0 / 6.0, dtype=torch.float32))
+
+
+def _hardsigmoid(z):
+    """F.hardsigmoid's values and its gradient (torch's slope strictly inside (-3, 3), else 0)
+    from ops that have a double backward, which F.hardsigmoid's backward lacks: the slope, a
+    constant, multiplies z - z.detach(), zero in value (and kept zero where z is not finite)."""
+    zd = z.detach()
+    delta = torch.where(torch.isfinite(zd), z - zd, torch.zeros_like(zd))
+    return torch.nn.functional.hardsigmoid(zd) + delta * (((zd > -3) & (zd < 3)).to(z.dtype) * _HARDSIGMOID_SLOPE)
+
+
+_TWICE_DIFFERENTIABLE_GATES = {"hardsigmoid": _hardsigmoid}
+
+
+def grads_with_graph(x, w1, b1, w2, b2, dy, act, gate, pool):
+    """The gradients of the SE output (dx, dw1, db1, dw2, db2; None for an input that is None or
+    wants no gradient) as a differentiable function of the inputs and dy: what a backward with
+    create_graph=True (a double backward: gradient penalties, Hessian-vector products) needs.
+    The kernels' backward is not differentiable, so this runs the reference's eager graph, in
+    the accumulation dtype (fp32 for fp16/bf16, as the kernels accumulate), recomputed from the
+    saved inputs: eager speed and memory, for this rare path only. Every backend's eager autograd
+    (Python and the C++ one of cuda / cuda-emu, which calls this) and the custom ops' take it."""
+    inputs = (x, w1, b1, w2, b2)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    out = [None] * 5
+    if not wanted:
+        return tuple(out)
+    acc = acc_dtype(x.dtype)
+    up = [None if t is None else t.to(acc) for t in inputs]
+    with torch.enable_grad():
+        y = reference.se(*up, act, _TWICE_DIFFERENTIABLE_GATES.get(gate, gate), pool)
+        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], dy.to(acc), create_graph=True)
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
 
 
 def _se_setup_context(ctx, inputs, output):
@@ -169,7 +204,6 @@ class _SEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        _refuse_double_backward(ctx.opts[3])
         with force_variant(*ctx.variant):  # (CUDA: autograd's thread, not the caller's)
             return _grads(ctx, dy, get_impl(ctx.opts[3]).se_backward)
 

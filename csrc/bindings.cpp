@@ -441,12 +441,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
 // happens here, so a call costs one binding crossing, and the backward runs with no Python (no
 // GIL hand-off to the autograd thread). Same kernels, same results as the custom ops.
 
-int64_t code_of(const Backend& be, const std::string& v, std::initializer_list<const char*> names, const char* what) {
-  int64_t i = 0;
-  for (const char* n : names) {
-    if (v == n) return i;
-    ++i;
-  }
+// The option names, in the order of their codes (csrc/se/kernels.cuh: ACT_*, GATE_*, POOL_*).
+constexpr const char* kActNames[] = {"relu", "silu", "hardswish", "gelu", "identity"};
+constexpr const char* kGateNames[] = {"sigmoid", "hardsigmoid"};
+constexpr const char* kPoolNames[] = {"avg", "avgmax"};
+
+template <size_t K>
+int64_t code_of(const Backend& be, const std::string& v, const char* const (&names)[K], const char* what) {
+  for (size_t i = 0; i < K; ++i)
+    if (v == names[i]) return (int64_t)i;
   TORCH_CHECK(false, "se (", be.name, "): unknown ", what, " '", v, "'");
   return -1;
 }
@@ -470,7 +473,9 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 struct SEFunction : public torch::autograd::Function<SEFunction> {
-  // Runs with autograd off; saves x (in the kernels' layout), the weight matrices and the stats.
+  // Runs with autograd off. Saves the inputs as they came (x in the kernels' layout is x itself
+  // unless it had other strides; conv-shaped weights stay conv-shaped), so that a double
+  // backward differentiates through them, and the stats; the biases only for that.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const c10::optional<at::Tensor>& w1_in,
                             const c10::optional<at::Tensor>& b1_in, const at::Tensor& w2_in,
                             const c10::optional<at::Tensor>& b2_in, Opts o) {
@@ -492,27 +497,26 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
     if (o.poison) poison_all({&y, &stats});
     run_forward(x, w1, b1, w2, b2, nhwc, y, stats_view(stats, N, C, o.pool), o);
     if (ctx != nullptr) {
-      ctx->save_for_backward({x, w1.value_or(at::Tensor()), w2, stats});  // w1 undefined: single layer
+      auto or_undefined = [](const c10::optional<at::Tensor>& t) { return given(t) ? *t : at::Tensor(); };
+      ctx->save_for_backward({x_in, or_undefined(w1_in), or_undefined(b1_in), w2_in, or_undefined(b2_in), stats});
       ctx->saved_data["opts"] = std::vector<int64_t>{o.act, o.gate, o.pool, o.variant, o.bps_hint, o.lag_hint,
                                                       o.poison ? 1 : 0};
-      ctx->saved_data["bias"] = std::vector<int64_t>{b1.has_value() && b1->defined(), b2.has_value() && b2->defined()};
-      if (w1) ctx->saved_data["w1_shape"] = w1_in->sizes().vec();
-      ctx->saved_data["w2_shape"] = w2_in.sizes().vec();
     }
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // Differentiating the gradient (create_graph=True) would silently treat it as a constant.
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &w2 = saved[2], &stats = saved[3];
-    const c10::optional<at::Tensor> w1 = saved[1].defined() ? c10::optional<at::Tensor>(saved[1]) : c10::nullopt;
-    const Backend& be = backend_of(x);
-    TORCH_CHECK(!at::GradMode::is_enabled(), "se (", be.name,
-                "): double backward (create_graph=True through the fused SE) is not supported");
+    const at::Tensor &x_in = saved[0], &w1_in = saved[1], &b1_in = saved[2], &w2_in = saved[3], &b2_in = saved[4],
+                     &stats = saved[5];
+    const Backend& be = backend_of(x_in);
     const std::vector<int64_t> ov = ctx->saved_data["opts"].toIntVector();
-    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
     const Opts o{ov[0], ov[1], ov[2], ov[3], ov[4], ov[5], ov[6] != 0, &be};
+    if (at::GradMode::is_enabled()) return grads_with_graph(saved, grads[0], o);
+    const at::Tensor x = x_in.contiguous(kernel_format(x_in));  // x_in itself, but for odd strides
+    const c10::optional<at::Tensor> w1 =
+        w1_in.defined() ? c10::optional<at::Tensor>(as_matrix(be, w1_in, "w1")) : c10::nullopt;
+    const at::Tensor w2 = as_matrix(be, w2_in, "w2");
     const bool nhwc = layout_of(be, x, "x");
     at::Tensor dy = grads[0].contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
     check_dy(be, dy, x, nhwc);
@@ -523,12 +527,24 @@ struct SEFunction : public torch::autograd::Function<SEFunction> {
     if (o.poison) poison_all({&dx, &dw1, &db1, &dw2, &db2});
     run_backward(dy, x, w1, w2, nhwc, stats_view(stats, N, C, o.pool), dx, dw1, db1, dw2, db2, o);
     // the weight gradients in the shapes the weights came in (conv weights: (out, in, 1, 1))
-    auto shaped = [&](const at::Tensor& g, const char* key) {
-      const std::vector<int64_t> shape = ctx->saved_data[key].toIntVector();
-      return shape.size() == 2 ? g : g.view(shape);
-    };
-    return {dx, w1 ? shaped(dw1, "w1_shape") : at::Tensor(), bias[0] ? db1 : at::Tensor(), shaped(dw2, "w2_shape"),
-            bias[1] ? db2 : at::Tensor(), at::Tensor()};
+    return {dx, w1 ? dw1.view(w1_in.sizes()) : at::Tensor(), b1_in.defined() ? db1 : at::Tensor(),
+            dw2.view(w2_in.sizes()), b2_in.defined() ? db2 : at::Tensor(), at::Tensor()};
+  }
+
+  // create_graph=True (a double backward): the kernels' backward is not differentiable, so the
+  // gradient comes from attnkernels.se.grads_with_graph, the reference's eager graph recomputed
+  // from the saved inputs (one implementation, in Python, for every backend).
+  static variable_list grads_with_graph(const variable_list& saved, const at::Tensor& dy, const Opts& o) {
+    pybind11::gil_scoped_acquire gil;
+    auto opt = [](const at::Tensor& t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; };
+    const pybind11::tuple r = pybind11::module_::import("attnkernels.se")
+                                  .attr("grads_with_graph")(saved[0], opt(saved[1]), opt(saved[2]), saved[3],
+                                                            opt(saved[4]), dy, kActNames[o.act], kGateNames[o.gate],
+                                                            kPoolNames[o.pool]);
+    variable_list out;
+    for (const auto& g : r) out.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
+    out.push_back(at::Tensor());  // opts
+    return out;
   }
 };
 
@@ -539,8 +555,8 @@ std::tuple<at::Tensor, std::string> se_apply(const at::Tensor& x, const c10::opt
                                              const std::string& gate, const std::string& pool, int64_t variant,
                                              int64_t bps_hint, int64_t lag_hint, bool poison) {
   const Backend& be = backend_of(x);
-  const Opts o{code_of(be, act, {"relu", "silu", "hardswish", "gelu", "identity"}, "act"),
-               code_of(be, gate, {"sigmoid", "hardsigmoid"}, "gate"), code_of(be, pool, {"avg", "avgmax"}, "pool"),
+  const Opts o{code_of(be, act, kActNames, "act"), code_of(be, gate, kGateNames, "gate"),
+               code_of(be, pool, kPoolNames, "pool"),
                variant, bps_hint, lag_hint, poison, &be};
   auto wants_grad = [](const at::Tensor& t) { return t.requires_grad(); };
   const bool record = at::GradMode::is_enabled() &&

@@ -668,15 +668,112 @@ def test_se_runs_on_x_device_not_the_current_one(kernel_backend):
         assert torch.cuda.current_device() == 0
 
 
-def test_se_double_backward_raises(kernel_backend):
-    x, w1, b1, w2, b2 = _leaves(make_case((2, 4, 3, 3, 2), torch.float64))
-    y = ak.se(x, w1, b1, w2, b2, backend=kernel_backend)
-    # create_graph=True would make the gradient a constant of the second backward: refused
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
-    # a plain backward still works afterwards
-    (gx,) = torch.autograd.grad(ak.se(x, w1, b1, w2, b2, backend=kernel_backend).sum(), x)
-    assert torch.isfinite(gx).all()
+# ---- double backward (create_graph=True): the reference's eager graph (se.grads_with_graph) ----
+@pytest.mark.parametrize("act,gate,pool,channels_last,conv,single", [
+    ("silu", "sigmoid", "avg", False, True, False),
+    ("gelu", "hardsigmoid", "avgmax", True, False, False),
+    ("identity", "hardsigmoid", "avg", True, True, True),
+])
+def test_se_gradgradcheck(kernel_backend, act, gate, pool, channels_last, conv, single):
+    """fp64 gradgradcheck over x and every weight and bias: the C++ autograd of cuda / cuda-emu
+    and the Python one of triton both hand create_graph=True to the differentiable path."""
+    case = make_case((2, 4, 3, 2, 2), torch.float64, channels_last, seed=8, conv_weights=conv, single_layer=single)
+    ins = [t for t in _leaves(case) if t is not None]
+    names = [n for n, t in zip(("x", "w1", "b1", "w2", "b2"), case) if t is not None]
+
+    def f(*a):
+        kw = dict(zip(names, a))
+        return ak.se(kw["x"], kw.get("w1"), kw.get("b1"), kw["w2"], kw.get("b2"), act=act, gate=gate, pool=pool,
+                     backend=kernel_backend)
+
+    assert torch.autograd.gradgradcheck(f, ins)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_create_graph_gradient_penalty(kernel_backend, dtype, channels_last):
+    """A gradient penalty step (WGAN-GP / R1: a norm of the gradients, differentiated again):
+    the first-order gradients under create_graph=True match the kernels' plain backward, in each
+    input's dtype and shape, and the penalty's gradients meet the 2x rule against fp64."""
+    case = make_case((3, 12, 5, 4, 3), dtype, channels_last, seed=9, conv_weights=True)
+    dy = rand(case[0].shape, dtype, case[0].device, torch.Generator().manual_seed(2))
+
+    def step(backend, tensors, create_graph=True):
+        ins = _leaves(tensors)
+        y = ak.se(*ins, act="silu", pool="avgmax", backend=backend)
+        first = torch.autograd.grad(y, ins, dy.to(y.dtype), create_graph=create_graph)
+        if not create_graph:
+            return first, None
+        penalty = sum(g.square().sum() for g in first)
+        return first, torch.autograd.grad(penalty, ins)
+
+    plain, _ = step(kernel_backend, case, create_graph=False)
+    first, second = step(kernel_backend, case)
+    _, ref_second = step("reference", case)
+    _, ref64_second = step("reference", [to64(t) for t in case])
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for name, got, want, t in zip(("dx", "dw1", "db1", "dw2", "db2"), first, plain, case):
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        torch.testing.assert_close(got.float(), want.float(), **tol, msg=name)
+    for name, got, want, want64 in zip(("x", "w1", "b1", "w2", "b2"), second, ref_second, ref64_second):
+        assert_matches(got, want, want64, f"d penalty / d {name}")
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_se_create_graph_same_gradient_as_plain_backward_fp64(kernel_backend, gate):
+    """The gradient's value does not depend on create_graph: in fp64 the differentiable path and
+    the kernels agree to rounding, hardsigmoid's slope (torch's 1.0f / 6.0f) included."""
+    case = make_case((2, 10, 4, 3, 3), torch.float64, seed=12, conv_weights=True)
+    dy = rand(case[0].shape, torch.float64, case[0].device, torch.Generator().manual_seed(5))
+    grads = []
+    for create_graph in (False, True):
+        ins = _leaves(case)
+        y = ak.se(*ins, act="hardswish", gate=gate, pool="avgmax", backend=kernel_backend)
+        grads.append(torch.autograd.grad(y, ins, dy, create_graph=create_graph))
+    for name, plain, graph in zip(("dx", "dw1", "db1", "dw2", "db2"), *grads):
+        assert graph.requires_grad and not plain.requires_grad, name
+        torch.testing.assert_close(graph, plain, rtol=1e-12, atol=1e-13, msg=name)
+
+
+def test_se_create_graph_wants_only_some_gradients(kernel_backend):
+    """create_graph=True with gradients wanted for a subset (frozen weights, or x only): the
+    differentiable path returns the others as None, and a Hessian-vector product through x
+    matches the reference's."""
+    x, w1, b1, w2, b2 = make_case((2, 6, 3, 3, 2), torch.float64, seed=10)
+    v = torch.randn_like(x)
+    outs = {}
+    for backend in (kernel_backend, "reference"):
+        xl = x.detach().clone().requires_grad_()
+        y = ak.se(xl, w1, b1, w2, b2, act="gelu", backend=backend)  # weights frozen
+        (gx,) = torch.autograd.grad(y.square().sum(), xl, create_graph=True)
+        (hv,) = torch.autograd.grad(gx, xl, v)
+        outs[backend] = (gx, hv)
+    for got, want in zip(outs[kernel_backend], outs["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    # only a bias wants a gradient
+    b2l = b2.detach().clone().requires_grad_()
+    y = ak.se(x, w1, b1, w2, b2l, backend=kernel_backend)
+    (gb,) = torch.autograd.grad(y.sum(), b2l, create_graph=True)
+    assert gb.requires_grad
+    (gg,) = torch.autograd.grad(gb.sum(), b2l)
+    y = reference.se(x, w1, b1, w2, b2l)
+    (gb_ref,) = torch.autograd.grad(y.sum(), b2l, create_graph=True)
+    (gg_ref,) = torch.autograd.grad(gb_ref.sum(), b2l)
+    torch.testing.assert_close(gg, gg_ref, rtol=1e-9, atol=1e-10)
+
+
+def test_se_raw_op_create_graph(kernel_backend):
+    """The custom op's own autograd (what torch.compile and direct torch.ops calls use) takes the
+    differentiable path under create_graph=True too; torch.compile's backward keeps the kernels."""
+    x, w1, b1, w2, b2 = _leaves(make_case((2, 6, 3, 3, 2), torch.float64, seed=11))
+    y = torch.ops.attnkernels.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avgmax", kernel_backend)[0]
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (gw,) = torch.autograd.grad(gx.square().sum(), w1)
+    xr, w1r, b1r, w2r, b2r = _leaves((x, w1, b1, w2, b2))
+    (gxr,) = torch.autograd.grad(reference.se(xr, w1r, b1r, w2r, b2r, pool="avgmax").sum(), xr, create_graph=True)
+    (gwr,) = torch.autograd.grad(gxr.square().sum(), w1r)
+    torch.testing.assert_close(gx, gxr, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(gw, gwr, rtol=1e-9, atol=1e-10)
 
 
 def test_se_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):

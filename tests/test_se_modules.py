@@ -180,6 +180,45 @@ def test_module_under_autocast(kernel_backend, x_dtype):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=5e-2, atol=5e-2, msg=name)
 
 
+def _hardsigmoid_block_twin(m, x):
+    """The drop-ins' math with the hardsigmoid gate written as a clamp, which torch can
+    differentiate twice (nn.Hardsigmoid cannot: the eager blocks have no double backward)."""
+    F = nn.functional
+    q = x.mean((2, 3), keepdim=True)
+    if isinstance(m, ak.EffectiveSEModule):
+        z = F.conv2d(q, m.fc.weight, m.fc.bias)
+    else:
+        z = F.conv2d(F.relu(F.conv2d(q, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
+    return x * (z / 6 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize("make", [lambda: ak.SqueezeExcitation(16, 4, scale_activation=nn.Hardsigmoid),
+                                  lambda: ak.EffectiveSEModule(16)], ids=["torchvision_hardsigmoid", "effective_se"])
+def test_module_gradient_penalty(kernel_backend, make):
+    """An R1-style penalty (|d out / d x|^2, differentiated to the parameters) through the fused
+    drop-in, which the eager blocks cannot do (nn.Hardsigmoid has no double backward), against
+    an eager twin of the block that torch can differentiate twice."""
+    torch.manual_seed(0)
+    m = make().to(DEVICE, torch.float64)
+    for prm in m.parameters():
+        nn.init.normal_(prm, std=0.3)
+    x = torch.randn(2, 16, 4, 3, device=DEVICE, dtype=torch.float64)
+
+    def penalty_grads(forward):
+        xl = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(forward(xl).square().sum(), xl, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), list(m.parameters()))
+
+    with ak.backend(kernel_backend):
+        got = penalty_grads(m)
+    assert m.fused_options() is not None
+    want = penalty_grads(lambda t: _hardsigmoid_block_twin(m, t))
+    # rtol 1e-6, not fp64's 1e-12: the twin's clamp has the slope 1/6, the drop-in torch's
+    # hardsigmoid slope (the float 1.0f / 6.0f even in float64, which the kernels match)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
 def test_module_compile_fullgraph(kernel_backend):
     torch._dynamo.reset()
     real, ours = _pair(timm.layers.SEModule(16, add_maxpool=True), ak.SEModule(16, add_maxpool=True))
