@@ -226,6 +226,12 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
+    if torch._C._are_functorch_transforms_active():
+        # torch.func (grad, vmap, jacrev, functional_call under them, ...): neither the kernels'
+        # autograd Functions (Python or C++) nor custom ops run under its transforms; the
+        # reference's eager ops do, so there the module behaves as the one it replaces.
+        w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
+        return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     name = None
     if isinstance(x, Tensor) and x.numel() and not torch.compiler.is_compiling():
         name = resolve(backend, x.device)
