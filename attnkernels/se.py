@@ -20,6 +20,7 @@ Backend contract (every kernel backend module implements se_forward and se_backw
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -226,11 +227,18 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
-    if torch._C._are_functorch_transforms_active():
-        # torch.func (grad, vmap, jacrev, functional_call under them, ...): neither the kernels'
-        # autograd Functions (Python or C++) nor custom ops run under its transforms; the
-        # reference's eager ops do, so there the module behaves as the one it replaces.
-        w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
+    if torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
+        # The reference's eager ops, so that the module behaves as the one it replaces, under
+        # - torch.func (grad, vmap, jacrev, ...): neither the kernels' autograd Functions (Python
+        #   or C++) nor custom ops run under its transforms;
+        # - torch.jit.trace (and torch.onnx.export's tracer): it records aten ops only, so a
+        #   kernel call would be traced as a constant (or as the empty output it fills), and a
+        #   trace of aten ops also runs, and exports, without attnkernels. (The input checks
+        #   compare shapes, which the tracer warns would be constants: they are checks of the
+        #   traced call, so no warning.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     name = None
     if isinstance(x, Tensor) and x.numel() and not torch.compiler.is_compiling():
@@ -290,10 +298,11 @@ def _weight(conv: nn.Conv2d, x: Tensor):
 
 class _FusedSE:
     """The drop-ins' forward: the fused op on the module's 1x1 convs when fused_options() says
-    it can run it, else the eager forward of the module it replaces (the next class in the MRO:
-    its reference twin). Each drop-in names its submodules (None: the single-layer form has no
-    reduce conv and no activation); one that the fused op cannot run in some configurations also
-    overrides _fusable."""
+    it can run it, else the eager forward of the module it replaces (`_eager_forward`, from the
+    next class in the MRO, its reference twin). torch.jit.script compiles that eager forward only
+    (the fused path is `torch.jit.unused`), so a scripted model runs the eager block. Each drop-in
+    names its submodules (None: the single-layer form has no reduce conv and no activation); one
+    that the fused op cannot run in some configurations also overrides _fusable."""
 
     _CONVS = ("fc1", "fc2")  # reduce (or None), expand
     _ACT_GATE = ("act", "gate")  # activation (or None: identity), gate
@@ -316,9 +325,15 @@ class _FusedSE:
         return act, gate, self._pool()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the eager forward of the block replaced
+            return self._eager_forward(x)
+        return self._fused_forward(x)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
         opts = self.fused_options()
         if opts is None:
-            return super().forward(x)
+            return self._eager_forward(x)
         mods = self._modules
         reduce, expand = self._CONVS
         w1, b1 = _weight(mods[reduce], x) if reduce is not None else (None, None)
@@ -335,12 +350,15 @@ class SqueezeExcitation(_FusedSE, reference.SqueezeExcitation):
     _ACT_GATE = ("activation", "scale_activation")
 
     def forward(self, input: Tensor) -> Tensor:  # torchvision's argument name
-        return _FusedSE.forward(self, input)
+        if torch.jit.is_scripting():
+            return self._eager_forward(input)
+        return self._fused_forward(input)
 
 
 class SEModule(_FusedSE, reference.SEModule):
     """Drop-in for timm.layers.SEModule (same constructor and state_dict); fused unless a
     norm_layer or an activation the fused op lacks is configured, or hooks sit on fc1/fc2."""
+
 
     def _fusable(self) -> bool:
         return isinstance(self._modules["bn"], nn.Identity)

@@ -246,3 +246,58 @@ def test_module_torch_export(kernel_backend, make):
         for n in (1, 5):
             xn = torch.randn(n, 16, 5, 5, device=DEVICE)
             torch.testing.assert_close(ep.module()(xn), m(xn), rtol=1e-5, atol=1e-5)
+
+
+DROP_INS = {  # one of each drop-in, in a configuration the fused op runs
+    "torchvision_se": lambda: ak.SqueezeExcitation(16, 4, activation=nn.SiLU),
+    "timm_se_module": lambda: ak.SEModule(16, add_maxpool=True),
+    "timm_squeeze_excite": lambda: ak.SqueezeExcite(16),
+    "timm_effective_se": lambda: ak.EffectiveSEModule(16),
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit")
+@pytest.mark.parametrize("name", list(DROP_INS))
+def test_module_torch_jit_trace(kernel_backend, name):
+    """torch.jit.trace (also torch.onnx.export's tracer) records aten ops only: a kernel call
+    would be traced as a constant or as the empty tensor it fills. Under tracing the drop-ins
+    run the reference's ops, so the trace computes the block for new inputs."""
+    torch.manual_seed(0)
+    m = DROP_INS[name]().to(DEVICE).eval()
+    assert m.fused_options() is not None
+    x = torch.randn(2, 16, 5, 5, device=DEVICE)
+    with ak.backend(kernel_backend), torch.no_grad():
+        traced = torch.jit.trace(m, x)
+        for shape in ((2, 16, 5, 5), (3, 16, 7, 6)):
+            xn = torch.randn(shape, device=DEVICE)
+            torch.testing.assert_close(traced(xn), m(xn), rtol=1e-5, atol=1e-5)
+    assert "aten::mean" in str(traced.graph)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit")
+@pytest.mark.parametrize("name", list(DROP_INS))
+def test_module_torch_jit_script(kernel_backend, name):
+    """torch.jit.script compiles the eager block (the fused path is torch.jit.unused), so a
+    scripted model still scripts after convert; the module itself keeps running fused."""
+    torch.manual_seed(0)
+    m = DROP_INS[name]().to(DEVICE).eval()
+    scripted = torch.jit.script(m)
+    x = torch.randn(3, 16, 4, 5, device=DEVICE)
+    with ak.backend(kernel_backend), torch.no_grad():
+        torch.testing.assert_close(scripted(x), m(x), rtol=1e-5, atol=1e-5)
+    assert m.fused_options() is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit")
+def test_converted_torchvision_model_scripts_and_traces(kernel_backend):
+    """torchvision models are scriptable; after convert they still are, and trace."""
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).to(DEVICE).eval()
+    n = sum(isinstance(mod, torchvision.ops.SqueezeExcitation) for mod in model.modules())
+    ak.convert(model)
+    assert sum(isinstance(mod, ak.SqueezeExcitation) for mod in model.modules()) == n > 0
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    with ak.backend(kernel_backend), torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), want, rtol=1e-4, atol=1e-4)
+        traced = torch.jit.trace(model, torch.randn(2, 3, 64, 64, device=DEVICE))
+        torch.testing.assert_close(traced(x), want, rtol=1e-4, atol=1e-4)

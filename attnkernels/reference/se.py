@@ -56,6 +56,10 @@ class SqueezeExcitation(nn.Module):
         return self.scale_activation(scale)
 
     def forward(self, input: Tensor) -> Tensor:
+        return self._eager_forward(input)
+
+    # the forward's body, which the fused drop-ins fall back to (and TorchScript compiles there)
+    def _eager_forward(self, input: Tensor) -> Tensor:
         return self._scale(input) * input
 
 
@@ -78,6 +82,9 @@ class SEModule(nn.Module):
         self.gate = make_layer(gate_layer)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
         x_se = x.mean((2, 3), keepdim=True)
         if self.add_maxpool:
             x_se = 0.5 * x_se + 0.5 * x.amax((2, 3), keepdim=True)
@@ -96,6 +103,9 @@ class EffectiveSEModule(nn.Module):
         self.gate = make_layer(gate_layer)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
         x_se = x.mean((2, 3), keepdim=True)
         if self.add_maxpool:
             x_se = 0.5 * x_se + 0.5 * x.amax((2, 3), keepdim=True)
@@ -119,5 +129,8 @@ class SqueezeExcite(nn.Module):
         self.gate = make_layer(gate_layer)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
         x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
         return x * self.gate(x_se)
