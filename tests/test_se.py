@@ -45,8 +45,8 @@ def make_case(shape, dtype, channels_last=False, bias=True, ties=False, seed=0, 
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     # weights scaled so the gate is not saturated (its gradient must matter)
-    w1 = rand((Cr, C), dtype, device, g, 1.5 / math.sqrt(C))
-    w2 = rand((C, Cr), dtype, device, g, 1.5 / math.sqrt(Cr))
+    w1 = rand((Cr, C), dtype, device, g, 1.5 / math.sqrt(max(C, 1)))
+    w2 = rand((C, Cr), dtype, device, g, 1.5 / math.sqrt(max(Cr, 1)))
     b1 = rand((Cr,), dtype, device, g, 0.5) if bias else None
     b2 = rand((C,), dtype, device, g, 0.5) if bias else None
     if conv_weights:
@@ -206,14 +206,21 @@ def test_se_compile_reduce_overhead(kernel_backend):
 
 
 @pytest.mark.parametrize("single_layer", [False, True], ids=["two_layers", "single_layer"])
-@pytest.mark.parametrize("shape", [(0, 8, 4, 4, 2), (0, 1, 1, 1, 1)], ids=str)
+@pytest.mark.parametrize("shape", [(0, 8, 4, 4, 2), (0, 1, 1, 1, 1), (2, 0, 4, 4, 2)], ids=str)
 def test_se_empty_batch(kernel_backend, shape, single_layer):
+    """N=0 (and C=0): an empty output and zero weight gradients, on every backend."""
     x, w1, b1, w2, b2 = _leaves(make_case(shape, torch.float32, single_layer=single_layer))
     y = ak.se(x, w1, b1, w2, b2, act="identity" if single_layer else "relu", backend=kernel_backend)
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape and w2.grad is not None and float(w2.grad.abs().sum()) == 0.0
     assert single_layer or (w1.grad is not None and float(w1.grad.abs().sum()) == 0.0)
+
+
+def test_se_empty_image(kernel_backend):
+    """H=0: an empty output (eager torchvision's adaptive pool raises there)."""
+    x, w1, b1, w2, b2 = make_case((2, 8, 0, 3, 2), torch.float32)
+    assert ak.se(x, w1, b1, w2, b2, backend=kernel_backend).shape == x.shape
 
 
 def test_se_non_contiguous_input(kernel_backend):

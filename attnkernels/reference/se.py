@@ -25,8 +25,8 @@ def se_scale(x, w1, b1, w2, b2, act="relu", gate="sigmoid", pool="avg") -> Tenso
     w1 None (and b1 None): the single-layer form, z = w2 @ act(pool(x)) + b2, w2 (C, C): timm's
     EffectiveSEModule with act "identity". gate: a name of GATES, or a function of z."""
     p = se_pool(x, pool)
-    u = p if w1 is None else torch.nn.functional.linear(p, w1.reshape(w1.shape[0], -1), b1)
-    z = torch.nn.functional.linear(ACTIVATIONS[act](u), w2.reshape(w2.shape[0], -1), b2)
+    u = p if w1 is None else torch.nn.functional.linear(p, w1.flatten(1), b1)
+    z = torch.nn.functional.linear(ACTIVATIONS[act](u), w2.flatten(1), b2)
     return (GATES[gate] if isinstance(gate, str) else gate)(z)
 
 
