@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad as _forward_ad
 from torch.nn.modules import module as _module_hooks
 
 from . import reference
@@ -227,10 +228,12 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
-    if torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
+    if torch._C._are_functorch_transforms_active() or torch.jit.is_tracing() or _forward_ad._current_level >= 0:
         # The reference's eager ops, so that the module behaves as the one it replaces, under
         # - torch.func (grad, vmap, jacrev, ...): neither the kernels' autograd Functions (Python
         #   or C++) nor custom ops run under its transforms;
+        # - forward-mode AD (torch.autograd.forward_ad's dual levels): the Functions have no jvp,
+        #   and the Python one would drop the tangent (the output would have none);
         # - torch.jit.trace (and torch.onnx.export's tracer): it records aten ops only, so a
         #   kernel call would be traced as a constant (or as the empty output it fills), and a
         #   trace of aten ops also runs, and exports, without attnkernels. (The input checks

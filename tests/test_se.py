@@ -813,6 +813,29 @@ def test_se_under_torch_func(kernel_backend):
                                    rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit")  # (torch.func scripts a helper of its own)
+def test_se_forward_mode_ad(kernel_backend):
+    """Forward-mode AD (dual tensors; torch.func.jvp): the tangent of the output is the
+    reference's, for tangents on x and on the weights (under a dual level `se` runs the
+    reference's ops: the kernels' Functions have no jvp, and the Python one dropped the tangent)."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, w1, b1, w2, b2 = make_case((2, 6, 4, 3, 2), torch.float64, seed=14)
+    g = torch.Generator().manual_seed(6)
+    tx, tw = rand(x.shape, x.dtype, x.device, g), rand(w1.shape, x.dtype, x.device, g)
+    tangents = {}
+    for backend in (kernel_backend, "reference"):
+        with fwAD.dual_level():
+            y = ak.se(fwAD.make_dual(x, tx), fwAD.make_dual(w1, tw), b1, w2, b2, act="gelu", pool="avgmax",
+                      backend=backend)
+            tangents[backend] = fwAD.unpack_dual(y).tangent
+    assert tangents[kernel_backend] is not None
+    torch.testing.assert_close(tangents[kernel_backend], tangents["reference"], rtol=1e-10, atol=1e-12)
+    _, jvp_out = torch.func.jvp(lambda a: ak.se(a, w1, b1, w2, b2, backend=kernel_backend), (x,), (tx,))
+    _, jvp_ref = torch.func.jvp(lambda a: reference.se(a, w1, b1, w2, b2), (x,), (tx,))
+    torch.testing.assert_close(jvp_out, jvp_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_se_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):
     x, w1, b1, w2, b2 = make_case((2, 8, 3, 5, 2), torch.float32)
     op = torch.ops.attnkernels.se_forward
