@@ -1,13 +1,14 @@
 """attnkernels: fused CUDA and Triton kernels for the attention blocks of CNNs."""
 from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
-from .se import EffectiveSEModule, SEModule, SqueezeExcitation, SqueezeExcite, se
+from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, se
 from .convert import convert, convert_report
 from ._variant import force_variant
 
 __all__ = [
     "available_backends", "backend", "get_backend", "set_backend", "force_variant",
-    "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "convert",
+    "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "SENetSEModule",
+    "convert",
     "convert_report",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,8 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.EffectiveSEModule
   timm.models._efficientnet_blocks.SqueezeExcite (timm's EfficientNet, MobileNetV3, MixNet, ...)
       -> attnkernels.SqueezeExcite
+  timm.models.senet.SEModule (timm's legacy SENets: legacy_seresnet*, legacy_senet154, ...)
+      -> attnkernels.SENetSEModule
 
 The replacement is built with the constructor arguments read off the old module (channels,
 squeeze channels, bias, add_maxpool), reusing the old activation / gate / norm module
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from .backend import get_backend, resolve
-from .se import EffectiveSEModule, SEModule, SqueezeExcitation, SqueezeExcite, _FusedSE
+from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, _FusedSE
 
 __all__ = ["convert", "convert_report", "convertible_types"]
 
@@ -57,6 +59,9 @@ def convertible_types() -> dict:
     blocks = sys.modules.get("timm.models._efficientnet_blocks")
     if blocks is not None and hasattr(blocks, "SqueezeExcite"):
         table[blocks.SqueezeExcite] = _from_timm_efficientnet
+    senet = sys.modules.get("timm.models.senet")
+    if senet is not None and hasattr(senet, "SEModule"):
+        table[senet.SEModule] = _from_timm_senet
     return table
 
 
@@ -90,6 +95,16 @@ def _from_timm_efficientnet(old: nn.Module) -> nn.Module:
                          act_layer=old.act1, gate_layer=old.gate)
 
 
+def _from_timm_senet(old: nn.Module) -> nn.Module:
+    C, Cr = old.fc1.in_channels, old.fc1.out_channels
+    reduction = C // Cr if Cr > 0 else 0
+    if reduction < 1 or C // reduction != Cr:  # not built by SEModule(C, reduction)
+        raise ValueError(f"fc1 maps {C} -> {Cr} channels, which no reduction gives")
+    new = SENetSEModule(C, reduction)
+    new.relu, new.sigmoid = old.relu, old.sigmoid
+    return new
+
+
 def _swap_one(old: nn.Module, build) -> nn.Module:
     requires_grad = {n: p.requires_grad for n, p in old.named_parameters()}
     training = {n: m.training for n, m in old.named_modules()}
@@ -106,7 +121,7 @@ def _swap_one(old: nn.Module, build) -> nn.Module:
 
 def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
     """Swap every torchvision SqueezeExcitation / timm SEModule / EffectiveSEModule / timm
-    EfficientNet-block SqueezeExcite in `model` for attnkernels' fused drop-in and return the model (a deep copy
+    EfficientNet-block SqueezeExcite / timm legacy-SENet SEModule in `model` for attnkernels' fused drop-in and return the model (a deep copy
     when inplace=False). If `model` itself is such a block, the returned module is its
     replacement. A block that cannot be converted (e.g. an unexpected layout) is left as is
     with a warning. The number swapped per class is

@@ -390,3 +390,11 @@ class EffectiveSEModule(_FusedSE, reference.EffectiveSEModule):
 
     def _pool(self) -> str:
         return "avgmax" if self.add_maxpool else "avg"
+
+
+class SENetSEModule(_FusedSE, reference.SENetSEModule):
+    """Drop-in for timm.models.senet.SEModule, the SE of timm's legacy SENets (legacy_seresnet*,
+    legacy_seresnext*, legacy_senet154): same constructor (channels, reduction), fc1 / relu /
+    fc2 / sigmoid and state_dict; fused unless hooks sit on fc1/fc2."""
+
+    _ACT_GATE = ("relu", "sigmoid")

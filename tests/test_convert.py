@@ -277,6 +277,23 @@ def test_kernel_backend_timm_vovnet(kernel_backend):
 
 
 @needs_timm
+def test_kernel_backend_timm_legacy_seresnet(kernel_backend):
+    """timm's legacy_seresnet18 (the original SENet's SEModule, timm.models.senet): every block
+    swapped, same keys and Parameter objects, and on each kernel backend the same output."""
+    from timm.models.senet import SEModule as LegacySE
+    model, orig = _pair(lambda: timm.create_model("legacy_seresnet18", pretrained=False))
+    params = {n: id(p) for n, p in model.named_parameters()}
+    n_se = _count(model, LegacySE)
+    assert n_se == 8
+    ak.convert(model.to(DEVICE))
+    orig = orig.to(DEVICE)
+    assert _count(model, LegacySE) == 0 and convert_report(model)["fused"] == _count(model, ak.SENetSEModule) == n_se
+    assert {n: id(p) for n, p in model.named_parameters()} == params
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    _check_same_output(model, orig, x, backend=kernel_backend, rtol=1e-3, atol=1e-4)
+
+
+@needs_timm
 def test_kernel_backend_timm_avgmax(kernel_backend):
     model, orig = _pair(_timm_variants)
     model, orig = model.to(DEVICE), orig.to(DEVICE)

@@ -105,6 +105,18 @@ def test_timm_semodule_rd_rounding(C, Cr):
     assert timm_layers.SEModule(C).fc1.weight.shape == (Cr, C, 1, 1)
 
 
+@pytest.mark.parametrize("reduction", [1, 4, 16])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_timm_legacy_senet_se(reduction, train):
+    """timm.models.senet.SEModule (legacy SENets): keys, Cr = C // reduction, numerics."""
+    senet = pytest.importorskip("timm.models.senet")
+    g = case_generator("senet", reduction, train)
+    theirs = randomize_(senet.SEModule(48, reduction).to(DT), g)
+    mine = ref.SENetSEModule(48, reduction).to(DT)
+    assert mine.fc1.out_channels == 48 // reduction
+    check_pair(mine, theirs, torch.randn((3, 48, 5, 4), generator=g, dtype=DT) * 3, train=train, g=g)
+
+
 @pytest.mark.parametrize("add_maxpool", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_timm_effective_se(shape, add_maxpool):

@@ -93,6 +93,16 @@ def test_effective_se_module_matches_timm(kernel_backend, kw, channels_last):
     _check(real, ours, kernel_backend, (3, 20, 5, 6), channels_last)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_senet_se_module_matches_timm_legacy_senet(kernel_backend, channels_last):
+    """timm.models.senet.SEModule (the legacy SENets' block): keys, outputs and gradients."""
+    senet = pytest.importorskip("timm.models.senet")
+    real, ours = _pair(senet.SEModule(32, 8), ak.SENetSEModule(32, 8))
+    assert list(ours.state_dict()) == list(real.state_dict())
+    assert ours.fused_options() == ("relu", "sigmoid", "avg")
+    _check(real, ours, kernel_backend, (3, 32, 5, 6), channels_last)
+
+
 def test_unfusable_configuration_falls_back_to_eager(kernel_backend):
     real, ours = _pair(torchvision.ops.SqueezeExcitation(8, 2, activation=nn.Tanh),
                        ak.SqueezeExcitation(8, 2, activation=nn.Tanh))
@@ -253,6 +263,7 @@ DROP_INS = {  # one of each drop-in, in a configuration the fused op runs
     "timm_se_module": lambda: ak.SEModule(16, add_maxpool=True),
     "timm_squeeze_excite": lambda: ak.SqueezeExcite(16),
     "timm_effective_se": lambda: ak.EffectiveSEModule(16),
+    "timm_legacy_senet": lambda: ak.SENetSEModule(16, 4),
 }
 
 

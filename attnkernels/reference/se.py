@@ -134,3 +134,24 @@ class SqueezeExcite(nn.Module):
     def _eager_forward(self, x: Tensor) -> Tensor:
         x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
         return x * self.gate(x_se)
+
+
+class SENetSEModule(nn.Module):
+    """timm.models.senet.SEModule, the block of timm's legacy SENets (legacy_seresnet*,
+    legacy_seresnext*, legacy_senet154: ports of the original SENet models): fc1 / relu / fc2 /
+    sigmoid, 1x1 convs with bias, Cr = channels // reduction."""
+
+    def __init__(self, channels: int, reduction: int, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, **dd)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, **dd)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        x_se = self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * self.sigmoid(x_se)
