@@ -783,6 +783,7 @@ def test_se_raw_op_create_graph(kernel_backend):
     torch.testing.assert_close(gw, gwr, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit")  # (torch.func scripts a helper of its own)
 def test_se_under_torch_func(kernel_backend):
     """torch.func transforms (per-sample gradients with vmap(grad), jacrev, an ensemble with
     vmap over stacked parameters) give what the reference gives under plain autograd: under a
