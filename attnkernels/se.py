@@ -242,6 +242,7 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
+        resolve(backend, x.device)  # a backend that cannot run here is still an error
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
     name = None
     if isinstance(x, Tensor) and x.numel() and not torch.compiler.is_compiling():

@@ -812,6 +812,10 @@ def test_se_under_torch_func(kernel_backend):
     for m, y in zip(models, ys):
         torch.testing.assert_close(y, reference.se(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias),
                                    rtol=1e-10, atol=1e-12)
+    # a backend that cannot run here is an error there too
+    other = "cuda" if x.device.type == "cpu" else "cuda-emu"
+    with pytest.raises(RuntimeError, match=f"backend '{other}' cannot run"):
+        grad(lambda w: ak.se(x, w, b1, w2, b2, backend=other).sum())(w1)
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit")  # (torch.func scripts a helper of its own)
