@@ -337,3 +337,28 @@ def test_module_under_activation_checkpointing(kernel_backend, use_reentrant):
         ak.set_backend(prev)
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit")
+def test_saved_script_and_trace_load_without_attnkernels(tmp_path):
+    """A scripted or traced drop-in, saved with torch.jit.save, loads and runs in a process that
+    never imports attnkernels (deployment without the package), with the module's output."""
+    import subprocess
+
+    torch.manual_seed(0)
+    m = ak.SEModule(16, add_maxpool=True).eval()
+    x = torch.randn(2, 16, 4, 5)
+    torch.jit.save(torch.jit.script(m), str(tmp_path / "scripted.pt"))
+    torch.jit.save(torch.jit.trace(m, torch.randn(2, 16, 3, 3)), str(tmp_path / "traced.pt"))
+    torch.save({"x": x, "y": m(x).detach()}, str(tmp_path / "io.pt"))
+    script = (
+        "import sys, torch\n"
+        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "for name in ('scripted', 'traced'):\n"
+        f"    m = torch.jit.load({str(tmp_path)!r} + '/' + name + '.pt')\n"
+        "    torch.testing.assert_close(m(d['x']), d['y'], rtol=1e-5, atol=1e-6)\n"
+        "assert 'attnkernels' not in sys.modules\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]
