@@ -263,6 +263,10 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
     b2 = b2.contiguous() if b2 is not None else None
     args = (x, w1.contiguous() if w1 is not None else None, b1, w2.contiguous(), b2, act, gate, pool, name)
     if torch.compiler.is_compiling():
+        if torch.onnx.is_in_onnx_export():
+            # torch.onnx.export (its default, torch.export-based exporter) has no ONNX function
+            # for the custom op: give it the reference's aten ops, which it translates
+            return reference.se(x, w1, b1, w2, b2, act, gate, pool)
         return se_forward(*args)[0]
     if torch.is_grad_enabled() and (x.requires_grad or (w1 is not None and w1.requires_grad) or w2.requires_grad
                                     or (b1 is not None and b1.requires_grad)

@@ -339,6 +339,36 @@ def test_module_under_activation_checkpointing(kernel_backend, use_reentrant):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_module_export_for_onnx_runs_aten_ops(kernel_backend, monkeypatch):
+    """Under torch.onnx.export (its default exporter is torch.export-based, and it has no ONNX
+    function for the custom op) the drop-ins give the exporter aten ops; a plain torch.export
+    keeps the fused op (test_module_torch_export). The exporter's flag is simulated here; the
+    real export is test_module_onnx_export."""
+    m = DROP_INS["timm_se_module"]().to(DEVICE).eval()
+    x = torch.randn(2, 16, 5, 5, device=DEVICE)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    with ak.backend(kernel_backend):
+        ep = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not any("attnkernels" in t for t in targets) and "aten.mean.dim" in targets, targets
+    torch.testing.assert_close(ep.module()(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("dynamo", [True, False], ids=["export", "tracer"])
+def test_module_onnx_export(kernel_backend, dynamo, tmp_path):
+    """torch.onnx.export of a drop-in, with either exporter (needs onnx, and onnxscript for the
+    default one; neither is a dependency of the package, so this skips without them)."""
+    onnx = pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    m = DROP_INS["timm_se_module"]().to(DEVICE).eval()
+    with ak.backend(kernel_backend):
+        torch.onnx.export(m, (torch.randn(2, 16, 5, 5, device=DEVICE),), str(tmp_path / "se.onnx"), dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "se.onnx")).graph.node}
+    assert {"ReduceMean", "ReduceMax", "Sigmoid", "Mul"} <= ops, ops
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.jit")
 def test_saved_script_and_trace_load_without_attnkernels(tmp_path):
     """A scripted or traced drop-in, saved with torch.jit.save, loads and runs in a process that
