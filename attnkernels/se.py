@@ -289,19 +289,40 @@ def _hooked(*convs: nn.Module) -> bool:
     return any(c._forward_pre_hooks or c._forward_hooks for c in convs)
 
 
-def _weight(conv: nn.Conv2d, x: Tensor):
-    """A 1x1 conv's weight/bias in x's dtype (as autocast would cast them for the conv). Read
-    from _parameters (nn.Module.__getattr__ costs ~0.7 us a lookup, and a module forward ran
-    six); a parametrized weight (a property, not in _parameters) through the attribute."""
+def _conv_params(conv: nn.Conv2d):
+    """A 1x1 conv's (weight, bias). Read from _parameters (nn.Module.__getattr__ costs ~0.7 us a
+    lookup, and a module forward ran six); a parametrized weight (a property, not in
+    _parameters) through the attribute."""
     params = conv._parameters
     w = params.get("weight")
     if w is None:
         w = conv.weight
-    b = params["bias"] if "bias" in params else conv.bias
-    if w.dtype != x.dtype:
-        w = w.to(x.dtype)
-        b = b.to(x.dtype) if b is not None else None
-    return w, b
+    return w, params["bias"] if "bias" in params else conv.bias
+
+
+def _conv_attrs(conv: nn.Conv2d):
+    """(weight, bias) through the attributes: under FX symbolic tracing these are the tracer's
+    get_attr proxies, so the traced graph reads the module's parameters."""
+    return conv.weight, conv.bias
+
+
+def _fused_se_call(x, w1, b1, w2, b2, act: str, gate: str, pool: str) -> Tensor:
+    """The drop-ins' fused call on their conv weights, cast to x's dtype first where they differ
+    (as autocast casts them for the eager block's convs). A leaf of FX symbolic tracing
+    (torch.fx.wrap below): a traced model (torchvision's create_feature_extractor, FX-based
+    quantization or pruning) calls it, fused, instead of tracing into `se`, whose checks a Proxy
+    fails."""
+    dt = x.dtype
+    if w2.dtype != dt:
+        w2 = w2.to(dt)
+        b2 = b2.to(dt) if b2 is not None else None
+    if w1 is not None and w1.dtype != dt:
+        w1 = w1.to(dt)
+        b1 = b1.to(dt) if b1 is not None else None
+    return se(x, w1, b1, w2, b2, act=act, gate=gate, pool=pool)
+
+
+torch.fx.wrap("_fused_se_call")
 
 
 class _FusedSE:
@@ -344,9 +365,10 @@ class _FusedSE:
             return self._eager_forward(x)
         mods = self._modules
         reduce, expand = self._CONVS
-        w1, b1 = _weight(mods[reduce], x) if reduce is not None else (None, None)
-        w2, b2 = _weight(mods[expand], x)
-        return se(x, w1, b1, w2, b2, act=opts[0], gate=opts[1], pool=opts[2])
+        params = _conv_attrs if isinstance(x, torch.fx.Proxy) else _conv_params
+        w1, b1 = params(mods[reduce]) if reduce is not None else (None, None)
+        w2, b2 = params(mods[expand])
+        return _fused_se_call(x, w1, b1, w2, b2, *opts)
 
 
 class SqueezeExcitation(_FusedSE, reference.SqueezeExcitation):

@@ -81,7 +81,7 @@ def _run(args, gpu):
     import attnkernels as ak
     import attnkernels.cuda as akc
     from attnkernels import reference
-    from attnkernels.se import _SEFunction, _weight
+    from attnkernels.se import _SEFunction, _conv_params
 
     name, dev = ("cuda", "cuda") if gpu else ("cuda-emu", "cpu")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
@@ -90,8 +90,8 @@ def _run(args, gpu):
     m = ak.SqueezeExcitation(C, Cr).to(dev)
     eager = reference.SqueezeExcitation(C, Cr).to(dev)
     eager.load_state_dict(m.state_dict())
-    w1, b1 = _weight(m.fc1, x)
-    w2, b2 = _weight(m.fc2, x)
+    w1, b1 = _conv_params(m.fc1)
+    w2, b2 = _conv_params(m.fc2)
     w1m, w2m = w1.detach().reshape(Cr, C), w2.detach().reshape(C, Cr)
     ext = akc._ext_for(x)
     xg = x.clone().requires_grad_(True)

@@ -392,3 +392,55 @@ def test_saved_script_and_trace_load_without_attnkernels(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=str(tmp_path))
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", list(DROP_INS))
+def test_module_fx_symbolic_trace(kernel_backend, name):
+    """torch.fx.symbolic_trace: the fused call is a leaf of the traced graph (one call_function
+    node reading the module's parameters through get_attr), and the GraphModule runs it fused,
+    with the module's output and gradients."""
+    torch.manual_seed(0)
+    m = DROP_INS[name]().to(DEVICE)
+    gm = torch.fx.symbolic_trace(m)
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert [n.target.__name__ for n in calls] == ["_fused_se_call"], gm.code
+    assert {n.target for n in gm.graph.nodes if n.op == "get_attr"} == set(dict(m.named_parameters()))
+    x = torch.randn(2, 16, 4, 5, device=DEVICE)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    se_module = sys.modules["attnkernels.se"]
+    with ak.backend(kernel_backend), mock.patch.object(se_module, "se", wraps=se_module.se) as fused_op:
+        ya = gm(xa)
+    assert fused_op.call_count == 1
+    yb = m._eager_forward(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    (ga,) = torch.autograd.grad(ya.square().sum(), xa)
+    (gb,) = torch.autograd.grad(yb.square().sum(), xb)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def test_fx_trace_of_an_unfusable_block_is_the_eager_one():
+    m = ak.SqueezeExcitation(8, 2, activation=nn.Tanh).to(DEVICE)
+    assert m.fused_options() is None
+    gm = torch.fx.symbolic_trace(m)
+    x = torch.randn(2, 8, 3, 3, device=DEVICE)
+    torch.testing.assert_close(gm(x), m(x))
+
+
+def test_converted_torchvision_feature_extractor(kernel_backend):
+    """torchvision's create_feature_extractor (FX; detection and segmentation backbones use it)
+    on a converted model: it traces, and the extractor runs the fused blocks."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).to(DEVICE).eval()
+    ak.convert(model)
+    extractor = create_feature_extractor(model, return_nodes={"features.4": "c4", "features.9": "c9"})
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    se_module = sys.modules["attnkernels.se"]
+    with ak.backend(kernel_backend), torch.no_grad(), \
+            mock.patch.object(se_module, "se", wraps=se_module.se) as fused_op:
+        feats = extractor(x)
+        n_fused = fused_op.call_count
+        want = {"c4": model.features[:5](x), "c9": model.features[:10](x)}
+    assert n_fused == sum(isinstance(m, ak.SqueezeExcitation) for m in model.features[:10].modules()) > 0
+    for k in want:
+        torch.testing.assert_close(feats[k], want[k], rtol=1e-4, atol=1e-4)
