@@ -115,6 +115,25 @@ def test_se_avgmax_ties_split_like_amax(kernel_backend, dtype, channels_last):
     run_and_check(kernel_backend, case, "relu", "sigmoid", "avgmax")
 
 
+@pytest.mark.parametrize("single", [False, True], ids=["two_layer", "single_layer"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("act,gate", [("relu", "hardsigmoid"), ("hardswish", "hardsigmoid"), ("hardswish", "sigmoid")])
+def test_se_gradient_at_the_kinks(kernel_backend, act, gate, dtype, single):
+    """The activations' and the gate's gradients where PyTorch picks a side: relu at 0, hardswish
+    at -3 (0) and 3 (1), hardsigmoid at +-3 (0). HW = 1 and identity weights put the MLP's inputs
+    exactly on the kinks (p = x, u = p, z = act(u), all exact): x takes the values
+    {-4, -3, -1.5, 0, 1.5, 3, 4}, so hardswish(3) = 3 also lands on the gate's kink."""
+    N, C = 3, 14
+    g = torch.Generator().manual_seed(21)
+    vals = torch.tensor([-4.0, -3.0, -1.5, 0.0, 1.5, 3.0, 4.0], dtype=torch.float64)
+    x = vals[torch.randint(0, len(vals), (N, C, 1, 1), generator=g)].to(DEVICE, dtype)
+    eye = torch.eye(C, dtype=dtype, device=DEVICE)
+    zeros = torch.zeros(C, dtype=dtype, device=DEVICE)
+    case = (x, None, None, eye, zeros) if single else (x, eye, zeros, eye.clone(), zeros.clone())
+    for pool in POOLS:  # avgmax: p = 0.5 x + 0.5 x = x too
+        run_and_check(kernel_backend, case, act, gate, pool, seed=22)
+
+
 @pytest.mark.parametrize("act,gate,pool", COMBOS)
 def test_se_gradcheck(kernel_backend, act, gate, pool):
     case = make_case((2, 3, 2, 3, 2), torch.float64, seed=3)

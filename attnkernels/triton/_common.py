@@ -65,7 +65,8 @@ def activation_grad(u, ACT: tl.constexpr):
         sg = sigmoid(u)
         return sg * (1.0 + u * (1.0 - sg))
     elif ACT == "hardswish":
-        return tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, u / 3.0 + 0.5, 1.0))
+        # PyTorch's kinks: 0 at -3, 1 at 3 (hardswish_backward, CPU and CUDA)
+        return tl.where(u <= -3.0, 0.0, tl.where(u < 3.0, u / 3.0 + 0.5, 1.0))
     else:  # gelu
         cdf = 0.5 * (1.0 + tl.erf(u * INV_SQRT2))
         return cdf + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI

@@ -112,8 +112,8 @@ template <typename A> AK_INL A act_grad(int act, A u) {
       A sg = A(1) / (A(1) + ak_exp(-u));
       return sg * (A(1) + u * (A(1) - sg));
     }
-    case ACT_HARDSWISH:
-      return u < A(-3) ? A(0) : (u <= A(3) ? u / A(3) + A(0.5) : A(1));
+    case ACT_HARDSWISH:  // PyTorch's kinks: 0 at -3, 1 at 3 (hardswish_backward, CPU and CUDA)
+      return u <= A(-3) ? A(0) : (u < A(3) ? u / A(3) + A(0.5) : A(1));
     case ACT_IDENTITY: return A(1);
     default: {
       A cdf = A(0.5) * (A(1) + ak_erf(u * A(0.70710678118654752440)));
