@@ -87,6 +87,14 @@ def test_se_kernels_memory_instructions(build):
                 assert needle in body, f"{name}: no {needle}"
             if kind == "17se_rescale_kernel":
                 assert ".cs." not in body, f"{name}: the split rescale should not use evict-first"
+    # The squeeze / reduction streams keep several 16-byte loads in flight per lane (kStreamLoads,
+    # loads issued before their sums): one load per loop trip left them latency-bound (SASS of the
+    # rolled loop: LDG.128, its adds, the branch back). PTX keeps the source's unrolled loads.
+    for kind, least in (("24se_squeeze_excite_kernel", 4), ("20se_bwd_reduce_kernel", 4)):
+        for name, body in entries.items():
+            if kind in name and bf16 in name:
+                n_v4 = len(re.findall(r"ld\.global(?:\.nc)?\.v4", body))
+                assert n_v4 >= least, f"{name}: {n_v4} 16-byte loads, the unrolled stream has {least}"
 
 
 def test_one_extension_no_shared_kernel_symbols():

@@ -213,6 +213,22 @@ def test_avgmax_ties(device, channels_last, variant):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", [("split", 2), ("fused", 0), ("pipelined", 2, 1)])
+def test_nchw_vectors_straddle_channels(device, variant):
+    """NCHW rows that are no multiple of a 16-byte vector (7x7, 14x14 and 5x5 rows, HW < one
+    vector) while the sample is: the rescale and dx passes run 16-byte vectors that straddle
+    channels (a vector's elements take the gates of two or more channels), forward and backward
+    (avgmax: dx reads x too)."""
+    cases = [((2, 8, 7, 7), 4, torch.bfloat16), ((3, 16, 14, 14), 4, torch.float16),
+             ((2, 24, 3, 1), 6, torch.bfloat16), ((2, 4, 7, 7), 2, torch.float32),
+             ((2, 12, 5, 5), 3, torch.float32)]
+    for i, (shape, cr, dtype) in enumerate(cases):
+        x, w1, b1, w2, b2 = make(shape, cr, dtype, device, seed=i)
+        for pool in POOLS:
+            check_case(x, w1, b1, w2, b2, "relu", "sigmoid", pool, variant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_no_bias_misaligned(device, channels_last):
     for dtype in (torch.float16, torch.float32):

@@ -49,6 +49,12 @@ enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 constexpr int kThreads = 256;       // squeeze / rescale / backward block size
 constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block size
 constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
+// Squeeze / reduction loops: 16-byte loads in flight per lane and stream (the backward reads two
+// streams, x and dy, so it takes half as many positions per step). The pipelined kernels keep to 80
+// registers (3 blocks per SM), where more loads in flight spill.
+constexpr int kStreamLoads = 4;
+constexpr int kPipeStreamLoads = 2;
+constexpr int kFusedLoads = 8;  // the fused kernel's slab load: 16-byte loads in flight per thread
 // Pipelined kernels: at most this many persistent blocks per SM (the launch asks the occupancy
 // calculator how many fit). The launch bounds ask for 3 (80 registers) where that costs no spills:
 // not with channels_last's per-thread channel vectors. (No float64 build: launch.h.)
@@ -245,7 +251,7 @@ template <typename T> struct BwdParams {
 // ------------------------------------------------------------------ squeeze building blocks
 // Accumulate one row segment (contiguous, len elements) into (a, b).
 // Forward: a += x, b = max(b, x). Backward: a += dy*x, b += (x == pm).
-template <typename T, bool BWD, bool MAXP>
+template <typename T, bool BWD, bool MAXP, int U>
 AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_ok,
                       typename Acc<T>::type pm, typename Acc<T>::type& a,
                       typename Acc<T>::type& b) {
@@ -269,19 +275,33 @@ AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_
   for (int i = gl; i < head; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
   const Vec<T>* xv = reinterpret_cast<const Vec<T>*>(x + head);
   const Vec<T>* dv = reinterpret_cast<const Vec<T>*>(BWD ? dy + head : x + head);
-  for (int v = gl; v < nvec; v += G) {
-    Vec<T> xx = ak::load_vec(xv + v);
-    Vec<T> dd;
-    if (BWD) dd = ak::load_vec(dv + v);
-    AK_PRAGMA_UNROLL(V)
-    for (int k = 0; k < V; ++k) elem(to_acc(xx.v[k]), BWD ? to_acc(dd.v[k]) : A(0));
+  // U vectors a lane at a time, all loads issued before the first use, so that each
+  // lane has that many 16-byte loads in flight (a rolled loop, or one unrolled with an exit test
+  // after each body, waits for each load before issuing the next: the squeeze, a pure stream,
+  // was latency-bound). Same summation order as one vector at a time.
+  for (int v0 = gl; v0 < nvec; v0 += U * G) {
+    Vec<T> xx[U], dd[U];
+    AK_PRAGMA_UNROLL(U)
+    for (int j = 0; j < U; ++j) {
+      if (v0 + j * G < nvec) {
+        xx[j] = ak::load_vec(xv + v0 + j * G);
+        if (BWD) dd[j] = ak::load_vec(dv + v0 + j * G);
+      }
+    }
+    AK_PRAGMA_UNROLL(U)
+    for (int j = 0; j < U; ++j) {
+      if (v0 + j * G < nvec) {
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k) elem(to_acc(xx[j].v[k]), BWD ? to_acc(dd[j].v[k]) : A(0));
+      }
+    }
   }
   for (int i = head + nvec * V + gl; i < len; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
 }
 
 // NCHW: this block reduces units [u0, u1) of one sample; unit = (channel c, segment sg), u = c*S + sg.
 // Results go to out_a/out_b[sg*C + c].
-template <typename T, bool BWD, bool MAXP>
+template <typename T, bool BWD, bool MAXP, int U = kStreamLoads>
 AK_INL void nchw_units(const T* xs, const T* dys, int C, int HW, int S, int seg_len, int u0, int u1,
                        int G, bool vec_ok, const typename Acc<T>::type* pm_n,
                        typename Acc<T>::type* out_a, typename Acc<T>::type* out_b) {
@@ -299,7 +319,7 @@ AK_INL void nchw_units(const T* xs, const T* dys, int C, int HW, int S, int seg_
       const int len = min(seg_len, HW - h0);
       const size_t off = (size_t)c * HW + h0;
       A pm = (BWD && MAXP) ? pm_n[c] : A(0);
-      row_accum<T, BWD, MAXP>(xs + off, BWD ? dys + off : nullptr, len, gl, G, vec_ok, pm, a, b);
+      row_accum<T, BWD, MAXP, U>(xs + off, BWD ? dys + off : nullptr, len, gl, G, vec_ok, pm, a, b);
     }
     a = group_sum(a, G);
     if (MAXP) b = BWD ? group_sum(b, G) : group_max(b, G);
@@ -319,7 +339,7 @@ AK_HD_INL int nhwc_ctv(int C, int vc, int threads) {
 // NHWC: one tile of ctv vector columns (starting at vector column cv0), pixels [p0, p1) of a sample.
 // red: shared scratch of (threads/ctv)*ctv*VC accumulators, twice that with MAXP. Ends with
 // __syncthreads().
-template <typename T, bool BWD, bool MAXP, int VC>
+template <typename T, bool BWD, bool MAXP, int VC, int U = kStreamLoads>
 AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0, int ctv,
                       const typename Acc<T>::type* pm_n, typename Acc<T>::type* out_a,
                       typename Acc<T>::type* out_b, typename Acc<T>::type* red) {
@@ -341,31 +361,43 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
       AK_PRAGMA_UNROLL(VC)
       for (int k = 0; k < VC; ++k) pm[k] = pm_n[cv * VC + k];
     }
-    for (int p = p0 + ty; p < p1; p += TY) {
-      const size_t off = (size_t)p * C + (size_t)cv * VC;
-      T xx[VC], dd[VC];
-      if (VC > 1) {
-        Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs + off));
-        AK_PRAGMA_UNROLL(VC)
-        for (int k = 0; k < VC; ++k) xx[k] = t.v[k];
-        if (BWD) {
-          Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys + off));
-          AK_PRAGMA_UNROLL(VC)
-          for (int k = 0; k < VC; ++k) dd[k] = d.v[k];
+    // U pixels a thread at a time, loads first (see row_accum); same order of sums
+    for (int p0t = p0 + ty; p0t < p1; p0t += U * TY) {
+      T xx[U][VC], dd[U][VC];
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        const int p = p0t + j * TY;
+        if (p < p1) {
+          const size_t off = (size_t)p * C + (size_t)cv * VC;
+          if (VC > 1) {
+            const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs + off));
+            AK_PRAGMA_UNROLL(VC)
+            for (int k = 0; k < VC; ++k) xx[j][k] = t.v[k];
+            if (BWD) {
+              const Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys + off));
+              AK_PRAGMA_UNROLL(VC)
+              for (int k = 0; k < VC; ++k) dd[j][k] = d.v[k];
+            }
+          } else {
+            xx[j][0] = xs[off];
+            if (BWD) dd[j][0] = dys[off];
+          }
         }
-      } else {
-        xx[0] = xs[off];
-        if (BWD) dd[0] = dys[off];
       }
-      AK_PRAGMA_UNROLL(VC)
-      for (int k = 0; k < VC; ++k) {
-        A xv = to_acc(xx[k]);
-        if (BWD) {
-          a[k] += to_acc(dd[k]) * xv;
-          if (MAXP) b[k] += (xv == pm[k]) ? A(1) : A(0);
-        } else {
-          a[k] += xv;
-          if (MAXP) b[k] = nanmax(b[k], xv);
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        if (p0t + j * TY < p1) {
+          AK_PRAGMA_UNROLL(VC)
+          for (int k = 0; k < VC; ++k) {
+            A xv = to_acc(xx[j][k]);
+            if (BWD) {
+              a[k] += to_acc(dd[j][k]) * xv;
+              if (MAXP) b[k] += (xv == pm[k]) ? A(1) : A(0);
+            } else {
+              a[k] += xv;
+              if (MAXP) b[k] = nanmax(b[k], xv);
+            }
+          }
         }
       }
     }
@@ -597,7 +629,7 @@ AK_NOINL void fwd_epilogue_call(const FwdParams<T>& P, int n, const typename Acc
 }
 
 // Block reduction part shared by forward / backward squeeze kernels.
-template <typename T, bool BWD, bool MAXP, bool NHWC>
+template <typename T, bool BWD, bool MAXP, bool NHWC, int U = kStreamLoads>
 AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S, int G, int seg_len,
                           int upb, int vc, int ctv, int ctiles, bool vec_ok,
                           const typename Acc<T>::type* pm_n, typename Acc<T>::type* pa,
@@ -606,15 +638,15 @@ AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S
     const int units = C * S;
     const int u0 = b * upb;
     const int u1 = min(units, u0 + upb);
-    nchw_units<T, BWD, MAXP>(xs, dys, C, HW, S, seg_len, u0, u1, G, vec_ok, pm_n, pa, pb);
+    nchw_units<T, BWD, MAXP, U>(xs, dys, C, HW, S, seg_len, u0, u1, G, vec_ok, pm_n, pa, pb);
   } else {
     const int tile = b % ctiles, split = b / ctiles;
     const int p0 = split * seg_len, p1 = min(HW, p0 + seg_len);
     const size_t o = (size_t)split * C;
     if (vc > 1)
-      nhwc_tile<T, BWD, MAXP, Vec<T>::N>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
+      nhwc_tile<T, BWD, MAXP, Vec<T>::N, U>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
     else
-      nhwc_tile<T, BWD, MAXP, 1>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
+      nhwc_tile<T, BWD, MAXP, 1, U>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
   }
 }
 
@@ -770,7 +802,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(const __
 }
 
 // y = x * s over units [u0, u1) of one sample, `step` apart; a unit is a 16-byte vector when vec
-// (NCHW: HW % V == 0, so a vector never straddles two channels; NHWC: C % V == 0), else an element.
+// (NCHW: C*HW % V == 0, a vector may straddle channels; NHWC: C % V == 0), else an element.
 // sv[c - c_lo] is the gate of channel c. LAST: the last read of x and a y not read again here, so
 // both get the evict-first hint and leave L2 to the x still waiting for its rescale.
 template <typename T, bool NHWC, bool LAST>
@@ -786,9 +818,15 @@ AK_INL void scale_range(const T* src, T* dst, const typename Acc<T>::type* sv, i
       Vec<T> t = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
       const int e = i * V;
       if (!NHWC) {
-        const A sc = sv[e / HW - c_lo];
-        AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
+        const int c = e / HW;
+        if ((c + 1) * HW - e >= V) {  // the vector lies in one channel
+          const A sc = sv[c - c_lo];
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
+        } else {  // it straddles channels (HW % V != 0: rows of 7x7, 14x14 bf16, ...)
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[(e + k) / HW - c_lo]);
+        }
       } else {
         const int c0 = e % C - c_lo;
         AK_PRAGMA_UNROLL(V)
@@ -836,7 +874,8 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
   pipelined_loop<NHWC, Vec<T>::N>(
       P, smem_raw,
       [&](int n, int idx) {
-        squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC>(P.x + n * E, nullptr, C, HW, idx, P.S, P.G, P.seg_len,
+        squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC, kPipeStreamLoads>(P.x + n * E, nullptr, C, HW, idx, P.S,
+                                                           P.G, P.seg_len,
                                                            P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
                                                            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
@@ -895,9 +934,21 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(const __grid
   const T* xs = P.x + (size_t)n * E + off;
   const int tid = threadIdx.x, nt = blockDim.x;
   if ((P.vec & 2) && off % V == 0 && part % V == 0) {  // 16-byte aligned part
+    // kFusedLoads vectors a thread in flight, all loaded before any is stored: one block per SM
+    // streams the slab in, and one load at a time (a load, then its store to shared memory,
+    // which the compiler keeps in order) left its load phase latency-bound.
     const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(xs);
     Vec<T>* d4 = reinterpret_cast<Vec<T>*>(slab);
-    for (int i = tid; i < part / V; i += nt) ak::store_vec(d4 + i, ak::load_vec(s4 + i));
+    const int nv = part / V;
+    for (int i0 = tid; i0 < nv; i0 += kFusedLoads * nt) {
+      Vec<T> t[kFusedLoads];
+      AK_PRAGMA_UNROLL(kFusedLoads)
+      for (int j = 0; j < kFusedLoads; ++j)
+        if (i0 + j * nt < nv) t[j] = ak::load_vec(s4 + i0 + j * nt);
+      AK_PRAGMA_UNROLL(kFusedLoads)
+      for (int j = 0; j < kFusedLoads; ++j)
+        if (i0 + j * nt < nv) ak::store_vec(d4 + i0 + j * nt, t[j]);
+    }
   } else {
     for (int i = tid; i < part; i += nt) slab[i] = xs[i];
   }
@@ -941,7 +992,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(const __grid
   constexpr int R = epilogue_rows<kFusedThreads, 1>();
   fwd_epilogue_call<T, POOL, R>(P, n, fa, fb, 1, false, fa, sh, NHWC ? 0 : c0, NHWC ? C : c1, rank == 0,
                                 NHWC ? rank == 0 : true);
-  const bool vec = (P.vec & 1) != 0;
+  const bool vec = (P.vec & 1) != 0 && off % V == 0 && part % V == 0;  // (a cluster's part may not be)
   scale_range<T, NHWC, false>(slab, P.y + (size_t)n * E + off, NHWC ? fa : fa + c0, 0, C, HW, tid,
                               vec ? part / V : part, nt, vec);
   if (cl > 1) ak::cluster_sync();  // the others may still read this block's sa / sb
@@ -1015,7 +1066,8 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
   A* pa = P.ws_a + (size_t)n * P.S * P.C;
   A* pb = P.ws_b + (size_t)n * P.S * P.C;
   constexpr bool MAXP = POOL == POOL_AVGMAX;
-  squeeze_block<T, true, MAXP, NHWC>(P.x + (size_t)n * sample, P.dy + (size_t)n * sample, P.C, P.HW, b,
+  squeeze_block<T, true, MAXP, NHWC, kStreamLoads / 2>(P.x + (size_t)n * sample, P.dy + (size_t)n * sample, P.C,
+                                                       P.HW, b,
                                      P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, P.vec_in != 0,
                                      MAXP ? P.pmax + (size_t)n * P.C : nullptr, pa, pb, scratch);
   if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
@@ -1093,8 +1145,10 @@ AK_INL void dx_range(const BwdParams<T>& P, int n, const typename Acc<T>::type* 
       const int e = i * V;
       if (!NHWC) {
         const int c = e / HW;
+        const bool straddles = (c + 1) * HW - e < V;  // see scale_range
         AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k) o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c));
+        for (int k = 0; k < V; ++k)
+          o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), straddles ? (e + k) / HW : c));
       } else {
         const int c0 = e % C;
         AK_PRAGMA_UNROLL(V)
@@ -1148,7 +1202,8 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
   pipelined_loop<NHWC, Vec<T>::N>(
       P, smem_raw,
       [&](int n, int idx) {
-        squeeze_block<T, true, MAXP, NHWC>(P.x + n * E, P.dy + n * E, C, HW, idx, P.S, P.G, P.seg_len, P.upb, P.vc,
+        squeeze_block<T, true, MAXP, NHWC, kPipeStreamLoads / 2>(P.x + n * E, P.dy + n * E, C, HW, idx, P.S, P.G,
+                                                                 P.seg_len, P.upb, P.vc,
                                            P.ctv, P.ctiles, P.vec_in != 0, MAXP ? P.pmax + (size_t)n * C : nullptr,
                                            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },

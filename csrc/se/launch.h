@@ -294,9 +294,9 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
   P.pmax = static_cast<A*>(io.pmax);
   P.counters = io.counters;
   set_problem(P, pr);
+  // NCHW vectors may straddle channels (scale_range), so what counts is the sample, not the row
   const long long E = (long long)pr.C * pr.HW;
-  const bool vec_scale =
-      (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) && aligned16(io.y);
+  const bool vec_scale = (pr.nhwc ? pr.C % V == 0 : E % V == 0) && aligned16(io.x) && aligned16(io.y);
   P.vec = vec_scale ? 1 : 0;
   const long long units = vec_scale ? E / V : E;
   // rescale work per block (item): 4 units per thread (split), 8 (pipelined: fewer tickets)
@@ -385,8 +385,8 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   bool pipelined = variant == VAR_PIPELINED && has_fast_variants<T>() && pipelined_ok(d);
   const Geom g = squeeze_geom<T>(pr, d.sms, reduce_slices_hint<T>(pr, bps_hint, pipelined, d), vec_in, kThreads);
   set_geom(P, g);
-  const bool vec = (pr.nhwc ? pr.C % V == 0 : pr.HW % V == 0) && aligned16(io.x) &&
-                   aligned16(io.dy) && aligned16(io.dx);
+  const bool vec = (pr.nhwc ? pr.C % V == 0 : E % V == 0) && aligned16(io.x) && aligned16(io.dy) &&
+                   aligned16(io.dx);  // (NCHW: see forward_t)
   P.vec = vec ? 1 : 0;
   P.rs_span = kThreads * (pipelined ? 8 : 4);
   P.chunks = (int)std::max(1LL, cdiv(vec ? E / V : E, (long long)P.rs_span));
