@@ -123,14 +123,19 @@ def main():
                     count += 1
                     check_spills(k, f"{name} {dtype} {act}/{gate}{'' if fc1 else ' single-layer'} "
                                     f"{'cl' if cl else 'nchw'}")
-                    if dtype == "*bf16" and name in ("squeeze", "rescale", "bwd_dx", "pipelined", "bwd_pipelined"):
+                    if dtype == "*bf16":
                         ptx = k.asm["ptx"]
-                        ok = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
-                        if "pipelined" in name:  # the second pass's last reads and its stores: evict-first
-                            ok = ok and bool(re.search(r"ld\.global\.L1::evict_first\S*\.v4", ptx))
+                        # the reductions' streams: 16-byte asynchronous copies, software-pipelined
+                        # (STREAM_STAGES); the elementwise passes: 16-byte loads and stores
+                        async16 = bool(re.search(r"cp\.async\.cg\.shared\.global\S*\s+\[[^]]+\],\s*\[[^]]+\],\s*(?:16|0x10)\b", ptx))
+                        v4 = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
+                        if name in ("squeeze", "bwd_reduce"):
+                            ok = async16
+                        elif "pipelined" in name:  # both; the second pass's last reads and stores evict-first
+                            ok = async16 and bool(re.search(r"ld\.global\.L1::evict_first\S*\.v4", ptx))
                             ok = ok and bool(re.search(r"st\.global\.L1::evict_first\S*\.v4", ptx))
-                        elif name != "squeeze":
-                            ok = ok and "st.global.v4" in ptx
+                        else:
+                            ok = v4 and "st.global.v4" in ptx
                         key = f"{name} {'cl' if cl else 'nchw'}"
                         vector[key] = vector.get(key, True) and ok  # in every act/gate/form
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=64, BLOCK_B=32))

@@ -46,6 +46,13 @@ from ._common import (activation, activation_grad, arrival_counters, cast_to, ga
                       gate_grad, target_programs, tl_acc_dtype, workspaces)
 
 
+# Stages of the software pipeline of the loops streaming x (and dy) into a reduction: tiles in
+# flight per program. (Rolled, ptxas issued a tile's second 16-byte load only after the first one's
+# sums: one load in flight per thread, and the reductions were latency-bound. The elementwise
+# passes already issue a tile's loads together.)
+STREAM_STAGES = tl.constexpr(3)
+
+
 # --------------------------------------------------------------------------------------------
 # shared jit pieces
 # --------------------------------------------------------------------------------------------
@@ -173,7 +180,9 @@ def _squeeze_tile(
     base = x_ptr + n.to(tl.int64) * C * HW
     acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
     acc_max = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), dtype=ACC)
-    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+    # STREAM_STAGES: the compiler prefetches the next tiles (cp.async into shared memory) while
+    # this one is summed; without it each thread waited for a tile's loads before the next's
+    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):
         ptrs, m = _tile_ptrs(base, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
         acc_sum += v
@@ -396,7 +405,7 @@ def _bwd_reduce_tile(
     acc_ties = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
     if POOL_MAX:
         pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
-    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):  # (see _squeeze_tile)
         ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
         acc_ds += tl.load(dy_ptr + ptrs, mask=m, other=0.0).to(ACC) * x
