@@ -1,14 +1,17 @@
 """Which kernel variant an op runs: the backend's own choice ("auto") unless forced, per thread
-(`force_variant`) or per process (ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined). A backend
-runs its default for a variant it lacks (Triton has no "fused"; the CUDA build none but "split" in
-float64, and "pipelined" from sm_90 only) and reports what it ran.
+(`force_variant`) or per process (ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined|batched). A
+backend runs its default for a variant it lacks (Triton has no "fused" nor "batched"; the CUDA
+build none but "split" in float64, and "pipelined" and "batched" from sm_90 only) and reports
+what it ran.
 
   "split"      a reduce kernel (the last program of a sample runs the sample's epilogue), then an
                elementwise kernel over the samples in reverse order;
   "pipelined"  the same work in one launch of persistent programs that take reduce slices and
                elementwise chunks in the order of an atomic ticket, each sample's chunks `lag`
                samples behind its slices, so their second read of the activations hits L2;
-  "fused"      (CUDA) one block per sample holds the sample in shared memory.
+  "fused"      (CUDA) one block per sample holds the sample in shared memory;
+  "batched"    (CUDA) "split" with the excitation MLP of a group of samples at once, in tiles
+               spread over the reduce launch, each reading its block of the weights once a group.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import contextlib
 import os
 import threading
 
-VARIANTS = ("auto", "split", "fused", "pipelined")
+VARIANTS = ("auto", "split", "fused", "pipelined", "batched")
 _local = threading.local()
 
 

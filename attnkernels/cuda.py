@@ -20,10 +20,16 @@ would run):
            second read of x comes from L2 (lag sized from the L2 size). Forcing it also runs the
            backward's reduction and dx the same way (one launch, dy re-read from L2; then the
            weight-gradient kernel). Not chosen by "auto" until a GPU run has measured it.
-float64 (the gradcheck dtype) is built with the "split" kernels only, and "pipelined" has device
-code for sm_90 and newer only: forced where the build lacks it, a variant runs "split" (and
-``last_variant()`` says so). Together the cuts keep ~20 s of nvcc time out of the build.
-Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined or
+  "batched"  "split" with the excitation of up to 8 samples at once (csrc/se/batched.cuh): the
+           squeeze launch takes squeeze slices and tiles of the two layers in ticket order, each
+           tile reading its block of the weights once for the group, where "split" streams all of
+           W1 and W2 through one block per sample (late-stage blocks carry more weight than
+           activation per sample). Not chosen by "auto" until a GPU run has measured it.
+float64 (the gradcheck dtype) is built with the "split" kernels only, and "pipelined" and
+"batched" have device code for sm_90 and newer only: forced where the build lacks it, a variant
+runs "split" (and ``last_variant()`` says so). Together the cuts keep ~20 s of nvcc time out of
+the build.
+Force one with the environment variable ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined|batched or
 ``with force_variant("fused"): ...`` (attnkernels/_variant.py; tests, benchmarks: ``bps`` also
 sets the squeeze blocks per sample, ``lag`` the pipelined lag in samples).
 ATTNKERNELS_CUDA_POISON=1 (or attnkernels._alloc.poisoned()) fills every output and workspace
@@ -49,7 +55,7 @@ _NAMES = ("cuda", "cuda-emu")
 _ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3, "identity": 4}
 _GATE = {"sigmoid": 0, "hardsigmoid": 1}
 _POOL = {"avg": 0, "avgmax": 1}
-_VARIANT = {"auto": 0, "split": 1, "fused": 2, "pipelined": 3}
+_VARIANT = {"auto": 0, "split": 1, "fused": 2, "pipelined": 3, "batched": 4}
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 _mods: dict[str, object] = {}

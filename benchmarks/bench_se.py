@@ -148,7 +148,7 @@ def parse_args(argv=None):
     p.add_argument("--impls", default=None,
                    help="comma list of eager,compile,triton,cuda (default: all available)")
     p.add_argument("--cuda-variants", default=None,
-                   help="comma list of split,pipelined,fused: also time the cuda backend with each "
+                   help="comma list of split,pipelined,fused,batched: also time the cuda backend with each "
                         "SE variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick); "
                         "pipelined@L forces the lag L (a lag sweep: pipelined@1,pipelined@4,...)")
     p.add_argument("--triton-variants", default=None,
@@ -740,7 +740,7 @@ def main(argv=None):
     if args.triton_variants and "triton" in avail:
         impls += _variant_columns(args.triton_variants, "triton", ("split", "pipelined"))
     if args.cuda_variants and _backend_of("cuda") in avail:
-        impls += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused"))
+        impls += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused", "batched"))
     modes = _csv_list(args.modes, MODES, "mode") if args.modes else list(MODES)
 
     gpu = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (smoke test)"

@@ -5,8 +5,8 @@
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_se.py [--backends cuda]
 
 attnkernels.se forward + backward on the "cuda" backend (each forward variant: auto, split,
-fused, pipelined with its default lag and with lag 1, when attnkernels.cuda can force them) and on "triton"
-(its default and pipelined with lag 1), for a few small shapes, dtypes and
+fused, pipelined with its default lag and with lag 1, batched, when attnkernels.cuda can force
+them) and on "triton" (its default and pipelined with lag 1), for a few small shapes, dtypes and
 layouts, pools avg and avgmax, several act/gate pairs. Outputs are poisoned with NaN first where
 the backend supports it (ATTNKERNELS_CUDA_POISON=1) and compared with the eager reference (a
 mismatch is reported and makes the exit status 1). Exit 0 when every case ran and matched; 2 if
@@ -110,7 +110,7 @@ def main(argv=None):
         if is_cuda and cuda_mod is not None and hasattr(cuda_mod, "force_variant"):
             # (variant, squeeze blocks per sample, pipelined lag): lag 1 interleaves squeezes and
             # rescales even where the default lag (from the L2 size) covers the whole batch
-            variants = [("auto",), ("split",), ("fused",), ("pipelined",), ("pipelined", 0, 1)]
+            variants = [("auto",), ("split",), ("fused",), ("pipelined",), ("pipelined", 0, 1), ("batched",)]
         elif backend == "triton":
             variants = [None, ("pipelined", 0, 1)]
         for variant in variants:

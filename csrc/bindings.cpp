@@ -246,7 +246,7 @@ se::Problem problem(const at::Tensor& x, const at::Tensor& w2, bool nhwc, const 
   const Backend& be = *o.be;
   TORCH_CHECK(o.act >= 0 && o.act <= 4 && o.gate >= 0 && o.gate <= 1 && o.pool >= 0 && o.pool <= 1, "se (",
               be.name, "): bad act/gate/pool code");
-  TORCH_CHECK(o.variant >= 0 && o.variant <= 3, "se (", be.name, "): bad variant code");
+  TORCH_CHECK(o.variant >= 0 && o.variant <= se::VAR_BATCHED, "se (", be.name, "): bad variant code");
   se::Problem pr;
   pr.dtype = dtype_code(be, x.scalar_type());
   pr.N = check_int(be, x.size(0), "N");
@@ -337,10 +337,10 @@ void run_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w1, const
   io.b2 = b2.has_value() && b2->defined() ? b2->data_ptr() : nullptr;
   io.y = y.data_ptr();
   set_stats(io, st, o.pool);
-  io.counters = counters_for(be, x, pr.N + 1, keep);  // + the pipelined variant's ticket
+  io.counters = counters_for(be, x, se::counters_needed(pr.N), keep);
   last_variant_slot() = be.forward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
                                    make_alloc(x, keep, o.poison));
-  check_counters_rezeroed(be, io.counters, pr.N + 1, "se_forward");
+  check_counters_rezeroed(be, io.counters, se::counters_needed(pr.N), "se_forward");
 }
 
 // The backward on checked inputs: dx and the weight/bias gradients are allocated by the caller.
@@ -362,10 +362,10 @@ void run_backward(const at::Tensor& dy, const at::Tensor& x, const c10::optional
   io.db1 = fc1 ? db1.data_ptr() : nullptr;
   io.dw2 = dw2.data_ptr();
   io.db2 = db2.data_ptr();
-  io.counters = counters_for(be, x, pr.N + 1, keep);  // + the pipelined variant's ticket
+  io.counters = counters_for(be, x, se::counters_needed(pr.N), keep);
   be.backward(pr, io, (int)o.variant, (int)o.bps_hint, (int)o.lag_hint, stream_of(be, x),
               make_alloc(x, keep, o.poison));
-  check_counters_rezeroed(be, io.counters, pr.N + 1, "se_backward");
+  check_counters_rezeroed(be, io.counters, se::counters_needed(pr.N), "se_backward");
 }
 
 void check_dy(const Backend& be, const at::Tensor& dy, const at::Tensor& x, bool nhwc) {

@@ -16,13 +16,13 @@ def test_bench_se_cpu_smoke(tmp_path):
     if "cuda-emu" not in ak.available_backends("cpu"):
         pytest.skip("needs the emulated build")
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_se.py"), "--cpu-smoke", "--no-compile",
-           "--no-plot", "--impls", "eager,cuda", "--cuda-variants", "pipelined@1,fused,split",
+           "--no-plot", "--impls", "eager,cuda", "--cuda-variants", "pipelined@1,fused,split,batched",
            "--out", str(tmp_path), "--name", "smoke"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "smoke.csv")))
     impls = {row["impl"] for row in rows}
-    assert impls == {"eager", "cuda", "cuda:pipelined@1", "cuda:fused", "cuda:split"}, impls
+    assert impls == {"eager", "cuda", "cuda:pipelined@1", "cuda:fused", "cuda:split", "cuda:batched"}, impls
     for row in rows:
         if row["impl"] == "eager":
             continue

@@ -31,10 +31,11 @@ GATES = ("sigmoid", "hardsigmoid")
 POOLS = ("avg", "avgmax")
 # (variant, squeeze blocks per sample hint[, pipelined lag]): auto, split with 1 block/sample, with
 # several blocks (HW segments / pixel splits + the last-block MLP), the single-pass shared-memory
-# kernel, and the one-launch pipelined kernel with its default lag (here: all samples squeezed
-# before the first rescale) and with lags of 1 and 2 samples (squeezes and rescales interleaved).
+# kernel, the one-launch pipelined kernel with its default lag (here: all samples squeezed
+# before the first rescale) and with lags of 1 and 2 samples (squeezes and rescales interleaved),
+# and the batched excitation (csrc/se/batched.cuh) with 1 and 3 squeeze slices per sample.
 VARIANTS = (("auto", 0), ("split", 1), ("split", 3), ("split", 64), ("fused", 0), ("pipelined", 0),
-            ("pipelined", 3, 1), ("pipelined", 1, 2))
+            ("pipelined", 3, 1), ("pipelined", 1, 2), ("batched", 0), ("batched", 3))
 TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 1e-2),
        torch.bfloat16: (1e-2, 2e-2)}
 
@@ -94,11 +95,11 @@ def make(shape, cr, dtype, device, channels_last=False, bias=True, ties=False, m
 
 def expected_variant(forced, dtype, device):
     """The variant a forced one runs: float64, the gradcheck dtype, is built with the split kernels
-    only (csrc/se/launch.h: has_fast_variants), so "fused" and "pipelined" run "split" there, and
-    "pipelined" runs "split" on a device without sm_90 code."""
-    if dtype == torch.float64 and forced in ("fused", "pipelined"):
+    only (csrc/se/launch.h: has_fast_variants), so "fused", "pipelined" and "batched" run "split"
+    there, and "pipelined" and "batched" run "split" on a device without sm_90 code."""
+    if dtype == torch.float64 and forced in ("fused", "pipelined", "batched"):
         return "split"
-    return "split" if forced == "pipelined" and not sm90_code_here(device) else forced
+    return "split" if forced in ("pipelined", "batched") and not sm90_code_here(device) else forced
 
 
 def check_case(x, w1, b1, w2, b2, act, gate, pool, variant=("auto", 0), backward=True, dy_misalign=False):
@@ -263,16 +264,39 @@ def test_pipelined_many_items(device, lag):
     check_case(x, w1, b1, w2, b2, "relu", "hardsigmoid", "avg", ("pipelined", 2, lag))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_groups_and_tiles(device, channels_last):
+    """The batched excitation with several groups (the last one short), several fc1 column tiles
+    (C > 256) and fc2 row tiles, the weights' 16-byte path and their element path (Cr, C not
+    multiples of a vector; a misaligned w1), both pools, and the single-layer form; the backward
+    reads the z, s, u, p the tiles wrote."""
+    cases = [((37, 600, 3, 2), 40, torch.bfloat16, {}), ((21, 520, 2, 2), 13, torch.float32, {}),
+             ((18, 70, 3, 3), 9, torch.float16, {"misalign_w1": True}), ((33, 48, 2, 3), 0, torch.float32, {})]
+    for i, (shape, cr, dtype, opt) in enumerate(cases):
+        x, w1, b1, w2, b2 = make(shape, cr, dtype, device, channels_last, seed=i, single_layer=cr == 0)
+        if opt.get("misalign_w1"):
+            buf = torch.empty(w1.numel() + 1, dtype=dtype, device=device)
+            buf[1:] = w1.reshape(-1)
+            w1 = buf[1:].view(w1.shape)
+        for act, gate, pool in (("relu", "sigmoid", "avg"), ("gelu", "hardsigmoid", "avgmax")):
+            act = "identity" if w1 is None else act
+            check_case(x, w1, b1, w2, b2, act, gate, pool, ("batched", 2))
+            assert cuda_mod.last_variant() == expected_variant("batched", dtype, device)
+
+
 @pytest.mark.skipif("cpu" not in DEVICES, reason="needs the emulated build")
 @pytest.mark.parametrize("threads", ["1", "3"])
-def test_pipelined_worker_counts(threads):
-    """One emulator worker (items run strictly in ticket order, never waiting) and three (waits on
-    blocks running concurrently)."""
+def test_ticket_ordered_worker_counts(threads):
+    """The ticket-ordered kernels (pipelined, batched) on one emulator worker (items run strictly
+    in ticket order, never waiting) and on three (waits on blocks running concurrently)."""
     tests = os.path.dirname(os.path.abspath(__file__))
     script = _SCRIPT_HEAD.format(root=os.path.dirname(tests), tests=tests) + (
         "for cl in (False, True):\n"
         "    x, w1, b1, w2, b2 = T.make((9, 24, 20, 20), 6, torch.float16, 'cpu', cl)\n"
         "    T.check_case(x, w1, b1, w2, b2, 'silu', 'sigmoid', 'avgmax', ('pipelined', 3, 1))\n"
+        "    x, w1, b1, w2, b2 = T.make((35, 300, 3, 3), 20, torch.float16, 'cpu', cl)\n"
+        "    T.check_case(x, w1, b1, w2, b2, 'silu', 'sigmoid', 'avgmax', ('batched', 2))\n"
         "print('OK')\n")
     env = dict(os.environ, CUEMU_THREADS=threads, CUEMU_SPIN_TIMEOUT_S="60")
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -342,8 +366,8 @@ def test_variant_dispatch_reporting():
         assert cuda_mod.se_forward_variant((1, 8, 4, 4), torch.float32, device=dev) == "fused"
         with pytest.raises(RuntimeError, match="shared memory"):
             cuda_mod.se_forward_variant((1, 2048, 64, 64), torch.float32, device=dev)
-    # float64 has the split kernels only: a forced fused / pipelined runs split, and says so
-    for forced in ("fused", "pipelined"):
+    # float64 has the split kernels only: a forced fused / pipelined / batched runs split, and says so
+    for forced in ("fused", "pipelined", "batched"):
         with cuda_mod.force_variant(forced):
             assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float64, device=dev) == "split"
             assert cuda_mod.se_forward_variant((4, 8, 4, 4), torch.float32, device=dev) == \
@@ -438,7 +462,7 @@ import test_se_cuda_emu as T
 """
 _RANDOM_SCRIPT = _SCRIPT_HEAD + r"""
 for cl in (False, True):
-    for variant in (("split", 3), ("fused", 0), ("pipelined", 2, 1)):
+    for variant in (("split", 3), ("fused", 0), ("pipelined", 2, 1), ("batched", 2)):
         x, w1, b1, w2, b2 = T.make((3, 20, 9, 9), 5, torch.float32, "cpu", cl, ties=True)
         T.check_case(x, w1, b1, w2, b2, "silu", "sigmoid", "avgmax", variant)
 print("OK")

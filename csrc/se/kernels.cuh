@@ -208,8 +208,15 @@ template <typename T> struct FwdParams {
   int rs_span; // rescale: units (16-byte vectors if vec, else elements) per block (item)
   int nhwc;    // rescale: channels_last
   int lag;     // pipelined: samples between a squeeze and the rescale issued with it
-  unsigned* ticket;  // pipelined: work-item counter, zero on entry and exit
+  unsigned* ticket;  // pipelined, batched: work-item counter, zero on entry and exit
   int cl;      // fused: blocks (cluster size) per sample
+  // batched (batched.cuh): the excitation of `grp` samples at once, in tiles over the weights
+  int grp;       // samples per group (<= kGroupMax)
+  int l1_tiles;  // fc1 tiles per group (column chunks of W1; 0: the single-layer form)
+  int l2_tiles;  // fc2 tiles per group (row ranges of W2)
+  int l2_rows;   // rows of W2 per fc2 tile
+  A* part;       // (groups, l1_tiles, kGroupMax, Cr) fc1 partial sums
+  unsigned* gcnt;  // 3 per group, zero on entry and exit: samples pooled, fc1 tiles (+1: u out), fc2 tiles
 };
 
 template <typename T> struct BwdParams {
@@ -553,16 +560,15 @@ AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
 // [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store_pu: write p, pmax, u out;
 // store_zs: z, s of [c_lo, c_hi) (in a cluster, each of p, u, z, s is written by one block).
 // R: rows in flight of the matrix-vector products (rowdots).
-template <typename T, int POOL, int R>
-AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
-                         const typename Acc<T>::type* pb, int S, bool cg,
-                         typename Acc<T>::type* sp, typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1,
-                         bool store_pu = true, bool store_zs = true) {
+// Pooled p of sample n from its S partials (cg: written by other blocks of this launch), into
+// sp[c] when sp is given; store_pu: p (and pmax) out.
+template <typename T, int POOL>
+AK_INL void fwd_pool(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa, const typename Acc<T>::type* pb,
+                     int S, bool cg, typename Acc<T>::type* sp, bool store_pu) {
   using A = typename Acc<T>::type;
-  const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
-  if (c_hi < 0) c_hi = C;
-  const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
-  for (int c = tid; c < C; c += nt) {
+  const int C = P.C;
+  const size_t nC = (size_t)n * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
     A sum = A(0), mx = neg_inf(A(0));
     for (int q = 0; q < S; ++q) {
       sum += cg ? ld_cg(pa + (size_t)q * C + c) : pa[(size_t)q * C + c];
@@ -574,8 +580,20 @@ AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::ty
       if (store_pu) P.pmax[nC + c] = mx;
     }
     if (store_pu) P.p[nC + c] = pv;
-    sp[c] = pv;
+    if (sp) sp[c] = pv;
   }
+}
+
+template <typename T, int POOL, int R>
+AK_INL void fwd_epilogue(const FwdParams<T>& P, int n, const typename Acc<T>::type* pa,
+                         const typename Acc<T>::type* pb, int S, bool cg,
+                         typename Acc<T>::type* sp, typename Acc<T>::type* sh, int c_lo = 0, int c_hi = -1,
+                         bool store_pu = true, bool store_zs = true) {
+  using A = typename Acc<T>::type;
+  const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
+  if (c_hi < 0) c_hi = C;
+  const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
+  fwd_pool<T, POOL>(P, n, pa, pb, S, cg, sp, store_pu);
   __syncthreads();
   const T* b1 = P.b1;
   const int act = P.act;
@@ -874,10 +892,9 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
   pipelined_loop<NHWC, Vec<T>::N>(
       P, smem_raw,
       [&](int n, int idx) {
-        squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC, kPipeStreamLoads>(P.x + n * E, nullptr, C, HW, idx, P.S,
-                                                           P.G, P.seg_len,
-                                                           P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
-                                                           P.ws_a + n * SC, P.ws_b + n * SC, scratch);
+        squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC, kPipeStreamLoads>(
+            P.x + n * E, nullptr, C, HW, idx, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
+            P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
       [&](int n) {
         constexpr int R = epilogue_rows<kThreads, pipe_min_blocks<NHWC>()>();
@@ -1067,9 +1084,9 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
   A* pb = P.ws_b + (size_t)n * P.S * P.C;
   constexpr bool MAXP = POOL == POOL_AVGMAX;
   squeeze_block<T, true, MAXP, NHWC, kStreamLoads / 2>(P.x + (size_t)n * sample, P.dy + (size_t)n * sample, P.C,
-                                                       P.HW, b,
-                                     P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, P.vec_in != 0,
-                                     MAXP ? P.pmax + (size_t)n * P.C : nullptr, pa, pb, scratch);
+                                                       P.HW, b, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles,
+                                                       P.vec_in != 0, MAXP ? P.pmax + (size_t)n * P.C : nullptr,
+                                                       pa, pb, scratch);
   if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
   A* sdz = scratch;
   A* sdu = sdz + P.C;
@@ -1202,10 +1219,9 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
   pipelined_loop<NHWC, Vec<T>::N>(
       P, smem_raw,
       [&](int n, int idx) {
-        squeeze_block<T, true, MAXP, NHWC, kPipeStreamLoads / 2>(P.x + n * E, P.dy + n * E, C, HW, idx, P.S, P.G,
-                                                                 P.seg_len, P.upb, P.vc,
-                                           P.ctv, P.ctiles, P.vec_in != 0, MAXP ? P.pmax + (size_t)n * C : nullptr,
-                                           P.ws_a + n * SC, P.ws_b + n * SC, scratch);
+        squeeze_block<T, true, MAXP, NHWC, kPipeStreamLoads / 2>(
+            P.x + n * E, P.dy + n * E, C, HW, idx, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, P.vec_in != 0,
+            MAXP ? P.pmax + (size_t)n * C : nullptr, P.ws_a + n * SC, P.ws_b + n * SC, scratch);
       },
       [&](int n) {
         bwd_epilogue_call<T, POOL>(P, n, P.ws_a + n * SC, P.ws_b + n * SC, P.S, scratch, scratch + C,

@@ -10,6 +10,7 @@
 
 #include "se_api.h"  // standard headers before cuda_compat.h (csrc/cuemu/README.md)
 #include "kernels.cuh"
+#include "batched.cuh"
 
 namespace ak {
 namespace se {
@@ -149,9 +150,10 @@ template <typename T> inline int fused_cluster(const Problem& pr, const Geom& g,
 constexpr long long kPipeItemBytes = 32 * 1024;
 constexpr double kPipeL2Share = 0.3;
 
-enum Variant { V_SPLIT = 0, V_FUSED = 1, V_PIPELINED = 2 };
+enum Variant { V_SPLIT = 0, V_FUSED = 1, V_PIPELINED = 2, V_BATCHED = 3 };
 inline std::string variant_name(int v, int cl = 1) {
   if (v == V_FUSED) return cl > 1 ? "fused-cluster" + std::to_string(cl) : "fused";
+  if (v == V_BATCHED) return "batched";
   return v == V_PIPELINED ? "pipelined" : "split";
 }
 
@@ -180,6 +182,7 @@ template <typename T> inline int choose_variant(const Problem& pr, int variant, 
   }
   if (variant == VAR_SPLIT) return V_SPLIT;
   if (variant == VAR_PIPELINED) return pipelined_ok(d) ? V_PIPELINED : V_SPLIT;
+  if (variant == VAR_BATCHED) return pipelined_ok(d) ? V_BATCHED : V_SPLIT;  // (same device-code rule)
   // One block per sample: worth it when the slab fits and there is at least a wave of samples.
   // (Clusters and the pipelined variant are not chosen automatically until a GPU run has
   // measured them.)
@@ -230,6 +233,23 @@ inline int setup_pipeline(Params& P, const Problem& pr, int lag_hint, const DevI
   return grid;
 }
 
+// A batched launch's groups, tiles and counters (the ticket, then 3 per group, after the N
+// per-sample counters: FwdIO's counters hold counters_needed(N)); returns its grid (one item a
+// block), or 0 when that many blocks would not fit a grid (then run the split kernels).
+template <typename T>
+inline int setup_batched(FwdParams<T>& P, const Problem& pr, const Geom& g, const FwdIO& io) {
+  constexpr int V = Vec<T>::N;
+  P.grp = std::min(kGroupMax, pr.N);
+  P.l1_tiles = io.w1 ? (int)cdiv(pr.C, kGroupChunk) : 0;
+  P.l2_rows = group_rows_per_pass(pr.Cr, pr.Cr % V == 0 && aligned16(io.w2), V);
+  P.l2_tiles = (int)cdiv(pr.C, P.l2_rows);
+  const long long total = batch_items(pr.N, P.grp, g.bps, P.l1_tiles, P.l2_tiles);
+  if (total >= (1LL << 31)) return 0;
+  P.ticket = io.counters + pr.N;
+  P.gcnt = io.counters + pr.N + 1;
+  return (int)total;
+}
+
 template <typename K, typename Params>
 inline void launch_pipelined(K kernel, int grid, size_t smem, ak::Stream st, Params& P) {
   smem_attr(kernel, smem);
@@ -264,9 +284,22 @@ void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t sm
       return;
     }
   }
-  auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
-  smem_attr(k1, smem);
-  ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
+  bool batched = false;
+  if constexpr (has_fast_variants<T>()) {
+    if (var == V_BATCHED) {  // squeeze slices and the groups' layer tiles, one item a block
+      batched = true;
+      const size_t groups = (size_t)cdiv(P.N, P.grp);
+      P.part = static_cast<A*>(alloc(std::max<size_t>(1, groups * P.l1_tiles * kGroupMax * P.Cr) * sizeof(A)));
+      auto k = se_squeeze_batched_kernel<T, POOL, NHWC>;
+      smem_attr(k, smem);
+      ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+    }
+  }
+  if (!batched) {
+    auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
+    smem_attr(k1, smem);
+    ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
+  }
   auto k2 = se_rescale_kernel<T>;
   ak::launch(k2, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads), (size_t)0, st, P);
 }
@@ -319,7 +352,13 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
       grid = setup_pipeline<T>(P, pr, lag_hint, d, io.counters);
       if (grid == 0) var = V_SPLIT;
     }
-    smem = kHeader + std::max<size_t>(g.red_elems, (size_t)pr.C + pr.Cr) * sizeof(A);
+    size_t scratch = (size_t)pr.C + pr.Cr;  // the epilogue's vectors
+    if (var == V_BATCHED) {
+      grid = setup_batched(P, pr, g, io);
+      if (grid == 0) var = V_SPLIT;
+      else scratch = (size_t)kGroupMax * kGroupChunk;  // a layer tile's staged inputs
+    }
+    smem = kHeader + std::max<size_t>(g.red_elems, scratch) * sizeof(A);
     if (smem > (size_t)d.smem_optin)
       throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
   }

@@ -11,7 +11,11 @@ namespace ak {
 namespace se {
 
 enum Dtype { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2, DT_F64 = 3 };
-enum VariantReq { VAR_AUTO = 0, VAR_SPLIT = 1, VAR_FUSED = 2, VAR_PIPELINED = 3 };
+enum VariantReq { VAR_AUTO = 0, VAR_SPLIT = 1, VAR_FUSED = 2, VAR_PIPELINED = 3, VAR_BATCHED = 4 };
+
+// Zeroed counters a call needs, private to the stream: N per sample, the ticket of the pipelined
+// and batched variants, and the batched variant's 3 per group (at most N groups).
+inline long long counters_needed(long long N) { return 4 * N + 1; }
 
 struct Problem {
   int dtype;
@@ -23,20 +27,21 @@ struct Problem {
 struct FwdIO {
   const void *x, *w1, *b1, *w2, *b2;  // b1/b2 may be null
   void *y, *s, *z, *u, *p, *pmax;      // pmax only for avgmax
-  unsigned* counters;                  // >= N + 1 zeroed counters, private to the stream
+  unsigned* counters;                  // counters_needed(N) zeroed counters, private to the stream
 };
 
 struct BwdIO {
   const void *dy, *x, *w1, *w2, *s, *z, *u, *p, *pmax;
   void *dx, *dw1, *db1, *dw2, *db2;
-  unsigned* counters;  // >= N + 1 zeroed counters, private to the stream
+  unsigned* counters;  // counters_needed(N) zeroed counters, private to the stream
 };
 
 // Workspace allocator (stream-ordered; freed after the call returns).
 using Alloc = std::function<void*(size_t bytes)>;
 
 // The entry points of one backend (namespace ns):
-//   forward: runs the forward; returns the variant that ran ("split", "pipelined" or "fused").
+//   forward: runs the forward; returns the variant that ran ("split", "pipelined", "batched" or
+//     "fused[-cluster<k>]").
 //     bps_hint > 0 overrides the target number of squeeze blocks per sample, lag_hint > 0 the lag
 //     (in samples) of the pipelined variant (tests, benchmarks).
 //   forward_variant: the variant forward() would pick (no launch).
