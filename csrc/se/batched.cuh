@@ -75,15 +75,8 @@ AK_INL void group_rows_v(const T* W, size_t ldw, int o0, int o1, int K, A* sm, S
         T w[R][VV];
         AK_PRAGMA_UNROLL(R)
         for (int r = 0; r < R; ++r) {
-          const int m = base + r * ngrp + grp;
-          const T* row = W + (size_t)(m < o1 ? m : o0) * ldw + k0 + (size_t)kv * VV;
-          if (VV > 1) {
-            const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(row));
-            AK_PRAGMA_UNROLL(VV)
-            for (int j = 0; j < VV; ++j) w[r][j] = t.v[j];
-          } else {
-            w[r][0] = row[0];
-          }
+          const int m = base + r * ngrp + grp;  // (a row past o1 reads row o0: in bounds, unused)
+          load_elems<T, VV>(W + (size_t)(m < o1 ? m : o0) * ldw + k0 + (size_t)kv * VV, w[r]);
         }
         AK_PRAGMA_UNROLL(kGroupMax)
         for (int s = 0; s < kGroupMax; ++s) {
@@ -91,11 +84,7 @@ AK_INL void group_rows_v(const T* W, size_t ldw, int o0, int o1, int K, A* sm, S
           A v[VV];
           if (VV % Vec<A>::N == 0) {  // 16-byte shared loads (kc, and so each row, a multiple of VV)
             AK_PRAGMA_UNROLL(VV)
-            for (int q = 0; q < VV; q += Vec<A>::N) {
-              const Vec<A> t = ak::load_vec(reinterpret_cast<const Vec<A>*>(in + q));
-              AK_PRAGMA_UNROLL(Vec<A>::N)
-              for (int j = 0; j < Vec<A>::N; ++j) v[q + j] = t.v[j];
-            }
+            for (int q = 0; q < VV; q += Vec<A>::N) load_elems<A, Vec<A>::N>(in + q, v + q);
           } else {
             AK_PRAGMA_UNROLL(VV)
             for (int j = 0; j < VV; ++j) v[j] = in[j];

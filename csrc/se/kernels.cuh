@@ -443,6 +443,17 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
 }
 
 // ------------------------------------------------------------------ MLP helpers (whole block)
+// w[0..VV) = p[0..VV): one 16-byte load when VV > 1 (p aligned), else one element.
+template <typename T, int VV> AK_INL void load_elems(const T* p, T* w) {
+  if (VV > 1) {
+    const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(p));
+    AK_PRAGMA_UNROLL(VV)
+    for (int j = 0; j < VV; ++j) w[j] = t.v[j];
+  } else {
+    w[0] = p[0];
+  }
+}
+
 // Rows of W (M x K, row-major) dotted with v (K, shared memory): out[m] = sum_k W[m*K + k] v[k].
 // G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group
 // (R = 2 fits an 80-register budget, 4 needs more); f(m, value) is called by lane 0 of the group.
@@ -462,16 +473,7 @@ AK_INL void rowdots_v(const T* W, const A* v, int M, int K, F& f) {
       AK_PRAGMA_UNROLL(R)
       for (int r = 0; r < R; ++r) {
         const int m = base + r * ngrp + grp;
-        if (m < M) {
-          const T* row = W + (size_t)m * K + (size_t)kv * VV;
-          if (VV > 1) {
-            const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(row));
-            AK_PRAGMA_UNROLL(VV)
-            for (int j = 0; j < VV; ++j) w[r][j] = t.v[j];
-          } else {
-            w[r][0] = row[0];
-          }
-        }
+        if (m < M) load_elems<T, VV>(W + (size_t)m * K + (size_t)kv * VV, w[r]);
       }
       AK_PRAGMA_UNROLL(R)
       for (int r = 0; r < R; ++r) {
