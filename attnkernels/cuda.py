@@ -24,7 +24,9 @@ would run):
            squeeze launch takes squeeze slices and tiles of the two layers in ticket order, each
            tile reading its block of the weights once for the group, where "split" streams all of
            W1 and W2 through one block per sample (late-stage blocks carry more weight than
-           activation per sample). Not chosen by "auto" until a GPU run has measured it.
+           activation per sample). Forcing it also runs the backward's MLP that way (the
+           reduction launch's tiles of W2^T dz and W1^T du). Not chosen by "auto" until a GPU run
+           has measured it.
 float64 (the gradcheck dtype) is built with the "split" kernels only, and "pipelined" and
 "batched" have device code for sm_90 and newer only: forced where the build lacks it, a variant
 runs "split" (and ``last_variant()`` says so). Together the cuts keep ~20 s of nvcc time out of
@@ -113,7 +115,8 @@ def _poison() -> bool:
 
 
 def last_variant() -> str | None:
-    """The SE forward variant of the last se_forward call ("split", "pipelined" or "fused")."""
+    """The SE forward variant of the last se_forward call ("split", "pipelined", "batched" or
+    "fused[-cluster<k>]")."""
     return _last_variant
 
 

@@ -265,7 +265,7 @@ def test_se_non_contiguous_input(kernel_backend):
         torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["auto", "pipelined"])
+@pytest.mark.parametrize("variant", ["auto", "pipelined", "batched"])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen", "only_b2"])
 def test_se_forward_with_and_without_autograd(kernel_backend, mode, variant):
     """With nothing to differentiate (no_grad, inference mode, no input requiring grad) the op
@@ -297,6 +297,20 @@ def _with_and_without_autograd_case(kernel_backend, mode, shape):
         torch.testing.assert_close(db2.cpu().double(), db2_64, rtol=1e-4, atol=1e-5)
 
 
+def test_se_first_call_under_inference_mode(kernel_backend, monkeypatch):
+    """A backend's cached buffers (Triton's scratch and counters) created by a first call under
+    torch.inference_mode serve later calls outside it, which update them in place (the tests'
+    poisoning): they must not be inference tensors. (Which test ran first in an xdist worker used
+    to decide whether the autograd tests below failed.)"""
+    import attnkernels.triton._common as tc
+    monkeypatch.setattr(tc, "_scratch", {})
+    monkeypatch.setattr(tc, "_counters", {})
+    with torch.inference_mode():
+        _with_and_without_autograd_case(kernel_backend, "inference_mode", (2, 12, 5, 4, 3))
+    for mode in ("frozen", "only_b2", "no_grad"):
+        _with_and_without_autograd_case(kernel_backend, mode, (2, 12, 5, 4, 3))
+
+
 def test_se_repeated_calls_reuse_counters(kernel_backend):
     """The arrival counters reset themselves and the cached workspaces (Triton) serve calls of
     other sizes (poisoned each call): many calls of different shapes stay correct."""
@@ -307,7 +321,7 @@ def test_se_repeated_calls_reuse_counters(kernel_backend):
         torch.testing.assert_close(y, reference.se(*case), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["auto", "pipelined", "fused"])
+@pytest.mark.parametrize("variant", ["auto", "pipelined", "fused", "batched"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_se_is_deterministic(kernel_backend, variant, channels_last, monkeypatch):
     """Run to run, the same bits: no float atomics (the program or block that arrives last
@@ -534,7 +548,7 @@ def test_se_bad_input(mutate, exc, match, backend):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("variant", ["auto", "pipelined"])
+@pytest.mark.parametrize("variant", ["auto", "pipelined", "batched"])
 def test_se_cuda_graph_capture(kernel_backend, variant):
     """Forward and backward are capturable (no host sync, per-stream workspaces) and replays on
     new input values match the reference (replays reuse the counters: the kernels re-zero them;

@@ -129,15 +129,18 @@ def _outside_graph_pools(device: torch.device, make):
     the thread that warms up a graph to their private pool, and reset that pool to a checkpoint
     when the tree branches, freeing whatever it holds: a cached buffer allocated there would be
     freed under the cache. The routing is per thread, so a helper thread allocates, on the
-    caller's stream (it runs only when a cache grows: the first call of a stream, a larger shape)."""
+    caller's stream (it runs only when a cache grows: the first call of a stream, a larger shape).
+    Never an inference tensor (a first call under torch.inference_mode): later calls outside it
+    update the buffer in place (the tests' poisoning), which torch forbids on those."""
     if device.type != "cuda":
-        return make()
+        with torch.inference_mode(False):
+            return make()
     stream = torch.cuda.current_stream(device)
     box = []
 
     def run():
         try:
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream), torch.inference_mode(False):
                 box.append(make())
         except BaseException as e:  # re-raised in the caller
             box.append(e)

@@ -15,6 +15,7 @@
 //   fc1 tile k of group g: columns [k*kGroupChunk, ...) of W1, every row: partial u of the
 //     group's samples; the group's last fc1 tile adds the partials (fixed order) and b1 -> u.
 //   fc2 tile i of group g: rows [i*l2_rows, ...) of W2 against act(u): z, s.
+// The backward's reduction launch does the same with the transposed products (below).
 #pragma once
 
 #include "kernels.cuh"
@@ -36,6 +37,18 @@ AK_HD_INL int group_lanes(int K, int VV) {
 
 // Rows of W one pass of group_rows covers (kThreads threads): an fc2 tile.
 AK_HD_INL int group_rows_per_pass(int K, bool vec, int V) { return kThreads / group_lanes(K, vec ? V : 1) * kGroupRows; }
+
+// Chunk [k0, k0 + kc) of K inputs, staged by stage(k0, kc) when `restage` (several chunks, or the
+// first pass: one chunk serves every pass); returns kc. Every thread calls it.
+template <typename Stage> AK_INL int stage_chunk(Stage& stage, int k0, int K, bool restage) {
+  const int kc = min(kGroupChunk, K - k0);
+  if (restage) {
+    __syncthreads();  // the previous chunk's readers are done
+    stage(k0, kc);
+    __syncthreads();
+  }
+  return kc;
+}
 
 // Inputs of group_rows: sm[s * kc + k] = f(src[s * lds + k0 + k]) for s < gs, 0 for the rest of
 // the kGroupMax rows. src was written during this launch: read through L2.
@@ -65,12 +78,7 @@ AK_INL void group_rows_v(const T* W, size_t ldw, int o0, int o1, int K, A* sm, S
       for (int s = 0; s < kGroupMax; ++s) acc[r][s] = A(0);
     }
     for (int ch = 0; ch < nchunks; ++ch) {
-      const int k0 = ch * kGroupChunk, kc = min(kGroupChunk, K - k0);
-      if (nchunks > 1 || base == o0) {  // one chunk: staged once for every pass
-        __syncthreads();
-        stage(k0, kc);
-        __syncthreads();
-      }
+      const int k0 = ch * kGroupChunk, kc = stage_chunk(stage, k0, K, nchunks > 1 || base == o0);
       for (int kv = gl; kv < kc / VV; kv += G) {
         T w[R][VV];
         AK_PRAGMA_UNROLL(R)
@@ -118,6 +126,69 @@ AK_INL void group_rows(const T* W, size_t ldw, int o0, int o1, int K, A* sm, Sta
     group_rows_v<T, A, 1, kGroupRows>(W, ldw, o0, o1, K, sm, stage, f);
 }
 
+// Inputs of group_cols: sm[k * kGroupMax + s] = src[s * lds + k0 + k] for s < gs, 0 for the rest
+// (the kGroupMax inputs of one k side by side: two 16-byte broadcast loads). Through L2, as above.
+template <typename A>
+AK_INL void stage_group_t(const A* src, size_t lds, int gs, int k0, int kc, A* sm) {
+  for (int i = threadIdx.x; i < kGroupMax * kc; i += blockDim.x) {
+    const int k = i / kGroupMax, s = i - k * kGroupMax;
+    sm[i] = s < gs ? ld_cg(src + (size_t)s * lds + k0 + k) : A(0);
+  }
+}
+
+// out[s][o] = sum_k W[k * ldw + o] * in[s][k] for o in [o0, o1), k < K, every s < kGroupMax:
+// f(o, s, value) from one thread per output. The transposed products of the backward (dh = W2^T dz,
+// dp = W1^T du), whose outputs run along W's rows: consecutive threads take consecutive outputs
+// (coalesced loads of each row), a pass covers up to blockDim outputs, and the threads a narrower
+// pass leaves over split the k range P ways, their partial sums added in a fixed order through
+// red (blockDim * kGroupMax accumulators). Inputs staged as in group_rows (stage(k0, kc) into sm,
+// [k][kGroupMax]). Every thread calls it.
+template <typename T, typename A, typename Stage, typename F>
+AK_INL void group_cols(const T* W, size_t ldw, int o0, int o1, int K, A* sm, A* red, Stage stage, F f) {
+  const int nt = blockDim.x, tid = threadIdx.x;
+  const int nchunks = (K + kGroupChunk - 1) / kGroupChunk;
+  for (int base = o0; base < o1; base += nt) {  // uniform trip count across the block
+    const int width = min(nt, o1 - base), P = nt / width;
+    const int part = tid / width, o = base + tid % width;
+    const bool active = part < P;
+    A acc[kGroupMax];
+    AK_PRAGMA_UNROLL(kGroupMax)
+    for (int s = 0; s < kGroupMax; ++s) acc[s] = A(0);
+    for (int ch = 0; ch < nchunks; ++ch) {
+      const int k0 = ch * kGroupChunk, kc = stage_chunk(stage, k0, K, nchunks > 1 || base == o0);
+      if (active) {
+        AK_UNROLL4
+        for (int k = part; k < kc; k += P) {
+          const A w = to_acc(W[(size_t)(k0 + k) * ldw + o]);
+          A v[kGroupMax];
+          AK_PRAGMA_UNROLL(kGroupMax)
+          for (int s = 0; s < kGroupMax; s += Vec<A>::N) load_elems<A, Vec<A>::N>(sm + k * kGroupMax + s, v + s);
+          AK_PRAGMA_UNROLL(kGroupMax)
+          for (int s = 0; s < kGroupMax; ++s) acc[s] += w * v[s];
+        }
+      }
+    }
+    if (P > 1) {  // the k-parts' sums, added in part order
+      __syncthreads();
+      if (active) {
+        AK_PRAGMA_UNROLL(kGroupMax)
+        for (int s = 0; s < kGroupMax; ++s) red[(size_t)tid * kGroupMax + s] = acc[s];
+      }
+      __syncthreads();
+      if (part == 0) {
+        for (int q = 1; q < P; ++q) {
+          AK_PRAGMA_UNROLL(kGroupMax)
+          for (int s = 0; s < kGroupMax; ++s) acc[s] += red[(size_t)(q * width + tid) * kGroupMax + s];
+        }
+      }
+    }
+    if (part == 0) {
+      AK_PRAGMA_UNROLL(kGroupMax)
+      for (int s = 0; s < kGroupMax; ++s) f(o, s, acc[s]);
+    }
+  }
+}
+
 // The work item of ticket t (see the top of this file): kind 0, the slice idx of sample n;
 // kind 1 / 2, tile idx of the first / second layer of group n.
 struct BatchItem {
@@ -163,6 +234,16 @@ AK_INL unsigned take_one_ticket(unsigned* ticket, unsigned* slot) {
   }
   __syncthreads();
   return *slot;
+}
+
+// A tile of the group's second layer is done; the last of its `tiles` re-zeroes the group's
+// counters for the next launch (every item of the group is done by then). Every thread calls it.
+AK_INL void group_item_done(unsigned* gc, int tiles, int* flag) {
+  if (last_block_of_sample(gc, 2, tiles, flag, false) && threadIdx.x == 0) {
+    gc[0] = 0u;
+    gc[1] = 0u;
+    gc[2] = 0u;
+  }
 }
 
 // Squeeze slices and the group's layer tiles, one item a block (grid: batch_items).
@@ -233,11 +314,82 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_batched_kernel(const _
           P.s[i] = gate_fwd(gate, zv);
         }
       });
-  if (last_block_of_sample(gc, 2, P.l2_tiles, flag, false) && threadIdx.x == 0) {
-    gc[0] = 0u;  // the group's last item: its counters ready for the next launch
-    gc[1] = 0u;
-    gc[2] = 0u;
+  group_item_done(gc, P.l2_tiles, flag);
+#else
+  __trap();
+#endif
+}
+
+// The backward's reduction in the same rounds: slices of sum(dy*x) (the sample's last one forms
+// dz), then per group the dh tiles (a 256-row chunk of W2 against dz: partial dh, which the group's
+// last dh tile adds up into du = dh * act'(u), and h) and the dp tiles (a column range of W1
+// against du: dp, the coefficients of dx). Single-layer form: dp = du, formed with du, no dp tiles.
+template <typename T, int POOL, bool NHWC>
+__global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_batched_kernel(const __grid_constant__ BwdParams<T> P) {
+#if AK_PIPELINED_CODE
+  using A = typename Acc<T>::type;
+  constexpr bool MAXP = POOL == POOL_AVGMAX;
+  AK_DYNAMIC_SHARED(unsigned char, smem_raw);
+  int* flag = reinterpret_cast<int*>(smem_raw);
+  unsigned* slot = reinterpret_cast<unsigned*>(smem_raw) + 1;
+  A* scratch = reinterpret_cast<A*>(smem_raw + kHeader);
+  A* red = scratch + kGroupMax * kGroupChunk;
+  const int C = P.C, Cr = P.Cr;
+  const BatchItem it = batch_item(take_one_ticket(P.ticket, slot), P.N, P.grp, P.bps, P.l1_tiles, P.l2_tiles);
+  if (it.kind == 0) {  // a slice of sum(dy*x); the sample's last one forms dz, then counts into its group
+    const int n = it.n;
+    const size_t sample = (size_t)C * P.HW;
+    A* pa = P.ws_a + (size_t)n * P.S * C;
+    A* pb = P.ws_b + (size_t)n * P.S * C;
+    squeeze_block<T, true, MAXP, NHWC, kStreamLoads / 2>(P.x + (size_t)n * sample, P.dy + (size_t)n * sample, C,
+                                                         P.HW, it.idx, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv,
+                                                         P.ctiles, P.vec_in != 0,
+                                                         MAXP ? P.pmax + (size_t)n * C : nullptr, pa, pb, scratch);
+    if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+    bwd_dz<T, POOL>(P, n, pa, pb, P.S, nullptr);
+    publish_sample(P.gcnt + 3 * (n / P.grp));
+    return;
   }
+  const int g = it.n, n0 = g * P.grp, gs = min(P.grp, P.N - n0);
+  unsigned* gc = P.gcnt + 3 * g;
+  if (it.kind == 1) {  // dh tile: rows [k0, k0 + kc) of W2 against dz, the group's partial dh
+    wait_sample(gc, gs - 1);
+    const int k0 = it.idx * kGroupChunk, kc = min(kGroupChunk, C - k0);
+    A* part = P.part + ((size_t)g * P.l1_tiles + it.idx) * kGroupMax * Cr;
+    group_cols<T, A>(
+        P.w2 + (size_t)k0 * Cr, Cr, 0, Cr, kc, scratch, red,
+        [&](int c0, int cc) { stage_group_t(P.dz + (size_t)n0 * C, C, gs, k0 + c0, cc, scratch); },
+        [&](int j, int s, A v) { part[(size_t)s * Cr + j] = v; });
+    if (!last_block_of_sample(gc, 1, P.l1_tiles, flag, false)) return;
+    // the group's last dh tile: dh = the partials in tile order; du = dh * act'(u), h = act(u)
+    const A* parts = P.part + (size_t)g * P.l1_tiles * kGroupMax * Cr;
+    const int act = P.act;
+    for (int i = threadIdx.x; i < gs * Cr; i += blockDim.x) {
+      const int s = i / Cr, j = i - s * Cr;
+      A dh = A(0);
+      for (int q = 0; q < P.l1_tiles; ++q) dh += ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j);
+      const size_t e = (size_t)(n0 + s) * Cr + j;
+      const A uv = P.u[e], duv = dh * act_grad(act, uv);
+      P.du[e] = duv;
+      P.h[e] = act_fwd(act, uv);
+      if (!P.w1) store_coefs<T, POOL>(P, e, duv);  // single layer: dp = du (Cr == C)
+    }
+    if (P.l2_tiles > 0)
+      publish_sample(gc + 1);  // now l1_tiles + 1: du is out
+    else
+      group_item_done(gc, 1, flag);  // single layer: the group's last item
+    return;
+  }
+  // dp tile: columns [c0, c1) of W1 against du: the coefficients of dx
+  wait_sample(gc + 1, P.l1_tiles);
+  const int c0 = it.idx * P.l2_cols, c1 = min(C, c0 + P.l2_cols);
+  group_cols<T, A>(
+      P.w1, C, c0, c1, Cr, scratch, red,
+      [&](int j0, int jc) { stage_group_t(P.du + (size_t)n0 * Cr, Cr, gs, j0, jc, scratch); },
+      [&](int c, int s, A v) {
+        if (s < gs) store_coefs<T, POOL>(P, (size_t)(n0 + s) * C + c, v);
+      });
+  group_item_done(gc, P.l2_tiles, flag);
 #else
   __trap();
 #endif

@@ -252,7 +252,14 @@ template <typename T> struct BwdParams {
   int rs_span; // dx: units (16-byte vectors if vec, else elements) per block (item)
   int nhwc, pool;
   int lag;           // pipelined: samples between a reduce and the dx issued with it
-  unsigned* ticket;  // pipelined: work-item counter, zero on entry and exit
+  unsigned* ticket;  // pipelined, batched: work-item counter, zero on entry and exit
+  // batched (batched.cuh): the MLP backward of `grp` samples at once, in tiles over the weights
+  int grp;       // samples per group
+  int l1_tiles;  // dh tiles per group (row chunks of W2: dh = W2^T dz)
+  int l2_tiles;  // dp tiles per group (column ranges of W1: dp = W1^T du; 0: single-layer form)
+  int l2_cols;   // columns of W1 per dp tile
+  A* part;       // (groups, l1_tiles, kGroupMax, Cr) dh partial sums
+  unsigned* gcnt;  // 3 per group, zero on entry and exit: samples reduced, dh tiles (+1: du out), dp tiles
 };
 
 // ------------------------------------------------------------------ squeeze building blocks
@@ -1018,6 +1025,44 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_kernel(const __grid
 }
 
 // ------------------------------------------------------------------ backward kernels
+// dz[n, c] = ds * gate'(z) from the S partial sums of dy*x (written by other blocks of this
+// launch), into sdz[c] when sdz is given; avgmax: the tie count of the max into coef_b (the
+// coefficients replace it, store_coefs).
+template <typename T, int POOL>
+AK_INL void bwd_dz(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa, const typename Acc<T>::type* pb,
+                   int S, typename Acc<T>::type* sdz) {
+  using A = typename Acc<T>::type;
+  const int C = P.C, gate = P.gate;
+  const size_t nC = (size_t)n * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    A ds = A(0), cnt = A(0);
+    for (int q = 0; q < S; ++q) {
+      ds += ld_cg(pa + (size_t)q * C + c);
+      if (POOL == POOL_AVGMAX) cnt += ld_cg(pb + (size_t)q * C + c);
+    }
+    const A dzv = ds * gate_grad(gate, P.z[nC + c], P.s[nC + c]);
+    P.dz[nC + c] = dzv;
+    if (sdz) sdz[c] = dzv;
+    if (POOL == POOL_AVGMAX) P.coef_b[nC + c] = cnt;
+  }
+}
+
+// dx's coefficients of element i = n * C + c from the pooled gradient dp: coef_a = dp_avg / HW,
+// coef_b = dp_max / (tie count, which coef_b holds until then; through L2: another block of the
+// launch may have written it).
+template <typename T, int POOL>
+AK_INL void store_coefs(const BwdParams<T>& P, size_t i, typename Acc<T>::type dp) {
+  using A = typename Acc<T>::type;
+  const A hw = A(P.HW);
+  if (POOL == POOL_AVGMAX) {
+    const A half = A(0.5) * dp;
+    P.coef_a[i] = half / hw;
+    P.coef_b[i] = half / ld_cg(P.coef_b + i);
+  } else {
+    P.coef_a[i] = dp / hw;
+  }
+}
+
 // Backward epilogue of one sample: dz, dh, du, h, dp -> coefficients of dx.
 template <typename T, int POOL>
 AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa,
@@ -1026,18 +1071,8 @@ AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::ty
   using A = typename Acc<T>::type;
   const int C = P.C, Cr = P.Cr, tid = threadIdx.x, nt = blockDim.x;
   const size_t nC = (size_t)n * C, nCr = (size_t)n * Cr;
-  const int gate = P.gate, act = P.act;
-  for (int c = tid; c < C; c += nt) {
-    A ds = A(0), cnt = A(0);
-    for (int q = 0; q < S; ++q) {
-      ds += ld_cg(pa + (size_t)q * C + c);
-      if (POOL == POOL_AVGMAX) cnt += ld_cg(pb + (size_t)q * C + c);
-    }
-    const A dzv = ds * gate_grad(gate, P.z[nC + c], P.s[nC + c]);
-    P.dz[nC + c] = dzv;
-    sdz[c] = dzv;
-    if (POOL == POOL_AVGMAX) P.coef_b[nC + c] = cnt;  // tie count; read after the barrier below
-  }
+  const int act = P.act;
+  bwd_dz<T, POOL>(P, n, pa, pb, S, sdz);
   __syncthreads();
   coldots<T, A>(P.w2, sdz, Cr, C, red, [&](int j, A dh) { sdu[j] = dh; });
   __syncthreads();
@@ -1049,16 +1084,7 @@ AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::ty
     sdu[j] = duv;
   }
   __syncthreads();
-  const A hw = A(P.HW);
-  auto coefs = [&](int c, A dp) {
-    if (POOL == POOL_AVGMAX) {
-      const A half = A(0.5) * dp;
-      P.coef_a[nC + c] = half / hw;
-      P.coef_b[nC + c] = half / P.coef_b[nC + c];
-    } else {
-      P.coef_a[nC + c] = dp / hw;
-    }
-  };
+  auto coefs = [&](int c, A dp) { store_coefs<T, POOL>(P, nC + c, dp); };
   if (P.w1) {
     coldots<T, A>(P.w1, sdu, C, Cr, red, coefs);
   } else {  // single layer: dp = du (Cr == C)

@@ -233,20 +233,15 @@ inline int setup_pipeline(Params& P, const Problem& pr, int lag_hint, const DevI
   return grid;
 }
 
-// A batched launch's groups, tiles and counters (the ticket, then 3 per group, after the N
-// per-sample counters: FwdIO's counters hold counters_needed(N)); returns its grid (one item a
-// block), or 0 when that many blocks would not fit a grid (then run the split kernels).
-template <typename T>
-inline int setup_batched(FwdParams<T>& P, const Problem& pr, const Geom& g, const FwdIO& io) {
-  constexpr int V = Vec<T>::N;
-  P.grp = std::min(kGroupMax, pr.N);
-  P.l1_tiles = io.w1 ? (int)cdiv(pr.C, kGroupChunk) : 0;
-  P.l2_rows = group_rows_per_pass(pr.Cr, pr.Cr % V == 0 && aligned16(io.w2), V);
-  P.l2_tiles = (int)cdiv(pr.C, P.l2_rows);
-  const long long total = batch_items(pr.N, P.grp, g.bps, P.l1_tiles, P.l2_tiles);
+// A batched launch's ticket and group counters (after the N per-sample counters: the IO structs
+// carry counters_needed(N)); P.grp and the tile counts set. Returns its grid (one item a block), or
+// 0 when that many blocks would not fit a grid (then run the split kernels).
+template <typename Params>
+inline int setup_batched(Params& P, const Problem& pr, int bps, unsigned* counters) {
+  const long long total = batch_items(pr.N, P.grp, bps, P.l1_tiles, P.l2_tiles);
   if (total >= (1LL << 31)) return 0;
-  P.ticket = io.counters + pr.N;
-  P.gcnt = io.counters + pr.N + 1;
+  P.ticket = counters + pr.N;
+  P.gcnt = counters + pr.N + 1;
   return (int)total;
 }
 
@@ -284,22 +279,18 @@ void launch_forward(FwdParams<T>& P, int var, int grid, const Geom& g, size_t sm
       return;
     }
   }
-  bool batched = false;
+  auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
+  long long blocks = (long long)P.N * g.bps;
   if constexpr (has_fast_variants<T>()) {
     if (var == V_BATCHED) {  // squeeze slices and the groups' layer tiles, one item a block
-      batched = true;
       const size_t groups = (size_t)cdiv(P.N, P.grp);
       P.part = static_cast<A*>(alloc(std::max<size_t>(1, groups * P.l1_tiles * kGroupMax * P.Cr) * sizeof(A)));
-      auto k = se_squeeze_batched_kernel<T, POOL, NHWC>;
-      smem_attr(k, smem);
-      ak::launch(k, dim3((unsigned)grid), dim3(kThreads), smem, st, P);
+      k1 = se_squeeze_batched_kernel<T, POOL, NHWC>;
+      blocks = grid;
     }
   }
-  if (!batched) {
-    auto k1 = se_squeeze_excite_kernel<T, POOL, NHWC>;
-    smem_attr(k1, smem);
-    ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
-  }
+  smem_attr(k1, smem);
+  ak::launch(k1, dim3((unsigned)blocks), dim3(kThreads), smem, st, P);
   auto k2 = se_rescale_kernel<T>;
   ak::launch(k2, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads), (size_t)0, st, P);
 }
@@ -353,8 +344,12 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
       if (grid == 0) var = V_SPLIT;
     }
     size_t scratch = (size_t)pr.C + pr.Cr;  // the epilogue's vectors
-    if (var == V_BATCHED) {
-      grid = setup_batched(P, pr, g, io);
+    if (var == V_BATCHED) {  // fc1 tiles: 256-column chunks of W1; fc2 tiles: one pass of group_rows
+      P.grp = std::min(kGroupMax, pr.N);
+      P.l1_tiles = io.w1 ? (int)cdiv(pr.C, kGroupChunk) : 0;
+      P.l2_rows = group_rows_per_pass(pr.Cr, pr.Cr % V == 0 && aligned16(io.w2), V);
+      P.l2_tiles = (int)cdiv(pr.C, P.l2_rows);
+      grid = setup_batched(P, pr, g.bps, io.counters);
       if (grid == 0) var = V_SPLIT;
       else scratch = (size_t)kGroupMax * kGroupChunk;  // a layer tile's staged inputs
     }
@@ -375,19 +370,24 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
 }
 
 template <typename T, int POOL, bool NHWC>
-void launch_backward(BwdParams<T>& P, bool pipelined, int grid, const Geom& g, size_t smem, ak::Stream st) {
+void launch_backward(BwdParams<T>& P, int var, int grid, const Geom& g, size_t smem, ak::Stream st) {
   const long long total = wgrad_outputs(P.C, P.Cr, P.w1 != nullptr);
   const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
+  auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
+  long long blocks = (long long)P.N * g.bps;
   if constexpr (has_fast_variants<T>()) {
-    if (pipelined) {
+    if (var == V_PIPELINED) {
       launch_pipelined(se_bwd_pipelined_kernel<T, POOL, NHWC>, grid, smem, st, P);
       ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
       return;
     }
+    if (var == V_BATCHED) {  // reduction slices and the groups' dh / dp tiles, one item a block
+      k1 = se_bwd_reduce_batched_kernel<T, POOL, NHWC>;
+      blocks = grid;
+    }
   }
-  auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
   smem_attr(k1, smem);
-  ak::launch(k1, dim3((unsigned)((long long)P.N * g.bps)), dim3(kThreads), smem, st, P);
+  ak::launch(k1, dim3((unsigned)blocks), dim3(kThreads), smem, st, P);
   ak::launch(se_wgrad_kernel<T>, dim3((unsigned)wblocks), dim3(kThreads), (size_t)0, st, P);
   ak::launch(se_dx_kernel<T>, dim3((unsigned)((long long)P.N * P.chunks)), dim3(kThreads),
              (size_t)0, st, P);
@@ -421,7 +421,9 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   const bool vec_in = pr.nhwc ? (aligned16(io.x) && aligned16(io.dy)) : same_align;
   P.vec_in = vec_in ? 1 : 0;
   const long long E = (long long)pr.C * pr.HW;
-  bool pipelined = variant == VAR_PIPELINED && has_fast_variants<T>() && pipelined_ok(d);
+  const bool fast = has_fast_variants<T>() && pipelined_ok(d);
+  int var = fast && variant == VAR_PIPELINED ? V_PIPELINED : fast && variant == VAR_BATCHED ? V_BATCHED : V_SPLIT;
+  const bool pipelined = var == V_PIPELINED;
   const Geom g = squeeze_geom<T>(pr, d.sms, reduce_slices_hint<T>(pr, bps_hint, pipelined, d), vec_in, kThreads);
   set_geom(P, g);
   const bool vec = (pr.nhwc ? pr.C % V == 0 : E % V == 0) && aligned16(io.x) && aligned16(io.dy) &&
@@ -432,13 +434,23 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   P.nhwc = pr.nhwc ? 1 : 0;
   P.pool = pr.pool;
   int grid = 0;
-  if (pipelined) {
+  if (var == V_PIPELINED) {
     grid = setup_pipeline<T>(P, pr, lag_hint, d, io.counters);
-    pipelined = grid > 0;
+    if (grid == 0) var = V_SPLIT;
   }
-  // workspace: partials (2 x N*S*C), dz, coef_a, coef_b (N*C each), du, h (N*Cr each)
+  size_t parts = 0;
+  if (var == V_BATCHED) {  // dh tiles: 256-row chunks of W2; dp tiles: kThreads columns of W1
+    P.grp = std::min(kGroupMax, pr.N);
+    P.l1_tiles = (int)cdiv(pr.C, kGroupChunk);
+    P.l2_cols = kThreads;
+    P.l2_tiles = io.w1 ? (int)cdiv(pr.C, P.l2_cols) : 0;
+    grid = setup_batched(P, pr, g.bps, io.counters);
+    if (grid == 0) var = V_SPLIT;
+    else parts = (size_t)cdiv(pr.N, P.grp) * P.l1_tiles * kGroupMax * pr.Cr;
+  }
+  // workspace: partials (2 x N*S*C), dz, coef_a, coef_b (N*C each), du, h (N*Cr each), batched: dh parts
   const size_t nsc = (size_t)pr.N * g.S * pr.C, nc = (size_t)pr.N * pr.C, ncr = (size_t)pr.N * pr.Cr;
-  A* w = static_cast<A*>(alloc((2 * nsc + 3 * nc + 2 * ncr) * sizeof(A)));
+  A* w = static_cast<A*>(alloc((2 * nsc + 3 * nc + 2 * ncr + parts) * sizeof(A)));
   P.ws_a = w;
   P.ws_b = w + nsc;
   P.dz = w + 2 * nsc;
@@ -446,19 +458,23 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
   P.coef_b = P.coef_a + nc;
   P.du = P.coef_b + nc;
   P.h = P.du + ncr;
-  // scratch: reduction tiles, or the epilogue's vectors, or (pipelined dx) two coefficient ranges
+  P.part = parts ? P.h + ncr : nullptr;
+  // scratch: reduction tiles, or the epilogue's vectors, or (pipelined dx) two coefficient ranges,
+  // or (batched) a tile's staged inputs and its k-parts' sums
   const size_t smem =
-      kHeader + std::max<size_t>({g.red_elems, (size_t)pr.C + pr.Cr + (size_t)kThreads * V,
-                                  pipelined ? 2 * (size_t)pr.C : 0}) * sizeof(A);
+      kHeader + std::max<size_t>({g.red_elems,
+                                  var == V_BATCHED ? (size_t)kGroupMax * (kGroupChunk + kThreads)
+                                                   : (size_t)pr.C + pr.Cr + (size_t)kThreads * V,
+                                  var == V_PIPELINED ? 2 * (size_t)pr.C : 0}) * sizeof(A);
   if (smem > (size_t)d.smem_optin)
     throw std::runtime_error("se: C=" + std::to_string(pr.C) + " needs too much shared memory");
   const ak::Stream st = to_stream(stream);
   const int key = (pr.pool == POOL_AVGMAX ? 2 : 0) + (pr.nhwc ? 1 : 0);
   switch (key) {
-    case 0: launch_backward<T, POOL_AVG, false>(P, pipelined, grid, g, smem, st); break;
-    case 1: launch_backward<T, POOL_AVG, true>(P, pipelined, grid, g, smem, st); break;
-    case 2: launch_backward<T, POOL_AVGMAX, false>(P, pipelined, grid, g, smem, st); break;
-    default: launch_backward<T, POOL_AVGMAX, true>(P, pipelined, grid, g, smem, st); break;
+    case 0: launch_backward<T, POOL_AVG, false>(P, var, grid, g, smem, st); break;
+    case 1: launch_backward<T, POOL_AVG, true>(P, var, grid, g, smem, st); break;
+    case 2: launch_backward<T, POOL_AVGMAX, false>(P, var, grid, g, smem, st); break;
+    default: launch_backward<T, POOL_AVGMAX, true>(P, var, grid, g, smem, st); break;
   }
 }
 
