@@ -167,6 +167,17 @@ template <typename T> struct alignas(16) Vec {
   T v[N];
 };
 
+// w[0..VV) = p[0..VV): one 16-byte load when VV > 1 (p aligned), else one element.
+template <typename T, int VV> AK_INL void load_elems(const T* p, T* w) {
+  if (VV > 1) {
+    const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(p));
+    AK_PRAGMA_UNROLL(VV)
+    for (int j = 0; j < VV; ++j) w[j] = t.v[j];
+  } else {
+    w[0] = p[0];
+  }
+}
+
 AK_HD_INL int pow2_at_least(int v) {
   int g = 1;
   while (g < v) g <<= 1;
@@ -383,19 +394,8 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
         const int p = p0t + j * TY;
         if (p < p1) {
           const size_t off = (size_t)p * C + (size_t)cv * VC;
-          if (VC > 1) {
-            const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(xs + off));
-            AK_PRAGMA_UNROLL(VC)
-            for (int k = 0; k < VC; ++k) xx[j][k] = t.v[k];
-            if (BWD) {
-              const Vec<T> d = ak::load_vec(reinterpret_cast<const Vec<T>*>(dys + off));
-              AK_PRAGMA_UNROLL(VC)
-              for (int k = 0; k < VC; ++k) dd[j][k] = d.v[k];
-            }
-          } else {
-            xx[j][0] = xs[off];
-            if (BWD) dd[j][0] = dys[off];
-          }
+          load_elems<T, VC>(xs + off, xx[j]);
+          if (BWD) load_elems<T, VC>(dys + off, dd[j]);
         }
       }
       AK_PRAGMA_UNROLL(U)
@@ -450,16 +450,6 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
 }
 
 // ------------------------------------------------------------------ MLP helpers (whole block)
-// w[0..VV) = p[0..VV): one 16-byte load when VV > 1 (p aligned), else one element.
-template <typename T, int VV> AK_INL void load_elems(const T* p, T* w) {
-  if (VV > 1) {
-    const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(p));
-    AK_PRAGMA_UNROLL(VV)
-    for (int j = 0; j < VV; ++j) w[j] = t.v[j];
-  } else {
-    w[0] = p[0];
-  }
-}
 
 // Rows of W (M x K, row-major) dotted with v (K, shared memory): out[m] = sum_k W[m*K + k] v[k].
 // G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group

@@ -184,8 +184,8 @@ template <typename T> inline int choose_variant(const Problem& pr, int variant, 
   if (variant == VAR_PIPELINED) return pipelined_ok(d) ? V_PIPELINED : V_SPLIT;
   if (variant == VAR_BATCHED) return pipelined_ok(d) ? V_BATCHED : V_SPLIT;  // (same device-code rule)
   // One block per sample: worth it when the slab fits and there is at least a wave of samples.
-  // (Clusters and the pipelined variant are not chosen automatically until a GPU run has
-  // measured them.)
+  // (Clusters and the pipelined and batched variants are not chosen automatically until a GPU
+  // run has measured them.)
   if (*cl == 1 && pr.N >= d.sms) return V_FUSED;
   return V_SPLIT;
 }
