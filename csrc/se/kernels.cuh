@@ -297,7 +297,28 @@ AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_
       if (MAXP) b = nanmax(b, xv);
     }
   };
-  for (int i = gl; i < head; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
+  // The row's unaligned ends, up to V - 1 elements each (a short row, 7x7 or 14x14, is largely
+  // ends): a lane's first kEdgeLoads elements of each are loaded here, with the vectors in flight
+  // behind them, instead of one element per round trip; the same order of sums as before.
+  constexpr int kEdgeLoads = (U + 1) / 2;  // (with U: the register budget of the caller's kernel)
+  const int tail0 = head + nvec * V;
+  T hx[kEdgeLoads] = {}, hd[kEdgeLoads] = {}, tx[kEdgeLoads] = {}, td[kEdgeLoads] = {};
+  AK_PRAGMA_UNROLL(kEdgeLoads)
+  for (int q = 0; q < kEdgeLoads; ++q) {
+    const int i = gl + q * G, t = tail0 + gl + q * G;
+    if (i < head) {
+      hx[q] = x[i];
+      if (BWD) hd[q] = dy[i];
+    }
+    if (t < len) {
+      tx[q] = x[t];
+      if (BWD) td[q] = dy[t];
+    }
+  }
+  AK_PRAGMA_UNROLL(kEdgeLoads)
+  for (int q = 0; q < kEdgeLoads; ++q)
+    if (gl + q * G < head) elem(to_acc(hx[q]), BWD ? to_acc(hd[q]) : A(0));
+  for (int i = gl + kEdgeLoads * G; i < head; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
   const Vec<T>* xv = reinterpret_cast<const Vec<T>*>(x + head);
   const Vec<T>* dv = reinterpret_cast<const Vec<T>*>(BWD ? dy + head : x + head);
   // U vectors a lane at a time, all loads issued before the first use, so that each
@@ -321,7 +342,10 @@ AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_
       }
     }
   }
-  for (int i = head + nvec * V + gl; i < len; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
+  AK_PRAGMA_UNROLL(kEdgeLoads)
+  for (int q = 0; q < kEdgeLoads; ++q)
+    if (tail0 + gl + q * G < len) elem(to_acc(tx[q]), BWD ? to_acc(td[q]) : A(0));
+  for (int i = tail0 + gl + kEdgeLoads * G; i < len; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
 }
 
 // NCHW: this block reduces units [u0, u1) of one sample; unit = (channel c, segment sg), u = c*S + sg.
