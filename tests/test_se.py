@@ -407,13 +407,14 @@ def test_se_backward_keeps_the_forwards_variant_on_another_thread(monkeypatch):
     torch.testing.assert_close(case[0].grad, ref[0].grad, rtol=1e-5, atol=1e-5)
 
 
-def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
-    """The pipelined variant (lag 1: squeezes and rescales interleaved) through the op's whole
-    contract: fp64 gradcheck, opcheck of both custom ops, torch.compile(fullgraph) forward and
-    backward matching the eager run. (The CUDA build runs float64 with its split kernels, so on
-    cuda / cuda-emu the gradcheck covers the op around them; test_se_cuda_emu checks the CUDA
-    pipelined kernels in float32/16 against the reference.)"""
-    with force_variant("pipelined", lag=1):
+@pytest.mark.parametrize("variant", ["pipelined", "batched"])
+def test_se_ticket_ordered_variants_gradcheck_opcheck_compile(kernel_backend, variant):
+    """The pipelined variant (lag 1: squeezes and rescales interleaved) and the batched one
+    (CUDA; Triton runs split) through the op's whole contract: fp64 gradcheck, opcheck of both
+    custom ops, torch.compile(fullgraph) forward and backward matching the eager run. (The CUDA
+    build runs float64 with its split kernels, so on cuda / cuda-emu the gradcheck covers the op
+    around them; test_se_cuda_emu checks the CUDA kernels in float32/16 against the reference.)"""
+    with force_variant(variant, lag=1):
         ins = _leaves(make_case((3, 3, 2, 3, 2), torch.float64, channels_last=True, seed=5))
         assert torch.autograd.gradcheck(
             lambda *a: ak.se(*a, act="silu", pool="avgmax", backend=kernel_backend), ins, fast_mode=True)
@@ -428,7 +429,10 @@ def test_se_pipelined_gradcheck_opcheck_compile(kernel_backend):
                                kernel_backend))
         _check_compile_fullgraph(kernel_backend, make_case((3, 8, 5, 5, 3), torch.float32, channels_last=True),
                                  pool="avg")
-        assert _backend_module(kernel_backend).last_variant() == _pipelined_runs_as(kernel_backend, x.device)
+        ran = _pipelined_runs_as(kernel_backend, x.device)
+        if variant == "batched":  # (Triton has no batched variant: its default, split)
+            ran = "split" if kernel_backend == "triton" else ran.replace("pipelined", "batched")
+        assert _backend_module(kernel_backend).last_variant() == ran
 
 
 # ---------------------------------------------------------------------------------------------
