@@ -134,6 +134,86 @@ def test_se_gradient_at_the_kinks(kernel_backend, act, gate, dtype, single):
         run_and_check(kernel_backend, case, act, gate, pool, seed=22)
 
 
+def _positive(shape, g, device=DEVICE, dtype=torch.float64):
+    """Uniform in [0.5, 1.5): sums of such terms have no cancellation, so the relative error of
+    each output measures the summation alone."""
+    return (torch.rand(shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+
+
+def _grads_fp32_and_fp64(backend, x, w1, b1, w2, b2, dy):
+    ins = [t.float().requires_grad_() for t in (x, w1, b1, w2, b2)]
+    ak.se(*ins, act="relu", gate="sigmoid", backend=backend).backward(dy.float())
+    i64 = [t.detach().double().cpu().requires_grad_() for t in (x, w1, b1, w2, b2)]
+    reference.se(*i64, "relu", "sigmoid", "avg").backward(dy.double().cpu())
+    return [t.grad for t in ins], [t.grad for t in i64]
+
+
+def _max_rel_err(out, ref64):
+    return ((out.detach().double().cpu() - ref64).abs() / ref64.abs()).max().item()
+
+
+def test_se_sigmoid_gradient_as_the_gate_saturates(kernel_backend):
+    """sigmoid'(z) comes from z (e / (1 + e)^2, e = exp(-|z|)), not from the rounded gate as
+    s * (1 - s): at |z| = 6..20 one ulp of s is 1e-3 .. 1 of 1 - s, and autograd's formula (which
+    the fp32 reference and the kernels used before) gets db2 = sum_n dz wrong by 1e-2 .. 100%
+    (s = 1 exactly: 0). x, dy > 0 and relu's h >= 0: every sum positive, no cancellation."""
+    N, C, Cr = 2, 16, 4
+    g = torch.Generator().manual_seed(31)
+    x, dy = _positive((N, C, 3, 3), g), _positive((N, C, 3, 3), g)
+    w1, b1 = torch.randn(Cr, C, generator=g, dtype=torch.float64).to(DEVICE), _positive((Cr,), g)
+    w2 = (torch.randn(C, Cr, generator=g, dtype=torch.float64) * 0.05).to(DEVICE)
+    side = torch.where(torch.arange(C) % 2 == 0, 1.0, -1.0).double()
+    b2 = ((torch.rand(C, generator=g, dtype=torch.float64) * 14 + 6) * side).to(DEVICE)  # |z| in ~[6, 20]
+    (_, _, _, dw2, db2), (_, _, _, dw2_64, db2_64) = _grads_fp32_and_fp64(kernel_backend, x, w1, b1, w2, b2, dy)
+    assert _max_rel_err(db2, db2_64) < 1e-5, "db2"
+    ok = dw2_64 != 0  # relu: h = 0 where u < 0
+    assert ((dw2.double().cpu() - dw2_64).abs()[ok] / dw2_64.abs()[ok]).max().item() < 1e-5, "dw2"
+
+
+@pytest.mark.skipif(DEVICE.type == "cpu" and "cuda-emu" not in KERNEL_BACKENDS, reason="needs cuda-emu on the CPU")
+def test_se_weight_gradients_sum_the_batch_blocked(kernel_backend):
+    """dW2 and db2 sum N = 8192 samples (blocked_sum / _outer_sum_tile: trees of 8, blocks of 64):
+    each output within 1e-6 relative of fp64, where adding the samples one after another was off
+    by 1.8e-6 .. 4e-6 (and autograd's fp32 matmul for dW2 by 2e-6 .. 4e-6). Positive terms, an
+    unsaturated gate. The Triton interpreter runs the op's 8192-program grids too slowly:
+    test_se_triton_weight_gradient_kernel_sums_blocked checks its kernel there."""
+    if DEVICE.type == "cpu" and kernel_backend == "triton":
+        pytest.skip("the Triton interpreter: see test_se_triton_weight_gradient_kernel_sums_blocked")
+    N, C, Cr = 8192, 8, 2
+    g = torch.Generator().manual_seed(32)
+    x, dy = _positive((N, C, 1, 1), g), _positive((N, C, 1, 1), g)
+    w1, b1 = _positive((Cr, C), g), _positive((Cr,), g)
+    w2, b2 = (torch.randn(C, Cr, generator=g, dtype=torch.float64) * 0.3).to(DEVICE), _positive((C,), g) - 1
+    (_, _, _, dw2, db2), (_, _, _, dw2_64, db2_64) = _grads_fp32_and_fp64(kernel_backend, x, w1, b1, w2, b2, dy)
+    assert _max_rel_err(db2, db2_64) < 1e-6, "db2"
+    assert _max_rel_err(dw2, dw2_64) < 1e-6, "dw2"
+
+
+def test_se_triton_weight_gradient_kernel_sums_blocked():
+    """The Triton weight-gradient kernel alone on N = 8192 saved vectors (positive: no
+    cancellation): dW2 = dz^T act(u), db2, dW1 = du^T p, db1 within 1e-6 relative of fp64; a
+    sample-by-sample sum was off by ~2e-6 .. 4e-6 (see the test above)."""
+    if "triton" not in KERNEL_BACKENDS:
+        pytest.skip("no triton backend here")
+    from attnkernels.triton import se as tse
+    N, C, Cr = 8192, 40, 3
+    g = torch.Generator().manual_seed(33)
+    dz, p = _positive((N, C), g, dtype=torch.float32), _positive((N, C), g, dtype=torch.float32)
+    du, u = _positive((N, Cr), g, dtype=torch.float32), _positive((N, Cr), g, dtype=torch.float32)
+    outs = [torch.full(shape, float("nan"), device=DEVICE) for shape in ((Cr, C), (Cr,), (C, Cr), (C,))]
+    grid, block_a, block_b = tse._weights_plan(C, Cr)
+    tse._se_bwd_weights[grid](dz, du, u, p, *outs, N, C, Cr, ACT="relu", ACC=tl_float32(),
+                              BLOCK_A=block_a, BLOCK_B=block_b, num_warps=4)
+    dz, du, u, p = (t.double().cpu() for t in (dz, du, u, p))
+    for name, out, ref in zip(("dw1", "db1", "dw2", "db2"), outs, (du.t() @ p, du.sum(0), dz.t() @ u, dz.sum(0))):
+        assert _max_rel_err(out, ref) < 1e-6, name
+
+
+def tl_float32():
+    import triton.language as tl
+    return tl.float32
+
+
 @pytest.mark.parametrize("act,gate,pool", COMBOS)
 def test_se_gradcheck(kernel_backend, act, gate, pool):
     case = make_case((2, 3, 2, 3, 2), torch.float64, seed=3)

@@ -83,9 +83,9 @@ def gate(z, GATE: tl.constexpr):
 
 @triton.jit
 def gate_grad(z, GATE: tl.constexpr):
-    if GATE == "sigmoid":
-        s = sigmoid(z)
-        return s * (1.0 - s)
+    if GATE == "sigmoid":  # e / (1 + e)^2, e = exp(-|z|): s * (1 - s) loses 1 - s's precision as s -> 1
+        e = tl.exp(-tl.abs(z))
+        return e / ((1.0 + e) * (1.0 + e))
     else:  # hardsigmoid: PyTorch's gradient is 1/6 strictly inside (-3, 3)
         return tl.where((z > -3.0) & (z < 3.0), 1.0 / 6.0, 0.0)
 

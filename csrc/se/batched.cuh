@@ -140,7 +140,7 @@ AK_INL void stage_group_t(const A* src, size_t lds, int gs, int k0, int kc, A* s
 // f(o, s, value) from one thread per output. The transposed products of the backward (dh = W2^T dz,
 // dp = W1^T du), whose outputs run along W's rows: consecutive threads take consecutive outputs
 // (coalesced loads of each row), a pass covers up to blockDim outputs, and the threads a narrower
-// pass leaves over split the k range P ways, their partial sums added in a fixed order through
+// pass leaves over split the k range P ways, their partial sums added by tree_combine through
 // red (blockDim * kGroupMax accumulators). Inputs staged as in group_rows (stage(k0, kc) into sm,
 // [k][kGroupMax]). Every thread calls it.
 template <typename T, typename A, typename Stage, typename F>
@@ -168,19 +168,18 @@ AK_INL void group_cols(const T* W, size_t ldw, int o0, int o1, int K, A* sm, A* 
         }
       }
     }
-    if (P > 1) {  // the k-parts' sums, added in part order
-      __syncthreads();
-      if (active) {
-        AK_PRAGMA_UNROLL(kGroupMax)
-        for (int s = 0; s < kGroupMax; ++s) red[(size_t)tid * kGroupMax + s] = acc[s];
-      }
-      __syncthreads();
-      if (part == 0) {
-        for (int q = 1; q < P; ++q) {
-          AK_PRAGMA_UNROLL(kGroupMax)
-          for (int s = 0; s < kGroupMax; ++s) acc[s] += red[(size_t)(q * width + tid) * kGroupMax + s];
-        }
-      }
+    if (P > 1) {  // the k-parts' sums, added by a tree (see tree_combine)
+      __syncthreads();  // red free: the previous pass's tree has been read
+      tree_combine(
+          part, tid % width, P, width,
+          [&](int slot) {
+            AK_PRAGMA_UNROLL(kGroupMax)
+            for (int s = 0; s < kGroupMax; ++s) red[(size_t)slot * kGroupMax + s] = acc[s];
+          },
+          [&](int slot) {
+            AK_PRAGMA_UNROLL(kGroupMax)
+            for (int s = 0; s < kGroupMax; ++s) acc[s] += red[(size_t)slot * kGroupMax + s];
+          });
     }
     if (part == 0) {
       AK_PRAGMA_UNROLL(kGroupMax)

@@ -136,8 +136,14 @@ template <typename A> AK_INL A gate_fwd(int gate, A z) {
   return t / A(6);
 }
 
-template <typename A> AK_INL A gate_grad(int gate, A z, A s) {
-  if (gate == GATE_SIGMOID) return s * (A(1) - s);
+// sigmoid'(z) from z, e / (1 + e)^2 with e = exp(-|z|): a few ulps relative everywhere. Autograd's
+// s * (1 - s) from the rounded gate loses the relative precision of 1 - s as the gate saturates
+// (z = 7: 1 - s ~ 1e-3, so one ulp of s is ~6e-5 of it; that error reaches dz, then du and dW1).
+template <typename A> AK_INL A gate_grad(int gate, A z) {
+  if (gate == GATE_SIGMOID) {
+    const A e = ak_exp(-(z < A(0) ? -z : z)), d = A(1) + e;
+    return e / (d * d);
+  }
   // PyTorch's hardsigmoid_backward (CPU and CUDA) multiplies by the float constant 1.0f / 6.0f even
   // for float64: use the same constant so float64 gradients match autograd to the last bits.
   return (z > A(-3) && z < A(3)) ? A(1.0f / 6.0f) : A(0);
@@ -182,6 +188,48 @@ AK_HD_INL int pow2_at_least(int v) {
   int g = 1;
   while (g < v) g <<= 1;
   return g;
+}
+
+// Adds up the P partials of each of `width` outputs, held by threads q * width + o (q < P), so that
+// thread q = 0 ends with the total of output o: a pairwise tree through shared memory, slot
+// q * width + o. Fixed order (deterministic), and a rounding error that grows like log2 P, as the
+// blocked sums of BLAS and torch do, where adding the partials one after another grew like P
+// (fp32 dW1 at Cr <= 2 missed the tests' 2x-the-reference bar); log2 P barriers instead of a P-long
+// chain of shared loads in one thread. store(slot): this thread's values into the slot;
+// merge(slot): the slot's values into this thread's (+, or max for a max-pool). Every thread of
+// the block calls it (P uniform); ends without a barrier: the caller syncs before reusing red.
+template <typename Store, typename Merge>
+AK_INL void tree_combine(int q, int o, int P, int width, Store store, Merge merge) {
+  if (P <= 1) return;
+  if (q < P) store(q * width + o);
+  __syncthreads();
+  for (int h = pow2_at_least(P) >> 1; h >= 1; h >>= 1) {
+    // reads slots [h, 2h), writes slots [0, h): no overlap within a step
+    if (q < h && q + h < P) {
+      merge((q + h) * width + o);
+      if (h > 1) store(q * width + o);
+    }
+    if (h > 1) __syncthreads();
+  }
+}
+
+// sum of term(n) over n < N in a fixed order with the rounding of a blocked sum: trees of 8 terms
+// (8 loads in flight), added into a block of 64, blocks added in order: 8 + 3 + N / 64 roundings
+// deep instead of N (the weight gradients' sums over the batch).
+template <typename A, typename F> AK_INL A blocked_sum(int N, F term) {
+  A tot = A(0);
+  for (int n0 = 0; n0 < N; n0 += 64) {
+    const int n1 = min(N, n0 + 64);
+    A blk = A(0);
+    for (int n = n0; n < n1; n += 8) {
+      A t[8];
+      AK_PRAGMA_UNROLL(8)
+      for (int j = 0; j < 8; ++j) t[j] = n + j < n1 ? term(n + j) : A(0);
+      blk += ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+    }
+    tot += blk;
+  }
+  return tot;
 }
 
 // ------------------------------------------------------------------ parameters
@@ -440,29 +488,26 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
       }
     }
   }
-  if (TY > 1) {
-    const int stride = TY * ctv * VC;  // second half holds b
-    if (ty < TY) {
-      AK_PRAGMA_UNROLL(VC)
-      for (int k = 0; k < VC; ++k) {
-        red[(ty * ctv + tx) * VC + k] = a[k];
-        if (MAXP) red[stride + (ty * ctv + tx) * VC + k] = b[k];
-      }
-    }
-    __syncthreads();
-    if (ty == 0 && active) {
-      for (int r = 1; r < TY; ++r) {
+  const int stride = TY * ctv * VC;  // red's second half holds b
+  tree_combine(
+      ty, tx, TY, ctv,
+      [&](int slot) {
         AK_PRAGMA_UNROLL(VC)
         for (int k = 0; k < VC; ++k) {
-          a[k] += red[(r * ctv + tx) * VC + k];
+          red[slot * VC + k] = a[k];
+          if (MAXP) red[stride + slot * VC + k] = b[k];
+        }
+      },
+      [&](int slot) {
+        AK_PRAGMA_UNROLL(VC)
+        for (int k = 0; k < VC; ++k) {
+          a[k] += red[slot * VC + k];
           if (MAXP) {
-            A o = red[stride + (r * ctv + tx) * VC + k];
+            const A o = red[stride + slot * VC + k];
             b[k] = BWD ? b[k] + o : nanmax(b[k], o);
           }
         }
-      }
-    }
-  }
+      });
   if (ty == 0 && active) {
     AK_PRAGMA_UNROLL(VC)
     for (int k = 0; k < VC; ++k) {
@@ -524,7 +569,7 @@ AK_INL void rowdots(const T* W, const A* v, int M, int K, F f) {
 
 // Columns of W (K x M, row-major) dotted with v (K, shared memory): out[m] = sum_k v[k] W[k*M + m],
 // VV consecutive outputs per thread (16-byte loads when M % V == 0 and W is aligned), the K range
-// split over P = blockDim / (M / VV) thread sets and summed in a fixed order (deterministic).
+// split over P = blockDim / (M / VV) thread sets whose sums tree_combine adds (deterministic).
 // red: blockDim * V accumulators. Caller syncs before (v ready) and after (outputs ready).
 template <typename T, typename A, int VV, typename F>
 AK_INL void coldots_v(const T* W, const A* v, int M, int K, A* red, F& f) {
@@ -557,16 +602,20 @@ AK_INL void coldots_v(const T* W, const A* v, int M, int K, A* red, F& f) {
     return;
   }
   const int mv = tid % MV, part = tid / MV;
-  if (part < P) {
-    col(mv, part, P, acc);
+  if (part < P) col(mv, part, P, acc);
+  tree_combine(
+      part, mv, P, MV,
+      [&](int slot) {
+        AK_PRAGMA_UNROLL(VV)
+        for (int j = 0; j < VV; ++j) red[slot * VV + j] = acc[j];
+      },
+      [&](int slot) {
+        AK_PRAGMA_UNROLL(VV)
+        for (int j = 0; j < VV; ++j) acc[j] += red[slot * VV + j];
+      });
+  if (part == 0) {
     AK_PRAGMA_UNROLL(VV)
-    for (int j = 0; j < VV; ++j) red[part * M + mv * VV + j] = acc[j];
-  }
-  __syncthreads();
-  for (int m = tid; m < M; m += nt) {
-    A tot = A(0);
-    for (int q = 0; q < P; ++q) tot += red[q * M + m];
-    f(m, tot);
+    for (int j = 0; j < VV; ++j) f(mv * VV + j, acc[j]);
   }
 }
 
@@ -1054,7 +1103,7 @@ AK_INL void bwd_dz(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa
       ds += ld_cg(pa + (size_t)q * C + c);
       if (POOL == POOL_AVGMAX) cnt += ld_cg(pb + (size_t)q * C + c);
     }
-    const A dzv = ds * gate_grad(gate, P.z[nC + c], P.s[nC + c]);
+    const A dzv = ds * gate_grad(gate, P.z[nC + c]);
     P.dz[nC + c] = dzv;
     if (sdz) sdz[c] = dzv;
     if (POOL == POOL_AVGMAX) P.coef_b[nC + c] = cnt;
@@ -1138,7 +1187,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
 
 // dw2[c,j] = sum_n dz[n,c] h[n,j]; db2[c] = sum_n dz[n,c]; dw1[j,c] = sum_n du[n,j] p[n,c];
 // db1[j] = sum_n du[n,j] (the last two not in the single-layer form: wgrad_outputs). One thread
-// per output, fixed order over n: deterministic.
+// per output, a blocked_sum over n: deterministic.
 AK_HD_INL long long wgrad_outputs(int C, int Cr, bool fc1) {
   return (long long)C * Cr + C + (fc1 ? (long long)Cr * C + Cr : 0);
 }
@@ -1151,24 +1200,19 @@ __global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
   const long long total = wgrad_outputs(C, Cr, P.w1 != nullptr);
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
-    A acc = A(0);
     if (i < n1) {  // dw2[c, j]
       const int c = (int)(i / Cr), j = (int)(i - (long long)c * Cr);
-      for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c] * P.h[(size_t)n * Cr + j];
-      P.dw2[i] = Cvt<T>::from(acc);
+      P.dw2[i] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.dz[(size_t)n * C + c] * P.h[(size_t)n * Cr + j]; }));
     } else if (i < n1 + C) {  // db2[c]
       const int c = (int)(i - n1);
-      for (int n = 0; n < N; ++n) acc += P.dz[(size_t)n * C + c];
-      P.db2[c] = Cvt<T>::from(acc);
+      P.db2[c] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.dz[(size_t)n * C + c]; }));
     } else if (i < 2 * n1 + C) {  // dw1[j, c]
       const long long k = i - n1 - C;
       const int j = (int)(k / C), c = (int)(k - (long long)j * C);
-      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c];
-      P.dw1[k] = Cvt<T>::from(acc);
+      P.dw1[k] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c]; }));
     } else {  // db1[j]
       const int j = (int)(i - 2 * n1 - C);
-      for (int n = 0; n < N; ++n) acc += P.du[(size_t)n * Cr + j];
-      P.db1[j] = Cvt<T>::from(acc);
+      P.db1[j] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.du[(size_t)n * Cr + j]; }));
     }
   }
 }
