@@ -282,12 +282,11 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_batched_kernel(const _
         [&](int c0, int cc) { stage_group(P.p + (size_t)n0 * C, C, gs, k0 + c0, cc, scratch, [](A v) { return v; }); },
         [&](int j, int s, A v) { part[(size_t)s * Cr + j] = v; });
     if (!last_block_of_sample(gc, 1, P.l1_tiles, flag, false)) return;
-    // the group's last fc1 tile: u = the partials in tile order + b1
+    // the group's last fc1 tile: u = a blocked_sum of the partials + b1
     const A* parts = P.part + (size_t)g * P.l1_tiles * kGroupMax * Cr;
     for (int i = threadIdx.x; i < gs * Cr; i += blockDim.x) {
       const int s = i / Cr, j = i - s * Cr;
-      A u = A(0);
-      for (int q = 0; q < P.l1_tiles; ++q) u += ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j);
+      const A u = blocked_sum<A>(P.l1_tiles, [&](int q) { return ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j); });
       P.u[(size_t)(n0 + s) * Cr + j] = u + (P.b1 ? to_acc(P.b1[j]) : A(0));
     }
     publish_sample(gc + 1);  // now l1_tiles + 1: u is out
@@ -360,13 +359,12 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_batched_kernel(cons
         [&](int c0, int cc) { stage_group_t(P.dz + (size_t)n0 * C, C, gs, k0 + c0, cc, scratch); },
         [&](int j, int s, A v) { part[(size_t)s * Cr + j] = v; });
     if (!last_block_of_sample(gc, 1, P.l1_tiles, flag, false)) return;
-    // the group's last dh tile: dh = the partials in tile order; du = dh * act'(u), h = act(u)
+    // the group's last dh tile: dh = a blocked_sum of the partials; du = dh * act'(u), h = act(u)
     const A* parts = P.part + (size_t)g * P.l1_tiles * kGroupMax * Cr;
     const int act = P.act;
     for (int i = threadIdx.x; i < gs * Cr; i += blockDim.x) {
       const int s = i / Cr, j = i - s * Cr;
-      A dh = A(0);
-      for (int q = 0; q < P.l1_tiles; ++q) dh += ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j);
+      const A dh = blocked_sum<A>(P.l1_tiles, [&](int q) { return ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j); });
       const size_t e = (size_t)(n0 + s) * Cr + j;
       const A uv = P.u[e], duv = dh * act_grad(act, uv);
       P.du[e] = duv;

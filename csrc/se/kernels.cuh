@@ -215,7 +215,8 @@ AK_INL void tree_combine(int q, int o, int P, int width, Store store, Merge merg
 
 // sum of term(n) over n < N in a fixed order with the rounding of a blocked sum: trees of 8 terms
 // (8 loads in flight), added into a block of 64, blocks added in order: 8 + 3 + N / 64 roundings
-// deep instead of N (the weight gradients' sums over the batch).
+// deep instead of N (the weight gradients' sums over the batch, the epilogues' over a sample's
+// S slice partials).
 template <typename A, typename F> AK_INL A blocked_sum(int N, F term) {
   A tot = A(0);
   for (int n0 = 0; n0 < N; n0 += 64) {
@@ -641,10 +642,10 @@ AK_INL void fwd_pool(const FwdParams<T>& P, int n, const typename Acc<T>::type* 
   const int C = P.C;
   const size_t nC = (size_t)n * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    A sum = A(0), mx = neg_inf(A(0));
-    for (int q = 0; q < S; ++q) {
-      sum += cg ? ld_cg(pa + (size_t)q * C + c) : pa[(size_t)q * C + c];
-      if (POOL == POOL_AVGMAX) mx = nanmax(mx, cg ? ld_cg(pb + (size_t)q * C + c) : pb[(size_t)q * C + c]);
+    const A sum = blocked_sum<A>(S, [&](int q) { return cg ? ld_cg(pa + (size_t)q * C + c) : pa[(size_t)q * C + c]; });
+    A mx = neg_inf(A(0));
+    if (POOL == POOL_AVGMAX) {
+      for (int q = 0; q < S; ++q) mx = nanmax(mx, cg ? ld_cg(pb + (size_t)q * C + c) : pb[(size_t)q * C + c]);
     }
     A pv = sum / A(P.HW);
     if (POOL == POOL_AVGMAX) {
@@ -1098,10 +1099,10 @@ AK_INL void bwd_dz(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa
   const int C = P.C, gate = P.gate;
   const size_t nC = (size_t)n * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    A ds = A(0), cnt = A(0);
-    for (int q = 0; q < S; ++q) {
-      ds += ld_cg(pa + (size_t)q * C + c);
-      if (POOL == POOL_AVGMAX) cnt += ld_cg(pb + (size_t)q * C + c);
+    const A ds = blocked_sum<A>(S, [&](int q) { return ld_cg(pa + (size_t)q * C + c); });
+    A cnt = A(0);  // tie counts: small integers, exact in any order
+    if (POOL == POOL_AVGMAX) {
+      for (int q = 0; q < S; ++q) cnt += ld_cg(pb + (size_t)q * C + c);
     }
     const A dzv = ds * gate_grad(gate, P.z[nC + c]);
     P.dz[nC + c] = dzv;
