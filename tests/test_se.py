@@ -134,6 +134,38 @@ def test_se_gradient_at_the_kinks(kernel_backend, act, gate, dtype, single):
         run_and_check(kernel_backend, case, act, gate, pool, seed=22)
 
 
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, under the Triton interpreter
+@pytest.mark.parametrize("where", ["x", "dy", "w1", "b2"])
+def test_se_non_finite_values_reach_the_outputs_as_in_eager(kernel_backend, where):
+    """An inf, -inf or NaN in x, dy, w1 or b2 makes the same elements of y, dx, dW1, db1, dW2, db2
+    non-finite as in eager PyTorch (what AMP's GradScaler looks for), and no others: a saturated
+    hardsigmoid gate or a flat relu / hardswish piece gives a 0 gradient, even for an inf one,
+    because PyTorch's backward picks there instead of multiplying (inf * 0 would be NaN). (NaN
+    against inf may differ: the order of the sums decides inf - inf. gelu is left out: torch's
+    gelu(inf) is NaN.)"""
+    for (act, gate, pool), val in itertools.product(
+            [("relu", "hardsigmoid", "avgmax"), ("hardswish", "hardsigmoid", "avg"), ("silu", "sigmoid", "avgmax")],
+            [float("inf"), float("-inf"), float("nan")]):
+        case = list(make_case((3, 6, 4, 5, 2), torch.float32, seed=41))
+        dy = rand(case[0].shape, torch.float32, DEVICE, torch.Generator().manual_seed(42))
+        if where == "dy":
+            dy[1, 2, 1, 3] = val
+        else:
+            i, idx = {"x": (0, (1, 2, 1, 3)), "w1": (1, (1, 3)), "b2": (4, (2,))}[where]
+            case[i] = case[i].clone()
+            case[i][idx] = val
+        ins, ref = _leaves(case), _leaves([t.cpu() for t in case])
+        y = ak.se(*ins, act=act, gate=gate, pool=pool, backend=kernel_backend)
+        y.backward(dy)
+        y_ref = reference.se(*ref, act, gate, pool)
+        y_ref.backward(dy.cpu())
+        for name, a, b in [("y", y, y_ref)] + [(n, t.grad, r.grad) for n, t, r in
+                                                zip(("dx", "dw1", "db1", "dw2", "db2"), ins, ref)]:
+            assert torch.equal(torch.isfinite(a).cpu(), torch.isfinite(b)), (
+                f"{name}: {int((~torch.isfinite(a)).sum())} non-finite values, eager has "
+                f"{int((~torch.isfinite(b)).sum())} ({val} in {where}; {act}/{gate}/{pool})")
+
 def _positive(shape, g, device=DEVICE, dtype=torch.float64):
     """Uniform in [0.5, 1.5): sums of such terms have no cancellation, so the relative error of
     each output measures the summation alone."""

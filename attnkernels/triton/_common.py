@@ -39,37 +39,57 @@ def sigmoid(v):
 
 
 @triton.jit
+def _clamp_0_6(t):
+    """min(max(t, 0), 6) that keeps a NaN, as torch's relu6 / hardswish / hardsigmoid do (on a GPU
+    tl.maximum / tl.minimum return the other operand by default)."""
+    return tl.where(t < 0.0, 0.0, tl.where(t > 6.0, 6.0, t))
+
+
+@triton.jit
+def nanmax(a, b):
+    """max that propagates NaN, as torch.amax does (tl.maximum's default returns the other operand)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nanmax_over(v, axis: tl.constexpr):
+    """tl.max of v over axis with NaN propagating."""
+    return tl.reduce(v, axis, nanmax)
+
+
+@triton.jit
 def activation(u, ACT: tl.constexpr):
     """The excitation MLP's hidden activation: relu / silu / hardswish / gelu (exact erf) /
-    identity (the single-layer form's)."""
+    identity (the single-layer form's). NaN in, NaN out, as in torch."""
     if ACT == "identity":
         return u
     elif ACT == "relu":
-        return tl.maximum(u, 0.0)
+        return tl.where(u < 0.0, 0.0, u)
     elif ACT == "silu":
         return u * sigmoid(u)
     elif ACT == "hardswish":
-        return u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
+        return u * _clamp_0_6(u + 3.0) / 6.0
     else:  # gelu
         return 0.5 * u * (1.0 + tl.erf(u * INV_SQRT2))
 
 
 @triton.jit
-def activation_grad(u, ACT: tl.constexpr):
-    """d activation / du, matching PyTorch autograd's formulas (incl. its choices at the kinks)."""
+def activation_bwd(u, g, ACT: tl.constexpr):
+    """g * activation'(u), as PyTorch's backward computes it: relu and hardswish pick (a flat piece
+    gives 0 even for an inf or NaN g, a NaN u passes g on) and take PyTorch's side at the kinks
+    (relu: 0 at 0; hardswish: 0 at -3, g at 3); the others multiply."""
     if ACT == "identity":
-        return tl.full(u.shape, 1.0, u.dtype)
+        return g
     elif ACT == "relu":
-        return tl.where(u > 0.0, 1.0, 0.0)
+        return tl.where(u <= 0.0, 0.0, g)
     elif ACT == "silu":
         sg = sigmoid(u)
-        return sg * (1.0 + u * (1.0 - sg))
+        return g * (sg * (1.0 + u * (1.0 - sg)))
     elif ACT == "hardswish":
-        # PyTorch's kinks: 0 at -3, 1 at 3 (hardswish_backward, CPU and CUDA)
-        return tl.where(u <= -3.0, 0.0, tl.where(u < 3.0, u / 3.0 + 0.5, 1.0))
+        return tl.where(u <= -3.0, 0.0, tl.where(u < 3.0, g * (u / 3.0 + 0.5), g))
     else:  # gelu
         cdf = 0.5 * (1.0 + tl.erf(u * INV_SQRT2))
-        return cdf + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI
+        return g * (cdf + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI)
 
 
 @triton.jit
@@ -77,17 +97,22 @@ def gate(z, GATE: tl.constexpr):
     """The gate turning an excitation into a scale: sigmoid / hardsigmoid."""
     if GATE == "sigmoid":
         return sigmoid(z)
-    else:  # hardsigmoid
-        return tl.minimum(tl.maximum(z / 6.0 + 0.5, 0.0), 1.0)
+    else:  # hardsigmoid, torch's formula
+        return _clamp_0_6(z + 3.0) / 6.0
 
 
 @triton.jit
-def gate_grad(z, GATE: tl.constexpr):
-    if GATE == "sigmoid":  # e / (1 + e)^2, e = exp(-|z|): s * (1 - s) loses 1 - s's precision as s -> 1
+def gate_bwd(z, g, GATE: tl.constexpr):
+    """g * gate'(z). sigmoid: e / (1 + e)^2 with e = exp(-|z|), from z (autograd's s * (1 - s) loses
+    1 - s's precision as s -> 1). hardsigmoid picks like PyTorch: g / 6 strictly inside (-3, 3), 0
+    elsewhere and for a NaN z, even for an inf g."""
+    if GATE == "sigmoid":
         e = tl.exp(-tl.abs(z))
-        return e / ((1.0 + e) * (1.0 + e))
-    else:  # hardsigmoid: PyTorch's gradient is 1/6 strictly inside (-3, 3)
-        return tl.where((z > -3.0) & (z < 3.0), 1.0 / 6.0, 0.0)
+        return g * (e / ((1.0 + e) * (1.0 + e)))
+    else:
+        # PyTorch multiplies by the float constant 1.0f / 6.0f, also for float64 (a Python float
+        # here would be a float64 1/6 there and miss autograd's float64 result by ~1e-8)
+        return tl.where((z > -3.0) & (z < 3.0), g * tl.full([], 1.0 / 6.0, tl.float32), 0.0)
 
 
 def tl_acc_dtype(dtype: torch.dtype):

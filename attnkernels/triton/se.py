@@ -42,8 +42,8 @@ import triton.language as tl
 from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
 from ._launch import launcher
-from ._common import (activation, activation_grad, arrival_counters, cast_to, gate,
-                      gate_grad, target_programs, tl_acc_dtype, workspaces)
+from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
+                      nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
 
 
 # Stages of the software pipeline of the loops streaming x (and dy) into a reduction: tiles in
@@ -104,11 +104,11 @@ def _sum_rows(ptr, n_rows, row_stride, cols, cmask, ACC: tl.constexpr, BLOCK_ROW
         m = (rows < n_rows)[:, None] & cmask[None, :]
         p = ptr + rows[:, None] * row_stride + cols[None, :]
         if MAX:
-            acc = tl.maximum(acc, tl.load(p, mask=m, other=float("-inf"), cache_modifier=".cg"))
+            acc = nanmax(acc, tl.load(p, mask=m, other=float("-inf"), cache_modifier=".cg"))
         else:
             acc += tl.load(p, mask=m, other=0.0, cache_modifier=".cg")
     if MAX:
-        return tl.max(acc, axis=0)
+        return nanmax_over(acc, 0)
     return tl.sum(acc, axis=0)
 
 
@@ -187,9 +187,9 @@ def _squeeze_tile(
         v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
         acc_sum += v
         if POOL_MAX:
-            acc_max = tl.maximum(acc_max, tl.where(m, v, float("-inf")))
+            acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
     psum = tl.sum(acc_sum, axis=1)
-    pmax = tl.max(acc_max, axis=1)
+    pmax = nanmax_over(acc_max, 1)
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
@@ -419,7 +419,7 @@ def _bwd_reduce_tile(
         last, ds, ties = _combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
                                          False, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
-        dz = ds * gate_grad(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), GATE)
+        dz = gate_bwd(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), ds, GATE)
         tl.store(dz_ptr + n * C + c, dz, mask=cmask)
         if POOL_MAX:
             tl.store(ties_ptr + n * C + c, ties, mask=cmask)
@@ -434,7 +434,7 @@ def _bwd_reduce_tile(
                 r = r0 + tl.arange(0, BLOCK_R)
                 dh = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
                 u = tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0)
-                tl.store(du_ptr + n * Cr + r, dh * activation_grad(u, ACT), mask=r < Cr)
+                tl.store(du_ptr + n * Cr + r, activation_bwd(u, dh, ACT), mask=r < Cr)
             done = True
     return done
 

@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_batched_kernel(cons
       const int s = i / Cr, j = i - s * Cr;
       const A dh = blocked_sum<A>(P.l1_tiles, [&](int q) { return ld_cg(parts + ((size_t)q * kGroupMax + s) * Cr + j); });
       const size_t e = (size_t)(n0 + s) * Cr + j;
-      const A uv = P.u[e], duv = dh * act_grad(act, uv);
+      const A uv = P.u[e], duv = act_bwd(act, uv, dh);
       P.du[e] = duv;
       P.h[e] = act_fwd(act, uv);
       if (!P.w1) store_coefs<T, POOL>(P, e, duv);  // single layer: dp = du (Cr == C)

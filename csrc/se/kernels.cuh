@@ -111,20 +111,23 @@ template <typename A> AK_INL A act_fwd(int act, A u) {
   }
 }
 
-template <typename A> AK_INL A act_grad(int act, A u) {
+// g * act'(u), the activation's backward, as PyTorch computes it: where its backward picks instead
+// of multiplying (threshold_backward for relu, hardswish_backward) a flat piece gives 0 even for an
+// inf or NaN g, and a NaN u passes g on; the kinks take PyTorch's side (relu: 0 at 0; hardswish:
+// 0 at -3, g at 3). Finite values: the same bits as g times the derivative.
+template <typename A> AK_INL A act_bwd(int act, A u, A g) {
   switch (act) {
-    case ACT_RELU: return u > A(0) ? A(1) : A(0);
+    case ACT_RELU: return u <= A(0) ? A(0) : g;
     case ACT_SILU: {
       A sg = A(1) / (A(1) + ak_exp(-u));
-      return sg * (A(1) + u * (A(1) - sg));
+      return g * (sg * (A(1) + u * (A(1) - sg)));
     }
-    case ACT_HARDSWISH:  // PyTorch's kinks: 0 at -3, 1 at 3 (hardswish_backward, CPU and CUDA)
-      return u <= A(-3) ? A(0) : (u < A(3) ? u / A(3) + A(0.5) : A(1));
-    case ACT_IDENTITY: return A(1);
+    case ACT_HARDSWISH: return u <= A(-3) ? A(0) : (u < A(3) ? g * (u / A(3) + A(0.5)) : g);
+    case ACT_IDENTITY: return g;
     default: {
       A cdf = A(0.5) * (A(1) + ak_erf(u * A(0.70710678118654752440)));
       A pdf = ak_exp(A(-0.5) * u * u) * A(0.39894228040143267794);
-      return cdf + u * pdf;
+      return g * (cdf + u * pdf);
     }
   }
 }
@@ -136,17 +139,18 @@ template <typename A> AK_INL A gate_fwd(int gate, A z) {
   return t / A(6);
 }
 
-// sigmoid'(z) from z, e / (1 + e)^2 with e = exp(-|z|): a few ulps relative everywhere. Autograd's
-// s * (1 - s) from the rounded gate loses the relative precision of 1 - s as the gate saturates
-// (z = 7: 1 - s ~ 1e-3, so one ulp of s is ~6e-5 of it; that error reaches dz, then du and dW1).
-template <typename A> AK_INL A gate_grad(int gate, A z) {
+// g * gate'(z). sigmoid'(z) from z, e / (1 + e)^2 with e = exp(-|z|): a few ulps relative
+// everywhere. Autograd's s * (1 - s) from the rounded gate loses the relative precision of 1 - s as
+// the gate saturates (z = 7: 1 - s ~ 1e-3, so one ulp of s is ~6e-5 of it; that error reached dz,
+// then du and dW1). hardsigmoid picks like PyTorch's hardsigmoid_backward: 0 outside (-3, 3) and for
+// a NaN z, even for an inf g; inside, g times the float constant 1.0f / 6.0f, also for float64, as
+// PyTorch does (CPU and CUDA), so float64 gradients match autograd to the last bits.
+template <typename A> AK_INL A gate_bwd(int gate, A z, A g) {
   if (gate == GATE_SIGMOID) {
     const A e = ak_exp(-(z < A(0) ? -z : z)), d = A(1) + e;
-    return e / (d * d);
+    return g * (e / (d * d));
   }
-  // PyTorch's hardsigmoid_backward (CPU and CUDA) multiplies by the float constant 1.0f / 6.0f even
-  // for float64: use the same constant so float64 gradients match autograd to the last bits.
-  return (z > A(-3) && z < A(3)) ? A(1.0f / 6.0f) : A(0);
+  return (z > A(-3) && z < A(3)) ? g * A(1.0f / 6.0f) : A(0);
 }
 
 // sum / max over aligned groups of G lanes (G a power of two <= 32); every lane of the warp calls it
@@ -1104,7 +1108,7 @@ AK_INL void bwd_dz(const BwdParams<T>& P, int n, const typename Acc<T>::type* pa
     if (POOL == POOL_AVGMAX) {
       for (int q = 0; q < S; ++q) cnt += ld_cg(pb + (size_t)q * C + c);
     }
-    const A dzv = ds * gate_grad(gate, P.z[nC + c]);
+    const A dzv = gate_bwd(gate, P.z[nC + c], ds);
     P.dz[nC + c] = dzv;
     if (sdz) sdz[c] = dzv;
     if (POOL == POOL_AVGMAX) P.coef_b[nC + c] = cnt;
@@ -1142,7 +1146,7 @@ AK_INL void bwd_epilogue(const BwdParams<T>& P, int n, const typename Acc<T>::ty
   __syncthreads();
   for (int j = tid; j < Cr; j += nt) {  // not in coldots' callback: one copy (see fwd_epilogue)
     const A uv = P.u[nCr + j];
-    const A duv = sdu[j] * act_grad(act, uv);
+    const A duv = act_bwd(act, uv, sdu[j]);
     P.du[nCr + j] = duv;
     P.h[nCr + j] = act_fwd(act, uv);
     sdu[j] = duv;
