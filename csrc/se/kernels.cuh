@@ -771,8 +771,11 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(const __
 // y = x * s over units [u0, u1) of one sample, `step` apart; a unit is a 16-byte vector when vec
 // (NCHW: C*HW % V == 0, a vector may straddle channels; NHWC: C % V == 0), else an element.
 // sv[c - c_lo] is the gate of channel c. LAST: the last read of x and a y not read again here, so
-// both get the evict-first hint and leave L2 to the x still waiting for its rescale.
-template <typename T, bool NHWC, bool LAST>
+// both get the evict-first hint and leave L2 to the x still waiting for its rescale. U: vectors a
+// thread loads before it scales and stores them. With one at a time, SASS showed LDG, STG, LDG:
+// as far as the compiler knows, dst may alias src, so a load cannot pass the store before it.
+// That left one 16-byte load in flight per thread. The per-element arithmetic is unchanged.
+template <typename T, bool NHWC, bool LAST, int U = 1>
 AK_INL void scale_range(const T* src, T* dst, const typename Acc<T>::type* sv, int c_lo, int C, int HW,
                         int u0, int u1, int step, bool vec) {
   using A = typename Acc<T>::type;
@@ -780,29 +783,39 @@ AK_INL void scale_range(const T* src, T* dst, const typename Acc<T>::type* sv, i
   if (vec) {
     const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(src);
     Vec<T>* d4 = reinterpret_cast<Vec<T>*>(dst);
-    AK_UNROLL2
-    for (int i = u0; i < u1; i += step) {
-      Vec<T> t = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
-      const int e = i * V;
-      if (!NHWC) {
-        const int c = e / HW;
-        if ((c + 1) * HW - e >= V) {  // the vector lies in one channel
-          const A sc = sv[c - c_lo];
-          AK_PRAGMA_UNROLL(V)
-          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
-        } else {  // it straddles channels (HW % V != 0: rows of 7x7, 14x14 bf16, ...)
-          AK_PRAGMA_UNROLL(V)
-          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[(e + k) / HW - c_lo]);
-        }
-      } else {
-        const int c0 = e % C - c_lo;
-        AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
+    for (int i0 = u0; i0 < u1; i0 += U * step) {
+      Vec<T> ts[U];
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        const int i = i0 + j * step;
+        if (i < u1) ts[j] = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
       }
-      if (LAST)
-        ak::store_vec_stream(d4 + i, t);
-      else
-        ak::store_vec(d4 + i, t);
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        const int i = i0 + j * step;
+        if (i >= u1) continue;
+        Vec<T>& t = ts[j];
+        const int e = i * V;
+        if (!NHWC) {
+          const int c = e / HW;
+          if ((c + 1) * HW - e >= V) {  // the vector lies in one channel
+            const A sc = sv[c - c_lo];
+            AK_PRAGMA_UNROLL(V)
+            for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
+          } else {  // it straddles channels (HW % V != 0: rows of 7x7, 14x14 bf16, ...)
+            AK_PRAGMA_UNROLL(V)
+            for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[(e + k) / HW - c_lo]);
+          }
+        } else {
+          const int c0 = e % C - c_lo;
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
+        }
+        if (LAST)
+          ak::store_vec_stream(d4 + i, t);
+        else
+          ak::store_vec(d4 + i, t);
+      }
     }
   } else {
     for (int e = u0; e < u1; e += step) {
@@ -821,9 +834,11 @@ __global__ void __launch_bounds__(kThreads) se_rescale_kernel(FwdParams<T> P) {
   const int u0 = chunk * P.rs_span, u1 = min(units, u0 + P.rs_span);
   const typename Acc<T>::type* sv = P.s + (size_t)n * P.C;
   if (P.nhwc)
-    scale_range<T, true, false>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x, P.vec != 0);
+    scale_range<T, true, false, kStreamLoads>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x,
+                                              P.vec != 0);
   else
-    scale_range<T, false, false>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x, P.vec != 0);
+    scale_range<T, false, false, kStreamLoads>(P.x + off, P.y + off, sv, 0, P.C, P.HW, u0 + threadIdx.x, u1, blockDim.x,
+                                               P.vec != 0);
 }
 
 // Squeeze and rescale in one launch (the ticket-ordered scheme above): slices squeeze, the
@@ -852,7 +867,7 @@ __global__ void __launch_bounds__(kThreads, (pipe_min_blocks<NHWC>()))
       [&](int n, int u0, int u1, int c_lo, int c_hi) {
         stage_channels(P.s + (size_t)n * C, scratch, c_lo, c_hi);
         __syncthreads();
-        scale_range<T, NHWC, true>(P.x + n * E, P.y + n * E, scratch, c_lo, C, HW, u0 + threadIdx.x, u1,
+        scale_range<T, NHWC, true, kPipeStreamLoads>(P.x + n * E, P.y + n * E, scratch, c_lo, C, HW, u0 + threadIdx.x, u1,
                                    blockDim.x, P.vec != 0);
       });
 #else
@@ -1096,8 +1111,9 @@ __global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
 
 // dx over units [u0, u1) of sample n, `step` apart (units as in scale_range). s and pmax are read
 // by channel c, the coefficients ca/cb by c - c_lo. LAST: the last reads of dy and x and a dx not
-// read again here get the evict-first hint.
-template <typename T, bool MAXP, bool NHWC, bool LAST>
+// read again here get the evict-first hint. U: positions whose dy (and x) a thread loads before it
+// computes and stores them (see scale_range).
+template <typename T, bool MAXP, bool NHWC, bool LAST, int U = 1>
 AK_INL void dx_range(const BwdParams<T>& P, int n, const typename Acc<T>::type* ca,
                      const typename Acc<T>::type* cb, int c_lo, int u0, int u1, int step) {
   using A = typename Acc<T>::type;
@@ -1118,27 +1134,41 @@ AK_INL void dx_range(const BwdParams<T>& P, int n, const typename Acc<T>::type* 
     const Vec<T>* d4 = reinterpret_cast<const Vec<T>*>(dys);
     const Vec<T>* x4 = reinterpret_cast<const Vec<T>*>(xs);
     Vec<T>* o4 = reinterpret_cast<Vec<T>*>(dxs);
-    for (int i = u0; i < u1; i += step) {
-      const Vec<T> d = LAST ? ak::load_vec_last(d4 + i) : ak::load_vec(d4 + i);
-      Vec<T> xx, o;
-      if (MAXP) xx = LAST ? ak::load_vec_last(x4 + i) : ak::load_vec(x4 + i);
-      const int e = i * V;
-      if (!NHWC) {
-        const int c = e / HW;
-        const bool straddles = (c + 1) * HW - e < V;  // see scale_range
-        AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k)
-          o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), straddles ? (e + k) / HW : c));
-      } else {
-        const int c0 = e % C;
-        AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k)
-          o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c0 + k));
+    for (int i0 = u0; i0 < u1; i0 += U * step) {
+      Vec<T> dq[U], xq[U];
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        const int i = i0 + j * step;
+        if (i < u1) {
+          dq[j] = LAST ? ak::load_vec_last(d4 + i) : ak::load_vec(d4 + i);
+          if (MAXP) xq[j] = LAST ? ak::load_vec_last(x4 + i) : ak::load_vec(x4 + i);
+        }
       }
-      if (LAST)
-        ak::store_vec_stream(o4 + i, o);
-      else
-        ak::store_vec(o4 + i, o);
+      AK_PRAGMA_UNROLL(U)
+      for (int j = 0; j < U; ++j) {
+        const int i = i0 + j * step;
+        if (i >= u1) continue;
+        const Vec<T>& d = dq[j];
+        const Vec<T>& xx = xq[j];
+        Vec<T> o;
+        const int e = i * V;
+        if (!NHWC) {
+          const int c = e / HW;
+          const bool straddles = (c + 1) * HW - e < V;  // see scale_range
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k)
+            o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), straddles ? (e + k) / HW : c));
+        } else {
+          const int c0 = e % C;
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k)
+            o.v[k] = Cvt<T>::from(one(to_acc(d.v[k]), MAXP ? to_acc(xx.v[k]) : A(0), c0 + k));
+        }
+        if (LAST)
+          ak::store_vec_stream(o4 + i, o);
+        else
+          ak::store_vec(o4 + i, o);
+      }
     }
   } else {
     for (int e = u0; e < u1; e += step) {
@@ -1158,10 +1188,10 @@ __global__ void __launch_bounds__(kThreads) se_dx_kernel(BwdParams<T> P) {
   const auto* ca = P.coef_a + nC;
   const auto* cb = P.coef_b + nC;
   switch ((P.pool == POOL_AVGMAX ? 2 : 0) + (P.nhwc ? 1 : 0)) {
-    case 0: dx_range<T, false, false, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
-    case 1: dx_range<T, false, true, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
-    case 2: dx_range<T, true, false, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
-    default: dx_range<T, true, true, false>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    case 0: dx_range<T, false, false, false, kStreamLoads / 2>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    case 1: dx_range<T, false, true, false, kStreamLoads / 2>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    case 2: dx_range<T, true, false, false, kStreamLoads / 2>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
+    default: dx_range<T, true, true, false, kStreamLoads / 2>(P, n, ca, cb, 0, u0, u1, blockDim.x); break;
   }
 }
 
