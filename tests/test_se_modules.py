@@ -444,3 +444,34 @@ def test_converted_torchvision_feature_extractor(kernel_backend):
     assert n_fused == sum(isinstance(m, ak.SqueezeExcitation) for m in model.features[:10].modules()) > 0
     for k in want:
         torch.testing.assert_close(feats[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_module_make_graphed_callables(kernel_backend, channels_last):
+    """torch.cuda.make_graphed_callables on a drop-in: its forward and backward captured once
+    (the host time per call gone, what batch-1 training wants), then replayed on fresh inputs;
+    outputs and gradients (x's and the parameters', set to None before each step, as a training
+    loop's zero_grad does) match torchvision's eager block."""
+    real, ours = _pair(torchvision.ops.SqueezeExcitation(32, 8), ak.SqueezeExcitation(32, 8))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(3)
+
+    def sample():
+        return [torch.randn(4, 32, 7, 7, generator=g).to(DEVICE).contiguous(memory_format=fmt) for _ in range(2)]
+
+    with ak.backend(kernel_backend):
+        graphed = torch.cuda.make_graphed_callables(ours, (sample()[0].requires_grad_(),))
+        for _ in range(3):
+            x, dy = sample()
+            ours.zero_grad(set_to_none=True)
+            real.zero_grad(set_to_none=True)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya = graphed(xa)
+            ya.backward(dy)
+            yb = real(xb)
+            yb.backward(dy)
+            torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+            for (name, pa), pb in zip(ours.named_parameters(), real.parameters()):
+                torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-5, msg=name)
