@@ -618,14 +618,18 @@ def test_se_single_layer_without_autograd(kernel_backend, mode):
 @given(N=st.integers(1, 3), C=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 9),
        Cr=st.integers(1, 8), combo=st.sampled_from(COMBOS), cl=st.booleans(), bias=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16),
-       single=st.sampled_from([False, False, True]))
-def test_se_fuzz(N, C, H, W, Cr, combo, cl, bias, dtype, seed, single):
-    """single: the single-layer form (w1 None), a third of the examples."""
+       single=st.sampled_from([False, False, True]),
+       variant=st.sampled_from(["auto", "auto", "pipelined", "batched", "fused"]), bps=st.sampled_from([0, 0, 1, 3]))
+def test_se_fuzz(N, C, H, W, Cr, combo, cl, bias, dtype, seed, single, variant, bps):
+    """single: the single-layer form (w1 None), a third of the examples. variant / bps: a forced
+    variant (each backend runs what it has of it) and reduce slices per sample (0: the launcher's
+    choice). tests/random_search_se.py runs the same kind of search wider, by hand."""
     for backend in ak.available_backends(DEVICE):
         if backend == "reference":
             continue
         case = make_case((N, C, H, W, Cr), dtype, cl, bias, seed=seed, single_layer=single)
-        run_and_check(backend, case, *combo, seed=seed + 1)
+        with force_variant(variant, bps=bps):
+            run_and_check(backend, case, *combo, seed=seed + 1)
 
 
 # ---------------------------------------------------------------------------------------------
