@@ -1,8 +1,7 @@
 """Which kernel variant an op runs: the backend's own choice ("auto") unless forced, per thread
 (`force_variant`) or per process (ATTNKERNELS_SE_VARIANT=auto|split|fused|pipelined|batched). A
-backend runs its default for a variant it lacks (Triton has no "fused" nor "batched"; the CUDA
-build none but "split" in float64, and "pipelined" and "batched" from sm_90 only) and reports
-what it ran.
+backend runs its default for a variant it lacks (Triton has no "fused"; the CUDA build none but
+"split" in float64, and "pipelined" and "batched" from sm_90 only) and reports what it ran.
 
   "split"      a reduce kernel (the last program of a sample runs the sample's epilogue), then an
                elementwise kernel over the samples in reverse order;
@@ -10,8 +9,9 @@ what it ran.
                elementwise chunks in the order of an atomic ticket, each sample's chunks `lag`
                samples behind its slices, so their second read of the activations hits L2;
   "fused"      (CUDA) one block per sample holds the sample in shared memory;
-  "batched"    (CUDA) "split" with the excitation MLP of a group of samples at once, in tiles
-               spread over the reduce launch, each reading its block of the weights once a group.
+  "batched"    "split" with the excitation MLP of a group of samples at once, each block of the
+               weights read once a group: CUDA in tiles spread over the reduce launch, Triton
+               in programs over (group, channel block) in both launches.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ _local = threading.local()
 
 @contextlib.contextmanager
 def force_variant(variant: str = "auto", bps: int = 0, lag: int = 0):
-    """Force the variant in this thread; `bps` > 0 sets the reduce slices per sample, `lag` > 0
-    the pipelined lag in samples (tests, benchmarks)."""
+    """Force the variant in this thread; `bps` > 0 sets the reduce slices per sample (Triton: the
+    HW splits of each (sample, channel block)), `lag` > 0 the pipelined lag in samples (tests,
+    benchmarks)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if bps < 0 or lag < 0:

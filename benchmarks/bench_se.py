@@ -152,7 +152,7 @@ def parse_args(argv=None):
                         "SE variant forced (columns cuda:<variant>; 'cuda' is the dispatcher's pick); "
                         "pipelined@L forces the lag L (a lag sweep: pipelined@1,pipelined@4,...)")
     p.add_argument("--triton-variants", default=None,
-                   help="comma list of split,pipelined[@L]: the same for the triton backend (columns triton:<variant>)")
+                   help="comma list of split,pipelined[@L],batched: the same for the triton backend (columns triton:<variant>)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-graphs", action="store_true",
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
@@ -738,7 +738,7 @@ def main(argv=None):
         if "eager" not in impls:  # eager is the baseline of the check and the speedups
             impls = ["eager"] + impls
     if args.triton_variants and "triton" in avail:
-        impls += _variant_columns(args.triton_variants, "triton", ("split", "pipelined"))
+        impls += _variant_columns(args.triton_variants, "triton", ("split", "pipelined", "batched"))
     if args.cuda_variants and _backend_of("cuda") in avail:
         impls += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused", "batched"))
     modes = _csv_list(args.modes, MODES, "mode") if args.modes else list(MODES)

@@ -7,7 +7,7 @@
 #   4 memcheck   compute-sanitizer --tool memcheck  over benchmarks/sanitize_se.py and
 #     racecheck  compute-sanitizer --tool racecheck over it running alongside (background)
 #   5 bench      benchmarks/host_overhead.py (host time per call), then
-#                benchmarks/bench_se.py --quick --triton-variants pipelined --cuda-variants split,pipelined,fused,batched
+#                benchmarks/bench_se.py --quick --triton-variants pipelined,batched --cuda-variants split,pipelined,fused,batched
 #   6 report     benchmarks/results/<gpu>-<date>.md (status + key line of each step + the
 #                benchmark table); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
 # Every step runs even when an earlier one failed; the exit status is 1 if any step failed,
@@ -208,7 +208,7 @@ if want bench; then
   t=$(timeout_for 240 10)
   budget=$((t - 60)); [ "$budget" -ge 20 ] || budget=20
   run_step 05-bench "bench_se.py --quick" "$t" \
-    "$PYTHON" benchmarks/bench_se.py --quick --triton-variants pipelined --cuda-variants split,pipelined,fused,batched --out "$DIR" --name bench-se --budget-s "$budget"
+    "$PYTHON" benchmarks/bench_se.py --quick --triton-variants pipelined,batched --cuda-variants split,pipelined,fused,batched --out "$DIR" --name bench-se --budget-s "$budget"
   key=$(joinkey "$(grep -m1 '^copy bandwidth' "$STEP_LOG" | oneline)" \
     "$(grep -m1 -E '^bench_se: [0-9]+ rows' "$STEP_LOG" | oneline)" \
     "$(grep -m1 -E '^bench_se: time budget' "$STEP_LOG" | oneline)" \

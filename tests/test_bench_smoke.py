@@ -1,5 +1,5 @@
-"""benchmarks/bench_se.py stays runnable: its --cpu-smoke mode on the CPU (cuda-emu and the
-Triton interpreter), with forced-variant columns, must write a CSV whose every kernel row ran
+"""benchmarks/bench_se.py stays runnable: its --cpu-smoke mode on the CPU (cuda-emu and, under
+TRITON_INTERPRET=1, the Triton interpreter), with forced-variant columns, must write a CSV whose every kernel row ran
 and matched eager (the bench's own correctness guard)."""
 import csv
 import os
@@ -15,14 +15,19 @@ def test_bench_se_cpu_smoke(tmp_path):
     import attnkernels as ak
     if "cuda-emu" not in ak.available_backends("cpu"):
         pytest.skip("needs the emulated build")
+    triton = "triton" in ak.available_backends("cpu")  # (the interpreter: TRITON_INTERPRET=1)
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_se.py"), "--cpu-smoke", "--no-compile",
-           "--no-plot", "--impls", "eager,cuda", "--cuda-variants", "pipelined@1,fused,split,batched",
+           "--no-plot", "--impls", "eager,cuda" + (",triton" if triton else ""),
+           "--cuda-variants", "pipelined@1,fused,split,batched", "--triton-variants", "pipelined@1,batched",
            "--out", str(tmp_path), "--name", "smoke"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "smoke.csv")))
     impls = {row["impl"] for row in rows}
-    assert impls == {"eager", "cuda", "cuda:pipelined@1", "cuda:fused", "cuda:split", "cuda:batched"}, impls
+    expected = {"eager", "cuda", "cuda:pipelined@1", "cuda:fused", "cuda:split", "cuda:batched"}
+    if triton:
+        expected |= {"triton", "triton:pipelined@1", "triton:batched"}
+    assert impls == expected, impls
     for row in rows:
         if row["impl"] == "eager":
             continue

@@ -520,7 +520,7 @@ def test_se_backward_keeps_the_forwards_variant_on_another_thread(monkeypatch):
 @pytest.mark.parametrize("variant", ["pipelined", "batched"])
 def test_se_ticket_ordered_variants_gradcheck_opcheck_compile(kernel_backend, variant):
     """The pipelined variant (lag 1: squeezes and rescales interleaved) and the batched one
-    (CUDA; Triton runs split) through the op's whole contract: fp64 gradcheck, opcheck of both
+    (groups of samples) through the op's whole contract: fp64 gradcheck, opcheck of both
     custom ops, torch.compile(fullgraph) forward and backward matching the eager run. (The CUDA
     build runs float64 with its split kernels, so on cuda / cuda-emu the gradcheck covers the op
     around them; test_se_cuda_emu checks the CUDA kernels in float32/16 against the reference.)"""
@@ -540,9 +540,28 @@ def test_se_ticket_ordered_variants_gradcheck_opcheck_compile(kernel_backend, va
         _check_compile_fullgraph(kernel_backend, make_case((3, 8, 5, 5, 3), torch.float32, channels_last=True),
                                  pool="avg")
         ran = _pipelined_runs_as(kernel_backend, x.device)
-        if variant == "batched":  # (Triton has no batched variant: its default, split)
-            ran = "split" if kernel_backend == "triton" else ran.replace("pipelined", "batched")
+        if variant == "batched":  # (where the CUDA build runs split for pipelined, it does for batched)
+            ran = ran.replace("pipelined", "batched")
         assert _backend_module(kernel_backend).last_variant() == ran
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_batched_groups(kernel_backend, channels_last):
+    """The batched variant against the reference, poisoned, forward and backward: groups of 8
+    samples with the last one short (N = 11, 3), several channel blocks and weight-row blocks,
+    HW split into slices (each sample's partials, one arrival per group) or not, tied maxima,
+    low precision, and the single-layer form. (Triton: programs over (group, channel block);
+    CUDA: the batched excitation tiles.)"""
+    # (HW splits where HW spans several tiles: (11, 70, 7, 7) channels_last, (9, 24, 24, 24) both)
+    cases = [((11, 70, 7, 7, 9), torch.bfloat16, dict(ties=True), ("gelu", "hardsigmoid", "avgmax"), 2),
+             ((3, 130, 4, 4, 40), torch.float16, {}, ("relu", "sigmoid", "avg"), 0),
+             ((9, 24, 24, 24, 0), torch.float32, dict(single_layer=True), ("identity", "sigmoid", "avgmax"), 3)]
+    for i, (shape, dtype, opt, opts, bps) in enumerate(cases):
+        case = make_case(shape, dtype, channels_last, seed=40 + i, **opt)
+        with force_variant("batched", bps=bps):
+            run_and_check(kernel_backend, case, *opts)
+            assert _backend_module(kernel_backend).last_variant() == \
+                _pipelined_runs_as(kernel_backend, case[0].device).replace("pipelined", "batched")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,6 +118,14 @@ def main():
                     "bwd_pipelined": (se._se_bwd_pipelined, dict(ACT=act, GATE=gate, POOL_MAX=True, SPLIT=True,
                                                                  BLOCK_ROWS=8, SPIN_CAP=0, FC1=fc1)),
                 }
+                kernels = {name: (fn, {**flags, "GROUP": 1}) for name, (fn, flags) in kernels.items()}
+                if act in ("relu", "identity"):  # variant "batched": groups of 8 samples, the weight
+                    # products' block of rows as _plan_for sizes it (GROUP * BLOCK_C * BLOCK_R = 4096)
+                    batched = dict(GROUP=8, BLOCK_R=4096 // (8 * tile["BLOCK_C"]) if cl else 16)
+                    for name in ("squeeze", "rescale", "bwd_reduce", "bwd_dx"):
+                        fn, flags = kernels[name]
+                        kernels["batched " + name] = (fn, {**flags, "SPLIT": True, **batched} if "SPLIT" in flags
+                                                      else {**flags, **batched})
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
@@ -129,7 +137,7 @@ def main():
                         # (STREAM_STAGES); the elementwise passes: 16-byte loads and stores
                         async16 = bool(re.search(r"cp\.async\.cg\.shared\.global\S*\s+\[[^]]+\],\s*\[[^]]+\],\s*(?:16|0x10)\b", ptx))
                         v4 = "ld.global.v4" in ptx or "ld.global.nc.v4" in ptx
-                        if name in ("squeeze", "bwd_reduce"):
+                        if name.split()[-1] in ("squeeze", "bwd_reduce"):
                             ok = async16
                         elif "pipelined" in name:  # both; the second pass's last reads and stores evict-first
                             ok = async16 and bool(re.search(r"ld\.global\.L1::evict_first\S*\.v4", ptx))

@@ -29,6 +29,10 @@ the forward's two grids in one launch of persistent programs that take their til
 of an atomic ticket, each sample's rescale a lag behind its squeeze, so the rescale's read of x
 hits L2; _se_bwd_pipelined does the same for the backward's reduction and dx (dy re-read from
 L2), then _se_bwd_weights runs. The CUDA backend's pipelined kernels do the same.
+
+Variant "batched" (opt-in likewise): the same four grid kernels with constexpr GROUP > 1, over
+(group of GROUP samples, cb, sp): each program's share of a layer (W1[:, cb], W2[cb, :]) is
+computed for the whole group from one load of the weight block (the *_group_tile functions).
 """
 from __future__ import annotations
 
@@ -113,6 +117,29 @@ def _sum_rows(ptr, n_rows, row_stride, cols, cmask, ACC: tl.constexpr, BLOCK_ROW
 
 
 @triton.jit
+def _park(ws, sp, a, b, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Park split sp's per-channel partials (a, and b if HAS_B) in ws[sp, {a, b}, :], ws being
+    the (n_split, 2, BLOCK_C) partials of one (n, cb)."""
+    j = tl.arange(0, BLOCK_C)
+    tl.store(ws + sp * 2 * BLOCK_C + j, a)
+    if HAS_B:
+        tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, b)
+
+
+@triton.jit
+def _split_totals(ws, n_split, B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """The totals over all splits of the partials _park left in ws (b by max if B_IS_MAX; without
+    HAS_B, b is a again)."""
+    j = tl.arange(0, BLOCK_C)
+    a = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
+    b = a
+    if HAS_B:
+        b = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, B_IS_MAX)
+    return a, b
+
+
+@triton.jit
 def _combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.constexpr,
                     HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_ROWS: tl.constexpr):
@@ -120,15 +147,12 @@ def _combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.co
     return (last, a, b): last is True in the last split of (n, cb) to arrive, whose a and b are
     then the totals over all splits (b combined by max if B_IS_MAX, else by sum)."""
     ws = ws_ptr + ncb * n_split * 2 * BLOCK_C
-    j = tl.arange(0, BLOCK_C)
-    tl.store(ws + sp * 2 * BLOCK_C + j, a)
-    if HAS_B:
-        tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, b)
+    _park(ws, sp, a, b, HAS_B, BLOCK_C)
     last = _arrive_last(counter_ptr, n_split)
     if last:
-        a = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
+        a, b_total = _split_totals(ws, n_split, B_IS_MAX, HAS_B, ACC, BLOCK_C, BLOCK_ROWS)
         if HAS_B:
-            b = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, B_IS_MAX)
+            b = b_total
     return last, a, b
 
 
@@ -165,6 +189,35 @@ def _matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC
 # forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
+def _pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """(sum, max) over [hw_lo, hw_hi) of one sample's channels c (base: the sample's x)."""
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    acc_max = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), dtype=ACC)
+    # STREAM_STAGES: the compiler prefetches the next tiles (cp.async into shared memory) while
+    # this one is summed; without it each thread waited for a tile's loads before the next's
+    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):
+        ptrs, m = _tile_ptrs(base, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
+        acc_sum += v
+        if POOL_MAX:
+            acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
+    return tl.sum(acc_sum, axis=1), nanmax_over(acc_max, 1)
+
+
+@triton.jit
+def _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1: tl.constexpr, ACC: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """u[n] = the sum of the sample's layer-1 shares (one per channel block) + b1."""
+    for r0 in range(0, Cr, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        u = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
+        if HAS_B1:
+            u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
+        tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
+
+
+@triton.jit
 def _squeeze_tile(
     pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
@@ -177,19 +230,8 @@ def _squeeze_tile(
     done = False
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
-    base = x_ptr + n.to(tl.int64) * C * HW
-    acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    acc_max = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), dtype=ACC)
-    # STREAM_STAGES: the compiler prefetches the next tiles (cp.async into shared memory) while
-    # this one is summed; without it each thread waited for a tile's loads before the next's
-    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):
-        ptrs, m = _tile_ptrs(base, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
-        acc_sum += v
-        if POOL_MAX:
-            acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
-    psum = tl.sum(acc_sum, axis=1)
-    pmax = nanmax_over(acc_max, 1)
+    psum, pmax = _pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                              POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
@@ -212,12 +254,7 @@ def _squeeze_tile(
             tl.store(u_ptr + n * C + c, pv, mask=cmask)
         if _arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
             if FC1:
-                for r0 in range(0, Cr, BLOCK_R):
-                    r = r0 + tl.arange(0, BLOCK_R)
-                    u = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
-                    if HAS_B1:
-                        u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
-                    tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
+                _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
     return done
 
@@ -228,11 +265,33 @@ def _se_squeeze(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-    FC1: tl.constexpr,
+    FC1: tl.constexpr, GROUP: tl.constexpr,
 ):
-    _squeeze_tile(tl.program_id(0), x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
-                  pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
-                  HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS, FC1)
+    """GROUP > 1: variant "batched", programs over (group of GROUP samples, cb, sp)."""
+    if GROUP == 1:
+        _squeeze_tile(tl.program_id(0), x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr,
+                      pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+                      HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS, FC1)
+    else:
+        _squeeze_group_tile(tl.program_id(0), x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr,
+                            p_ptr, pmax_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+                            HAS_B1, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R, BLOCK_ROWS, FC1, GROUP)
+
+
+@triton.jit
+def _scale_stream(x_ptr, y_ptr, off_n, c, cmask, s, hw_lo, hw_hi, stride_c, stride_hw, ACC: tl.constexpr,
+                  BLOCK_HW: tl.constexpr, LAST: tl.constexpr):
+    """y = x * s over [hw_lo, hw_hi) of one sample's channels c (off_n: the sample's offset).
+    LAST: x's last read, evict-first (as is y's store)."""
+    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
+        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        if LAST:
+            x = tl.load(x_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
+            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m,
+                     eviction_policy="evict_first")
+        else:
+            x = tl.load(x_ptr + ptrs, mask=m, other=0.0)
+            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -254,29 +313,26 @@ def _rescale_tile(
     if sp == 0:
         tl.store(z_ptr + n * C + c, z, mask=cmask)
         tl.store(s_ptr + n * C + c, s, mask=cmask)
-    off_n = n.to(tl.int64) * C * HW
-    for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        if LAST:
-            x = tl.load(x_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
-            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m,
-                     eviction_policy="evict_first")
-        else:
-            x = tl.load(x_ptr + ptrs, mask=m, other=0.0)
-            tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m)
+    _scale_stream(x_ptr, y_ptr, n.to(tl.int64) * C * HW, c, cmask, s, hw_lo, hw_hi, stride_c, stride_hw,
+                  ACC, BLOCK_HW, LAST)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # (N: read by the batched tiles only)
 def _se_excite_rescale(
     x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr,
-    C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # reverse order of the squeeze
-    _rescale_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, C, HW, Cr, n_cblk, n_split,
-                  hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C, BLOCK_HW, BLOCK_R,
-                  False)
+    if GROUP == 1:
+        _rescale_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, C, HW, Cr, n_cblk, n_split,
+                      hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C, BLOCK_HW, BLOCK_R,
+                      False)
+    else:
+        _rescale_group_tile(pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr, N, C, HW, Cr, n_cblk,
+                            n_split, hw_per_split, stride_c, stride_hw, HAS_B2, ACT, GATE, ACC, BLOCK_C,
+                            BLOCK_HW, BLOCK_R, GROUP)
 
 
 @triton.jit
@@ -356,7 +412,7 @@ def _se_pipelined(
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
     POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr,
-    FC1: tl.constexpr,
+    FC1: tl.constexpr, GROUP: tl.constexpr,
 ):
     """Squeeze and rescale in one launch: persistent programs take the tiles of both grids in
     ticket order (_pipe_item), each sample's rescale `lag` samples behind its squeeze, so the
@@ -365,6 +421,7 @@ def _se_pipelined(
     residency. ready[n] (after the split and block counters): +1 when u[n] is out, +1 per rescale
     tile; the sample's last tile re-zeroes it. SPIN_CAP > 0 bounds a wait (the interpreter runs
     programs one after another, so a wait there is a bug: give up and let the test fail)."""
+    tl.static_assert(GROUP == 1, "the pipelined tiles are per sample (the plan's GROUP)")
     per_sample, total, ready_ptr, ticket_ptr, last_ticket = _pipe_setup(counter_ptr, N, n_cblk, n_split)
     t = _take_ticket(ticket_ptr, last_ticket)
     while t < total:
@@ -388,6 +445,36 @@ def _se_pipelined(
 # backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
+def _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                POOL_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """(sum dy * x, count of x == its channel's max if POOL_MAX) over [hw_lo, hw_hi) of sample n's
+    channels c."""
+    off_n = n.to(tl.int64) * C * HW
+    acc_ds = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    acc_ties = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    if POOL_MAX:
+        pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
+    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):  # (see _pool_stream)
+        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
+        acc_ds += tl.load(dy_ptr + ptrs, mask=m, other=0.0).to(ACC) * x
+        if POOL_MAX:
+            acc_ties += tl.where(m & (x == pm[:, None]), 1.0, 0.0)
+    return tl.sum(acc_ds, axis=1), tl.sum(acc_ties, axis=1)
+
+
+@triton.jit
+def _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """du[n] = (the sum of the sample's dh shares, one per channel block) * act'(u[n])."""
+    for r0 in range(0, Cr, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        dh = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
+        u = tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0)
+        tl.store(du_ptr + n * Cr + r, activation_bwd(u, dh, ACT), mask=r < Cr)
+
+
+@triton.jit
 def _bwd_reduce_tile(
     pid, dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
     dz_ptr, du_ptr, ties_ptr,
@@ -400,19 +487,8 @@ def _bwd_reduce_tile(
     done = False
     n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
-    off_n = n.to(tl.int64) * C * HW
-    acc_ds = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    acc_ties = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    if POOL_MAX:
-        pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
-    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):  # (see _squeeze_tile)
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
-        acc_ds += tl.load(dy_ptr + ptrs, mask=m, other=0.0).to(ACC) * x
-        if POOL_MAX:
-            acc_ties += tl.where(m & (x == pm[:, None]), 1.0, 0.0)
-    ds = tl.sum(acc_ds, axis=1)
-    ties = tl.sum(acc_ties, axis=1)
+    ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                           POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:
@@ -429,12 +505,8 @@ def _bwd_reduce_tile(
             r = r0 + tl.arange(0, BLOCK_R)
             tl.store(wsu_ptr + ncb * Cr + r, _matvec(w2_ptr, 1, Cr, dz, c, cmask, r, r < Cr, ACC),
                      mask=r < Cr)
-        if _arrive_last(counter_ptr + n, n_cblk):  # du = (sum of the shares) * act'(u)
-            for r0 in range(0, Cr, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
-                dh = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
-                u = tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0)
-                tl.store(du_ptr + n * Cr + r, activation_bwd(u, dh, ACT), mask=r < Cr)
+        if _arrive_last(counter_ptr + n, n_cblk):
+            _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
     return done
 
@@ -446,12 +518,18 @@ def _se_bwd_reduce(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, GROUP: tl.constexpr,
 ):
-    _bwd_reduce_tile(tl.program_id(0), dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr,
-                     counter_ptr, dz_ptr, du_ptr, ties_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split,
-                     stride_c, stride_hw, ACT, GATE, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R,
-                     BLOCK_ROWS)
+    if GROUP == 1:
+        _bwd_reduce_tile(tl.program_id(0), dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr,
+                         counter_ptr, dz_ptr, du_ptr, ties_ptr, N, C, HW, Cr, n_cblk, n_split, hw_per_split,
+                         stride_c, stride_hw, ACT, GATE, POOL_MAX, ACC, SPLIT, BLOCK_C, BLOCK_HW, BLOCK_R,
+                         BLOCK_ROWS)
+    else:
+        _bwd_reduce_group_tile(tl.program_id(0), dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr,
+                               wsu_ptr, counter_ptr, dz_ptr, du_ptr, ties_ptr, N, C, HW, Cr, n_cblk, n_split,
+                               hw_per_split, stride_c, stride_hw, ACT, GATE, POOL_MAX, ACC, SPLIT, BLOCK_C,
+                               BLOCK_HW, BLOCK_R, BLOCK_ROWS, GROUP)
 
 
 @triton.jit
@@ -506,25 +584,11 @@ def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2
 
 
 @triton.jit
-def _bwd_dx_tile(
-    pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
-    C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
-    POOL_MAX: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, LAST: tl.constexpr,
-    FC1: tl.constexpr,
-):
-    """dx tile pid. LAST: du and the tie counts were written during this launch (read them
-    through L2) and this is dy's (and x's) last read (evict-first, as is dx's store).
-    FC1 False: the single-layer form, dp = du."""
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
-    if FC1:
-        dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
-    elif LAST:
-        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0, cache_modifier=".cg")
-    else:
-        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0)
+def _dx_stream(dy_ptr, x_ptr, dx_ptr, s_ptr, pmax_ptr, ties_ptr, n, dp, C, HW, c, cmask, hw_lo, hw_hi,
+               stride_c, stride_hw, POOL_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_HW: tl.constexpr,
+               LAST: tl.constexpr):
+    """dx = dy * s + dp / HW (+ the max's share where x is a tied max) over [hw_lo, hw_hi) of
+    sample n's channels c, dp = dL/dp[n, c]. LAST: as in _bwd_dx_tile."""
     s = tl.load(s_ptr + n * C + c, mask=cmask, other=0.0)
     if POOL_MAX:
         pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
@@ -556,16 +620,46 @@ def _bwd_dx_tile(
 
 
 @triton.jit
-def _se_bwd_dx(
-    dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
+def _bwd_dx_tile(
+    pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
     C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
     POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, LAST: tl.constexpr,
+    FC1: tl.constexpr,
+):
+    """dx tile pid. LAST: du and the tie counts were written during this launch (read them
+    through L2) and this is dy's (and x's) last read (evict-first, as is dx's store).
+    FC1 False: the single-layer form, dp = du."""
+    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
+    if FC1:
+        dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
+    elif LAST:
+        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0, cache_modifier=".cg")
+    else:
+        dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0)
+    _dx_stream(dy_ptr, x_ptr, dx_ptr, s_ptr, pmax_ptr, ties_ptr, n, dp, C, HW, c, cmask, hw_lo, hw_hi,
+               stride_c, stride_hw, POOL_MAX, ACC, BLOCK_HW, LAST)
+
+
+@triton.jit(do_not_specialize=["N"])  # (N: read by the batched tiles only)
+def _se_bwd_dx(
+    dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, FC1: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # reverse order of the reduction
-    _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr, n_cblk,
-                 n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW, BLOCK_R, False,
-                 FC1)
+    if GROUP == 1:
+        _bwd_dx_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, C, HW, Cr, n_cblk,
+                     n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW, BLOCK_R, False,
+                     FC1)
+    else:
+        _bwd_dx_group_tile(pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr, N, C, HW, Cr,
+                           n_cblk, n_split, hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_C, BLOCK_HW,
+                           BLOCK_R, FC1, GROUP)
 
 
 @triton.jit
@@ -575,10 +669,11 @@ def _se_bwd_pipelined(
     N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw, lag,
     ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr, FC1: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, SPIN_CAP: tl.constexpr, FC1: tl.constexpr, GROUP: tl.constexpr,
 ):
     """The backward's reduction and dx in one launch, ticket-ordered like _se_pipelined: a dx tile
     waits for its sample's du and re-reads dy (and x) from L2. _se_bwd_weights runs after."""
+    tl.static_assert(GROUP == 1, "the pipelined tiles are per sample (the plan's GROUP)")
     per_sample, total, ready_ptr, ticket_ptr, last_ticket = _pipe_setup(counter_ptr, N, n_cblk, n_split)
     t = _take_ticket(ticket_ptr, last_ticket)
     while t < total:
@@ -600,21 +695,249 @@ def _se_bwd_pipelined(
 
 
 # --------------------------------------------------------------------------------------------
+# variant "batched": a program covers a group of GROUP samples of its channel block, so each block
+# of the weights it reads serves the whole group (N / GROUP x |W| through L2 a launch instead of
+# N x |W|: at ResNet-50 stage 4, 128 x 2048 x 7 x 7, |W| per sample is 5x x's). The group's
+# per-sample vectors of a block are one (GROUP, BLOCK_C) tile; x still streams a sample at a time
+# through the same stream helpers as the per-sample tiles.
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _group_of(grp, N, GROUP: tl.constexpr):
+    """The group's first sample, its samples (GROUP,) and their mask, and how many there are."""
+    n0 = grp * GROUP
+    ns = n0 + tl.arange(0, GROUP)
+    return n0, ns, ns < N, tl.minimum(GROUP, N - n0)
+
+
+@triton.jit
+def _put_row(M, g, v):
+    """M with row g set to v."""
+    return tl.where(tl.arange(0, M.shape[0])[:, None] == g, v[None, :], M)
+
+
+@triton.jit
+def _row(M, g):
+    """Row g of M (a select, then a sum over the other rows' zeros: non-finite values pass)."""
+    return tl.sum(tl.where(tl.arange(0, M.shape[0])[:, None] == g, M, 0.0), axis=0)
+
+
+@triton.jit
+def _group_collect(A, B, g, a, b, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT: tl.constexpr, HAS_B: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """Sample g's (= n's) per-channel partials (a, b) of this program: rows g of (A, B); with HW
+    splits, parked in ws[n, cb, sp] as _combine_splits does (_group_totals then gathers them)."""
+    if SPLIT:
+        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, a, b, HAS_B, BLOCK_C)
+    else:
+        A = _put_row(A, g, a)
+        if HAS_B:
+            B = _put_row(B, g, b)
+    return A, B
+
+
+@triton.jit
+def _group_totals(A, B, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT: tl.constexpr,
+                  B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_ROWS: tl.constexpr):
+    """(last, A, B): _combine_splits for a group, one arrival per (group, cb) (its counter after
+    the per-group ones); in the last split to arrive, row g of A (B) is sample g's total over the
+    splits. Without HW splits: (True, A, B)."""
+    last = True
+    if SPLIT:
+        last = _arrive_last(counter_ptr + N + grp * n_cblk + cb, n_split)
+        if last:
+            for g in range(gs):
+                a, b = _split_totals(ws_ptr + ((n0 + g) * n_cblk + cb) * n_split * 2 * BLOCK_C, n_split,
+                                     B_IS_MAX, HAS_B, ACC, BLOCK_C, BLOCK_ROWS)
+                A = _put_row(A, g, a)
+                if HAS_B:
+                    B = _put_row(B, g, b)
+    return last, A, B
+
+
+@triton.jit
+def _group_matvec(w_ptr, stride_out, stride_in, V, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
+    """OUT[g, o] = sum_i W[o, i] * V[g, i]: _matvec for each row of V (GROUP, len(i_in)), the
+    weight block loaded once for all of them."""
+    w = tl.load(w_ptr + i_out[:, None] * stride_out + i_in[None, :] * stride_in,
+                mask=out_mask[:, None] & in_mask[None, :], other=0.0)
+    return tl.sum(w.to(ACC)[None, :, :] * V[:, None, :], axis=2)
+
+
+@triton.jit
+def _store_group_shares(wsu_ptr, w_ptr, stride_out, stride_in, V, ns, nmask, cb, n_cblk, c, cmask, Cr,
+                        ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """wsu[n, cb, :] = W[:, cb] @ V[g] for the group's samples n = ns[g]: this channel block's
+    share of a layer of width Cr (W[r, c] at r * stride_out + c * stride_in)."""
+    rows = (ns * n_cblk + cb) * Cr
+    for r0 in range(0, Cr, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        tl.store(wsu_ptr + rows[:, None] + r[None, :],
+                 _group_matvec(w_ptr, stride_out, stride_in, V, c, cmask, r, r < Cr, ACC),
+                 mask=nmask[:, None] & (r < Cr)[None, :])
+
+
+@triton.jit
+def _group_layer(w_ptr, stride_out, stride_in, v_ptr, ns, nmask, n_in, c, cmask, ACT: tl.constexpr,
+                 APPLY_ACT: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr):
+    """OUT[g, c] = sum_r W[c, r] * f(v[ns[g], r]): _channel_layer for the group's samples."""
+    out = tl.zeros([GROUP, c.shape[0]], dtype=ACC)
+    for r0 in range(0, n_in, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        v = tl.load(v_ptr + ns[:, None] * n_in + r[None, :], mask=nmask[:, None] & (r < n_in)[None, :],
+                    other=0.0)
+        if APPLY_ACT:
+            v = activation(v, ACT)
+        out += _group_matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
+    return out
+
+
+@triton.jit
+def _squeeze_group_tile(
+    pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    HAS_B1: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    FC1: tl.constexpr, GROUP: tl.constexpr,
+):
+    """_squeeze_tile for the samples of group grp: the last split of (grp, cb) (counter after
+    the per-group ones) stores the group's layer-1 shares, W1 read once; the last channel block
+    of the group finishes u for each of its samples."""
+    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    n0, ns, nmask, gs = _group_of(grp, N, GROUP)
+    P = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
+    PM = tl.full([GROUP, BLOCK_C], float("-inf"), dtype=ACC)
+    for g in range(gs):
+        n = n0 + g
+        psum, pmax = _pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                                  POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
+        P, PM = _group_collect(P, PM, g, psum, pmax, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT, POOL_MAX, BLOCK_C)
+    last, P, PM = _group_totals(P, PM, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT, True,
+                                POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    if last:
+        m2 = nmask[:, None] & cmask[None, :]
+        off = ns[:, None] * C + c[None, :]
+        PV = P / HW
+        if POOL_MAX:
+            tl.store(pmax_ptr + off, PM, mask=m2)
+            PV = 0.5 * PV + 0.5 * PM
+        tl.store(p_ptr + off, PV, mask=m2)
+        if FC1:
+            _store_group_shares(wsu_ptr, w1_ptr, C, 1, tl.where(m2, PV, 0.0), ns, nmask, cb, n_cblk, c, cmask,
+                                Cr, ACC, BLOCK_R)
+        else:
+            tl.store(u_ptr + off, PV, mask=m2)
+        if _arrive_last(counter_ptr + grp, n_cblk):
+            if FC1:
+                for g in range(gs):
+                    _finish_u(n0 + g, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
+
+
+@triton.jit
+def _rescale_group_tile(
+    pid, x_ptr, y_ptr, w2_ptr, b2_ptr, u_ptr, s_ptr, z_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, GROUP: tl.constexpr,
+):
+    """_rescale_tile for the samples of group grp: layer 2 of the block's channels for the whole
+    group (W2[cb, :] read once), then each sample's rescale."""
+    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    n0, ns, nmask, gs = _group_of(grp, N, GROUP)
+    Z = _group_layer(w2_ptr, Cr, 1, u_ptr, ns, nmask, Cr, c, cmask, ACT, True, ACC, GROUP, BLOCK_R)
+    if HAS_B2:
+        Z += tl.load(b2_ptr + c, mask=cmask, other=0.0).to(ACC)[None, :]
+    S = gate(Z, GATE)
+    if sp == 0:
+        m2 = nmask[:, None] & cmask[None, :]
+        tl.store(z_ptr + ns[:, None] * C + c[None, :], Z, mask=m2)
+        tl.store(s_ptr + ns[:, None] * C + c[None, :], S, mask=m2)
+    for g in range(gs):
+        _scale_stream(x_ptr, y_ptr, (n0 + g).to(tl.int64) * C * HW, c, cmask, _row(S, g), hw_lo, hw_hi,
+                      stride_c, stride_hw, ACC, BLOCK_HW, False)
+
+
+@triton.jit
+def _bwd_reduce_group_tile(
+    pid, dy_ptr, x_ptr, w2_ptr, z_ptr, u_ptr, pmax_ptr, ws_ptr, wsu_ptr, counter_ptr,
+    dz_ptr, du_ptr, ties_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    ACT: tl.constexpr, GATE: tl.constexpr, POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, GROUP: tl.constexpr,
+):
+    """_bwd_reduce_tile for the samples of group grp (counters as in _squeeze_group_tile): the
+    group's dh shares with W2[cb, :] read once, then du for each sample."""
+    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    n0, ns, nmask, gs = _group_of(grp, N, GROUP)
+    DS = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
+    TIES = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
+    for g in range(gs):
+        n = n0 + g
+        ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                               POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
+        DS, TIES = _group_collect(DS, TIES, g, ds, ties, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT, POOL_MAX, BLOCK_C)
+    last, DS, TIES = _group_totals(DS, TIES, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT, False,
+                                   POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    if last:
+        m2 = nmask[:, None] & cmask[None, :]
+        off = ns[:, None] * C + c[None, :]
+        DZ = gate_bwd(tl.load(z_ptr + off, mask=m2, other=0.0), DS, GATE)
+        tl.store(dz_ptr + off, DZ, mask=m2)
+        if POOL_MAX:
+            tl.store(ties_ptr + off, TIES, mask=m2)
+        _store_group_shares(wsu_ptr, w2_ptr, 1, Cr, tl.where(m2, DZ, 0.0), ns, nmask, cb, n_cblk, c, cmask, Cr,
+                            ACC, BLOCK_R)
+        if _arrive_last(counter_ptr + grp, n_cblk):
+            for g in range(gs):
+                _finish_du(n0 + g, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
+
+
+@triton.jit
+def _bwd_dx_group_tile(
+    pid, dy_ptr, x_ptr, dx_ptr, w1_ptr, du_ptr, s_ptr, pmax_ptr, ties_ptr,
+    N, C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+    POOL_MAX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr, FC1: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """_bwd_dx_tile for the samples of group grp: dp = W1[:, cb]^T du for the whole group (W1
+    read once), then each sample's dx."""
+    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    n0, ns, nmask, gs = _group_of(grp, N, GROUP)
+    if FC1:
+        DP = _group_layer(w1_ptr, 1, C, du_ptr, ns, nmask, Cr, c, cmask, "relu", False, ACC, GROUP, BLOCK_R)
+    else:
+        DP = tl.load(du_ptr + ns[:, None] * C + c[None, :], mask=nmask[:, None] & cmask[None, :], other=0.0)
+    for g in range(gs):
+        _dx_stream(dy_ptr, x_ptr, dx_ptr, s_ptr, pmax_ptr, ties_ptr, n0 + g, _row(DP, g), C, HW, c, cmask,
+                   hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX, ACC, BLOCK_HW, False)
+
+
+# --------------------------------------------------------------------------------------------
 # launchers (inputs validated and normalized by attnkernels/se.py)
 # --------------------------------------------------------------------------------------------
 _TILE = 2048          # elements of x per (BLOCK_C, BLOCK_HW) tile: 16 per thread at 4 warps
 _LAYER_TILE = 2048    # elements of a (BLOCK_R, BLOCK_C) weight tile
+_GROUP_TILE = 4096    # elements of a batched program's (GROUP, BLOCK_C, BLOCK_R) weight products
+_GROUP_MAX = 8        # samples per group of the batched variant (the CUDA one's kGroupMax)
 
 
-def _plan(x: torch.Tensor, Cr: int):
+def _plan(x: torch.Tensor, Cr: int, variant: str = "split", bps: int = 0):
     """Tile shape and grid of all the SE kernels: (sample, channel block, HW split), and the
-    constexprs of the split combine. Cached per shape and layout: this Python (~14 us on the dev
-    machine) ran twice per forward+backward."""
-    return _plan_for(tuple(x.shape), x.is_contiguous(), Cr, x.device)
+    constexprs of the split combine; variant "batched": (group of samples, channel block, HW
+    split). bps > 0 sets the HW splits (tests). Cached per shape and layout: this Python (~14 us
+    on the dev machine) ran twice per forward+backward."""
+    group = min(_GROUP_MAX, max(2, triton.next_power_of_2(x.shape[0]))) if variant == "batched" else 1
+    return _plan_for(tuple(x.shape), x.is_contiguous(), Cr, x.device, group, bps)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_for(shape, nchw: bool, Cr: int, device: torch.device):
+def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, bps: int = 0):
     N, C, H, W = shape
     HW = H * W
     if not nchw:  # channels_last: the C channels of a pixel are contiguous
@@ -627,14 +950,16 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device):
         stride_c, stride_hw = HW, 1
     n_cblk = triton.cdiv(C, block_c)
     hw_blocks = triton.cdiv(HW, block_hw)
-    n_split = max(1, min(hw_blocks, target_programs(device) // max(1, N * n_cblk)))
+    n_groups = triton.cdiv(N, group)
+    n_split = bps or target_programs(device) // max(1, n_groups * n_cblk)
+    n_split = max(1, min(hw_blocks, n_split))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
-    block_r = max(1, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c))
-    grid = (N * n_cblk * n_split,)
+    block_r = max(1, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c, _GROUP_TILE // (block_c * group)))
+    grid = (n_groups * n_cblk * n_split,)
     args = dict(C=C, HW=HW, Cr=Cr, n_cblk=n_cblk, n_split=n_split, hw_per_split=hw_per_split,
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
-                BLOCK_R=block_r)
+                BLOCK_R=block_r, GROUP=group)
     rows = dict(SPLIT=n_split > 1, BLOCK_ROWS=max(1, min(32, _LAYER_TILE // max(block_c, block_r))))
     # read-only views: the cached plan is shared by every call of this shape
     return grid, types.MappingProxyType(args), types.MappingProxyType(rows)
@@ -669,7 +994,7 @@ _PIPE_L2_SHARE = 0.3  # share of L2 the lag's slabs (squeezed, not yet rescaled)
 
 
 def last_variant():
-    """The SE forward variant of the last se_forward call: "split" or "pipelined"."""
+    """The SE forward variant of the last se_forward call: "split", "pipelined" or "batched"."""
     return _last_variant
 
 
@@ -713,8 +1038,9 @@ def _on_x_device(launcher_fn):
 
 @_on_x_device
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
-    """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined; any other the two-launch
-    split forward (the default until a GPU run has measured the pipelined one)."""
+    """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined, "batched" the two
+    launches over groups of samples; any other the two-launch split forward (the default until a
+    GPU run has measured the others)."""
     N, C = x.shape[:2]
     acc = acc_dtype(x.dtype)
     s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
@@ -747,11 +1073,12 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
     acc = s.dtype
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
-    grid, a, rows = _plan(x, Cr)
-    variant, _, lag = request()
-    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=variant == "pipelined", shares=fc1)
+    variant, bps, lag = request()
+    pipelined = variant == "pipelined"
+    grid, a, rows = _plan(x, Cr, variant, bps)
+    ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=pipelined, shares=fc1)
     y = empty_like(x)
-    if variant == "pipelined":
+    if pipelined:
         launcher(_se_pipelined)[(_pipe_programs(grid, x.device),)](
             x, y, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, ws, wsu, counters,
             u, p, pmax if pool_max else p, s, z, N, **a, lag=_pipe_lag(x, lag), **rows,
@@ -759,12 +1086,12 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
             ACC=accd, SPIN_CAP=_spin_cap(x.device), FC1=fc1, num_warps=4)
         _last_variant = "pipelined"
         return y, s, z, u, p, pmax
-    _last_variant = "split"
+    _last_variant = "batched" if a["GROUP"] > 1 else "split"
     launcher(_se_squeeze)[grid](
         x, w1, b1 if b1 is not None else w1, ws, wsu, counters, u, p, pmax if pool_max else p, N,
         **a, **rows, HAS_B1=b1 is not None, POOL_MAX=pool_max, ACC=accd, FC1=fc1, num_warps=4)
     launcher(_se_excite_rescale)[grid](
-        x, y, w2, b2 if b2 is not None else w2, u, s, z, **a,
+        x, y, w2, b2 if b2 is not None else w2, u, s, z, N, **a,
         HAS_B2=b2 is not None, ACT=act, GATE=gate, ACC=accd, num_warps=4)
     return y, s, z, u, p, pmax
 
@@ -779,9 +1106,9 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     fc1 = w1 is not None
     pool_max = pool == "avgmax"
     accd = tl_acc_dtype(x.dtype)
-    grid, a, rows = _plan(x, Cr)
-    variant, _, lag = request()
+    variant, bps, lag = request()
     pipelined = variant == "pipelined"
+    grid, a, rows = _plan(x, Cr, variant, bps)
     ws, wsu, counters = _workspaces(N, Cr, a, s.dtype, x.device, pipelined)
     # the gradients of z and u and the max-pool tie counts pass from the reduce launch to the
     # weight-gradient and dx launches: scratch of this call, like se_inference's vectors
@@ -808,6 +1135,6 @@ def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
                                      num_warps=4)  # (single layer: no dW1 tiles, its pointers unused)
     if pipelined:
         return dx, dw1, db1, dw2, db2
-    launcher(_se_bwd_dx)[grid](dy, x, dx, w1 if fc1 else w2, du, s, pmax if pool_max else s, ties, **a,
+    launcher(_se_bwd_dx)[grid](dy, x, dx, w1 if fc1 else w2, du, s, pmax if pool_max else s, ties, N, **a,
                                POOL_MAX=pool_max, ACC=accd, FC1=fc1, num_warps=4)
     return dx, dw1, db1, dw2, db2
