@@ -146,7 +146,7 @@ def main():
                             ok = v4 and "st.global.v4" in ptx
                         key = f"{name} {'cl' if cl else 'nchw'}"
                         vector[key] = vector.get(key, True) and ok  # in every act/gate/form
-            k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=32, BLOCK_B=32))
+            k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=32, BLOCK_B=16))
             count += 1
             check_spills(k, f"bwd_weights {dtype} {act}")
     print(json.dumps({"compiled": count, "vector": vector, "spills": spills if cuobjdump else None}))

@@ -538,9 +538,12 @@ def _outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = sum_n a_vec[n, a] for one
     (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample vectors.
-    Summed over n like a blocked sum (the CUDA kernel's blocked_sum): 8 samples at a time by
-    tl.sum's tree, added into a block of 64, blocks added in order, so the rounding error grows
-    like 3 + 8 + N / 64 additions, as BLAS's and torch's sums do, not like N."""
+    Summed over n like a blocked sum (the CUDA kernel's blocked_sum): in each block of 64
+    samples, 8 running sums (sample k of every 8) are added by tl.sum's tree; blocks are added in
+    order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
+    do, not like N. (Reducing over the 8 samples once a block, not once a step, keeps the
+    cross-warp tree and its barriers out of the inner loop, whose loads STREAM_STAGES
+    prefetches: before, each step waited for its loads, then for a shared-memory reduction.)"""
     ia = ta * BLOCK_A + tl.arange(0, BLOCK_A)
     ib = tb * BLOCK_B + tl.arange(0, BLOCK_B)
     ma = ia < A
@@ -548,19 +551,19 @@ def _outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
     acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
     bias = tl.zeros([BLOCK_A], dtype=ACC)
     for n0 in range(0, N, 64):
-        blk = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
-        blk_bias = tl.zeros([BLOCK_A], dtype=ACC)
-        for n1 in range(n0, n0 + 64, 8):
+        blk = tl.zeros([8, BLOCK_A, BLOCK_B], dtype=ACC)
+        blk_bias = tl.zeros([8, BLOCK_A], dtype=ACC)
+        for n1 in tl.range(n0, n0 + 64, 8, num_stages=STREAM_STAGES):
             n = n1 + tl.arange(0, 8)
             mn = n < N
             av = tl.load(a_ptr + n[:, None] * A + ia[None, :], mask=mn[:, None] & ma[None, :], other=0.0)
             bv = tl.load(b_ptr + n[:, None] * B + ib[None, :], mask=mn[:, None] & mb[None, :], other=0.0)
             if ACT_ON_B:
                 bv = activation(bv, ACT)
-            blk += tl.sum(av[:, :, None] * bv[:, None, :], axis=0)
-            blk_bias += tl.sum(av, axis=0)
-        acc += blk
-        bias += blk_bias
+            blk += av[:, :, None] * bv[:, None, :]
+            blk_bias += av
+        acc += tl.sum(blk, axis=0)
+        bias += tl.sum(blk_bias, axis=0)
     tl.store(out_ptr + ia[:, None] * B + ib[None, :], cast_to(acc, out_ptr.dtype.element_ty),
              mask=ma[:, None] & mb[None, :])
     if tb == 0:
@@ -970,10 +973,10 @@ def _weights_plan(C: int, Cr: int, fc1: bool = True):
     """(grid, BLOCK_A, BLOCK_B) of _se_bwd_weights: dW2's tiles, then dW1's unless the form has
     no fc1. Cached: triton.cdiv and next_power_of_2 are constexpr-function wrappers, ~2-3 us a
     call on the host (4 of them were ~10 us a backward)."""
-    # 32 x 32: the tile's 8-sample products (8 x 32 x 32) take ~128 registers a thread (sm_90);
-    # 64 x 32 took 221-242
+    # 32 x 16: the tile's 8 running sums (8 x 32 x 16, _outer_sum_tile) take 80-117 registers a
+    # thread (sm_90, AOT; gelu the most); 32 x 32 took 128-202
     block_a = min(triton.next_power_of_2(C), 32)
-    block_b = min(triton.next_power_of_2(Cr), 32)
+    block_b = min(triton.next_power_of_2(Cr), 16)
     return ((2 if fc1 else 1) * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b
 
 
