@@ -6,7 +6,7 @@
 
 attnkernels.se forward + backward on the "cuda" backend (each forward variant: auto, split,
 fused, pipelined with its default lag and with lag 1, batched, when attnkernels.cuda can force
-them) and on "triton" (its default and pipelined with lag 1), for a few small shapes, dtypes and
+them) and on "triton" (its default, pipelined with lag 1, batched), for a few small shapes, dtypes and
 layouts, pools avg and avgmax, several act/gate pairs. Outputs are poisoned with NaN first where
 the backend supports it (ATTNKERNELS_CUDA_POISON=1) and compared with the eager reference (a
 mismatch is reported and makes the exit status 1). Exit 0 when every case ran and matched; 2 if
@@ -111,8 +111,8 @@ def main(argv=None):
             # (variant, squeeze blocks per sample, pipelined lag): lag 1 interleaves squeezes and
             # rescales even where the default lag (from the L2 size) covers the whole batch
             variants = [("auto",), ("split",), ("fused",), ("pipelined",), ("pipelined", 0, 1), ("batched",)]
-        elif backend == "triton":
-            variants = [None, ("pipelined", 0, 1)]
+        elif backend == "triton":  # (batched with 2 HW splits: its split-combine path too)
+            variants = [None, ("pipelined", 0, 1), ("batched", 2)]
         for variant in variants:
             for i, shape in enumerate(SHAPES):
                 for j, (dtype, cl, act, gate, pool) in enumerate(CASES):
@@ -126,6 +126,8 @@ def main(argv=None):
                         ran_variant = ""
                         if is_cuda and hasattr(cuda_mod, "last_variant"):
                             ran_variant = f" (ran {cuda_mod.last_variant()})"
+                        elif backend == "triton":
+                            ran_variant = f" (ran {importlib.import_module('attnkernels.triton.se').last_variant()})"
                         if bad:
                             failures += 1
                             print(f"[MISMATCH] {label}{ran_variant}: {'; '.join(bad)}", flush=True)
