@@ -120,12 +120,14 @@ def main():
                 }
                 kernels = {name: (fn, {**flags, "GROUP": 1}) for name, (fn, flags) in kernels.items()}
                 if act in ("relu", "identity"):  # variant "batched": groups of 8 samples, the weight
-                    # products' block of rows as _plan_for sizes it (GROUP * BLOCK_C * BLOCK_R = 4096)
+                    # products' block of rows as _plan_for sizes it (GROUP * BLOCK_C * BLOCK_R = 4096);
+                    # the reductions with HW splits in bf16, without in fp32
                     batched = dict(GROUP=8, BLOCK_R=4096 // (8 * tile["BLOCK_C"]) if cl else 16)
                     for name in ("squeeze", "rescale", "bwd_reduce", "bwd_dx"):
                         fn, flags = kernels[name]
-                        kernels["batched " + name] = (fn, {**flags, "SPLIT": True, **batched} if "SPLIT" in flags
-                                                      else {**flags, **batched})
+                        if "SPLIT" in flags:
+                            flags = {**flags, "SPLIT": dtype == "*bf16"}
+                        kernels["batched " + name] = (fn, {**flags, **batched})
                 for name, (fn, flags) in kernels.items():
                     k = compile_kernel(fn, dtype, {**tile, **acc, **flags})
                     count += 1
