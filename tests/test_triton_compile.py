@@ -119,10 +119,11 @@ def main():
                                                                  BLOCK_ROWS=8, SPIN_CAP=0, FC1=fc1)),
                 }
                 kernels = {name: (fn, {**flags, "GROUP": 1}) for name, (fn, flags) in kernels.items()}
-                if act in ("relu", "identity"):  # variant "batched": groups of 8 samples, the weight
-                    # products' block of rows as _plan_for sizes it (GROUP * BLOCK_C * BLOCK_R = 4096);
-                    # the reductions with HW splits in bf16, without in fp32
-                    batched = dict(GROUP=8, BLOCK_R=4096 // (8 * tile["BLOCK_C"]) if cl else 16)
+                if act in ("relu", "identity"):  # variant "batched": groups of 8 samples, tiles as
+                    # _plan_for sizes them at ResNet-50 stage 4 (the layer products are tl.dot's, whose
+                    # sums need 16 or more); the reductions with HW splits in bf16, without in fp32
+                    batched = dict(GROUP=8, BLOCK_C=64, BLOCK_HW=32, BLOCK_R=32) if cl else \
+                        dict(GROUP=8, BLOCK_C=32, BLOCK_HW=64, BLOCK_R=64)
                     for name in ("squeeze", "rescale", "bwd_reduce", "bwd_dx"):
                         fn, flags = kernels[name]
                         if "SPLIT" in flags:

@@ -760,11 +760,14 @@ def _group_totals(A, B, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split
 
 @triton.jit
 def _group_matvec(w_ptr, stride_out, stride_in, V, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
-    """OUT[g, o] = sum_i W[o, i] * V[g, i]: _matvec for each row of V (GROUP, len(i_in)), the
-    weight block loaded once for all of them."""
+    """OUT[g, o] = sum_i W[o, i] * V[g, i]: _matvec for each row of V (GROUP, len(i_in), ACC), the
+    weight block loaded once for all of them. tl.dot, exact ("ieee": FFMA for fp32, DMMA for
+    fp64; no tf32), because it sums over i inside each thread: the same products as a broadcast
+    and tl.sum over i spread i over the lanes, and SASS had 96-192 shuffles and ~400
+    instructions per block of rows, 1.8x split's per sample. Needs len(i_in) >= 16 (_plan_for)."""
     w = tl.load(w_ptr + i_out[:, None] * stride_out + i_in[None, :] * stride_in,
                 mask=out_mask[:, None] & in_mask[None, :], other=0.0)
-    return tl.sum(w.to(ACC)[None, :, :] * V[:, None, :], axis=2)
+    return tl.dot(V, tl.trans(w.to(ACC)), input_precision="ieee", out_dtype=ACC)
 
 
 @triton.jit
@@ -926,7 +929,6 @@ def _bwd_dx_group_tile(
 # --------------------------------------------------------------------------------------------
 _TILE = 2048          # elements of x per (BLOCK_C, BLOCK_HW) tile: 16 per thread at 4 warps
 _LAYER_TILE = 2048    # elements of a (BLOCK_R, BLOCK_C) weight tile
-_GROUP_TILE = 4096    # elements of a batched program's (GROUP, BLOCK_C, BLOCK_R) weight products
 _GROUP_MAX = 8        # samples per group of the batched variant (the CUDA one's kGroupMax)
 
 
@@ -943,13 +945,17 @@ def _plan(x: torch.Tensor, Cr: int, variant: str = "split", bps: int = 0):
 def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, bps: int = 0):
     N, C, H, W = shape
     HW = H * W
+    # batched (group > 1): the group's layer products are tl.dot's, which sum over at least 16
+    # (triton 3.6): channel and row blocks of 16 or more (masked past C, Cr)
+    min_block = 16 if group > 1 else 1
     if not nchw:  # channels_last: the C channels of a pixel are contiguous
-        block_c = min(triton.next_power_of_2(C), 64)
+        block_c = max(min_block, min(triton.next_power_of_2(C), 64))
         block_hw = max(1, min(triton.next_power_of_2(HW), _TILE // block_c))
         stride_c, stride_hw = 1, C
     else:  # NCHW: channel planes are contiguous
-        block_hw = min(triton.next_power_of_2(HW), 512)
+        block_hw = min(triton.next_power_of_2(HW), 512, _TILE // min_block)
         block_c = max(1, min(triton.next_power_of_2(C), _TILE // block_hw, 256))
+        block_c = max(min_block, block_c)
         stride_c, stride_hw = HW, 1
     n_cblk = triton.cdiv(C, block_c)
     hw_blocks = triton.cdiv(HW, block_hw)
@@ -958,7 +964,7 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
     n_split = max(1, min(hw_blocks, n_split))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
-    block_r = max(1, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c, _GROUP_TILE // (block_c * group)))
+    block_r = max(min_block, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c))
     grid = (n_groups * n_cblk * n_split,)
     args = dict(C=C, HW=HW, Cr=Cr, n_cblk=n_cblk, n_split=n_split, hw_per_split=hw_per_split,
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
