@@ -51,7 +51,7 @@ X_LIKE = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "w1_ptr", "w2_ptr", "b1_ptr", "b
 DIV16 = {"C", "HW", "stride_c", "stride_hw", "hw_per_split", "Cr"}
 
 
-def compile_kernel(fn, dtype, constexprs):
+def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -61,7 +61,7 @@ def compile_kernel(fn, dtype, constexprs):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = dtype if name in X_LIKE else ("*i32" if name == "counter_ptr" else "*fp32")
+            signature[name] = dtype if name in X_LIKE else ("*i32" if name == "counter_ptr" else vectors)
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = "i32"
@@ -152,6 +152,15 @@ def main():
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=32, BLOCK_B=16))
             count += 1
             check_spills(k, f"bwd_weights {dtype} {act}")
+    # float64 (gradcheck runs the variants on a GPU too): batched's tl.dot of fp64 operands (DMMA)
+    for cl in (False, True):
+        tile = dict(GROUP=4, BLOCK_C=16, BLOCK_HW=64, BLOCK_R=16, ACC=tl.float64, **({"stride_c": 1} if cl else {"stride_hw": 1}))
+        for fn, flags in ((se._se_squeeze, dict(HAS_B1=True, POOL_MAX=True, SPLIT=True, BLOCK_ROWS=8, FC1=True)),
+                          (se._se_excite_rescale, dict(HAS_B2=True, ACT="silu", GATE="sigmoid")),
+                          (se._se_bwd_reduce, dict(ACT="silu", GATE="sigmoid", POOL_MAX=True, SPLIT=False, BLOCK_ROWS=8)),
+                          (se._se_bwd_dx, dict(POOL_MAX=True, FC1=True))):
+            compile_kernel(fn, "*fp64", {**tile, **flags}, vectors="*fp64")
+            count += 1
     print(json.dumps({"compiled": count, "vector": vector, "spills": spills if cuobjdump else None}))
 
 
