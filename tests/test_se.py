@@ -564,6 +564,23 @@ def test_se_batched_groups(kernel_backend, channels_last):
                 _pipelined_runs_as(kernel_backend, case[0].device).replace("pipelined", "batched")
 
 
+def test_se_triton_batched_group_fills_the_gpu(monkeypatch):
+    """The batched plan halves its groups (down to 2 samples) while the grid would have under ~2
+    programs an SM: a 132-SM GPU's target (528 programs) at ResNet-50 stage 4."""
+    if "triton" not in KERNEL_BACKENDS:
+        pytest.skip("no triton backend here")
+    from attnkernels.triton import se as tse
+    monkeypatch.setattr(tse, "target_programs", lambda device: 4 * 132)
+    tse._plan_for.cache_clear()
+    try:
+        for N, nchw, group in ((128, True, 8), (128, False, 8), (32, True, 4), (16, True, 2), (3, True, 2)):
+            grid, a, _ = tse._plan_for((N, 2048, 7, 7), nchw, 128, torch.device("cpu"), 8 if N > 4 else 4)
+            assert a["GROUP"] == group, (N, nchw, a["GROUP"])
+            assert grid[0] == -(-N // group) * a["n_cblk"] * a["n_split"]
+    finally:
+        tse._plan_for.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------
 # the single-layer form (w1 None): timm's EffectiveSEModule, y = x * gate(w2 @ act(pool(x)) + b2)
 # ---------------------------------------------------------------------------------------------

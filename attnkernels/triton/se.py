@@ -959,6 +959,10 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
         stride_c, stride_hw = HW, 1
     n_cblk = triton.cdiv(C, block_c)
     hw_blocks = triton.cdiv(HW, block_hw)
+    # batched: halve the group while its grid, HW splits included, would have under ~2 programs
+    # an SM (N = 16 at ResNet-50 stage 4: 2 groups of 8 x 64 channel blocks, 128 programs)
+    while group > 2 and triton.cdiv(N, group) * n_cblk * hw_blocks < target_programs(device) // 2:
+        group //= 2
     n_groups = triton.cdiv(N, group)
     n_split = bps or target_programs(device) // max(1, n_groups * n_cblk)
     n_split = max(1, min(hw_blocks, n_split))
