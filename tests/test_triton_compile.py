@@ -152,9 +152,10 @@ def main():
             k = compile_kernel(se._se_bwd_weights, dtype, dict(ACT=act, ACC=tl.float32, BLOCK_A=32, BLOCK_B=16))
             count += 1
             check_spills(k, f"bwd_weights {dtype} {act}")
-    # float64 (gradcheck runs the variants on a GPU too): batched's tl.dot of fp64 operands (DMMA)
+    # float64 (gradcheck runs the variants on a GPU too: N = 3, groups of 2): batched's tl.dot of fp64
+    # operands (DMMA)
     for cl in (False, True):
-        tile = dict(GROUP=4, BLOCK_C=16, BLOCK_HW=64, BLOCK_R=16, ACC=tl.float64, **({"stride_c": 1} if cl else {"stride_hw": 1}))
+        tile = dict(GROUP=2, BLOCK_C=16, BLOCK_HW=64, BLOCK_R=16, ACC=tl.float64, **({"stride_c": 1} if cl else {"stride_hw": 1}))
         for fn, flags in ((se._se_squeeze, dict(HAS_B1=True, POOL_MAX=True, SPLIT=True, BLOCK_ROWS=8, FC1=True)),
                           (se._se_excite_rescale, dict(HAS_B2=True, ACT="silu", GATE="sigmoid")),
                           (se._se_bwd_reduce, dict(ACT="silu", GATE="sigmoid", POOL_MAX=True, SPLIT=False, BLOCK_ROWS=8)),
