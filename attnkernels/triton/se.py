@@ -968,7 +968,9 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
     n_split = max(1, min(hw_blocks, n_split))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
-    block_r = max(min_block, min(triton.next_power_of_2(Cr), _LAYER_TILE // block_c))
+    # batched: weight blocks of 1024 (tl.dot holds a block's operands in registers: with 2048,
+    # 160-168 registers a thread in the channels_last reductions and the NCHW dx, sm_90 AOT)
+    block_r = max(min_block, min(triton.next_power_of_2(Cr), (_LAYER_TILE if group == 1 else 1024) // block_c))
     grid = (n_groups * n_cblk * n_split,)
     args = dict(C=C, HW=HW, Cr=Cr, n_cblk=n_cblk, n_split=n_split, hw_per_split=hw_per_split,
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
