@@ -30,7 +30,9 @@ def kernel_and_constexprs(se, tl, args):
         return se._se_bwd_weights, dict(ACT=args.act, ACC=tl.float32, BLOCK_A=32, BLOCK_B=16)
     nchw = args.layout == "nchw"
     tile = dict(BLOCK_C=32, BLOCK_HW=64, stride_hw=1) if nchw else dict(BLOCK_C=64, BLOCK_HW=32, stride_c=1)
-    tile.update(BLOCK_R=args.block_r or (2048 // tile["BLOCK_C"]), GROUP=args.group, ACC=tl.float32)
+    # BLOCK_R as _plan_for sizes it: weight blocks of 2048 elements, 1024 in the batched variant
+    tile.update(BLOCK_R=args.block_r or ((2048 if args.group == 1 else 1024) // tile["BLOCK_C"]), GROUP=args.group,
+                ACC=tl.float32)
     pool_max = args.pool == "avgmax"
     fn, flags = {
         "squeeze": (se._se_squeeze, dict(HAS_B1=True, POOL_MAX=pool_max, SPLIT=args.split, BLOCK_ROWS=8, FC1=True)),
@@ -68,7 +70,7 @@ def main():
     ap.add_argument("--gate", default="sigmoid")
     ap.add_argument("--pool", default="avg", choices=("avg", "avgmax"))
     ap.add_argument("--split", action="store_true", help="SPLIT (HW splits) in the reductions")
-    ap.add_argument("--block-r", type=int, default=0, help="BLOCK_R (default: 2048 // BLOCK_C)")
+    ap.add_argument("--block-r", type=int, default=0, help="BLOCK_R (default: as _plan_for sizes it)")
     ap.add_argument("--dump", default=None, help="also write the whole SASS here")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
