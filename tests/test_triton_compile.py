@@ -41,14 +41,15 @@ def test_se_kernels_do_not_spill(aot_results):
 def test_se_batched_kernels_keep_to_128_registers(aot_results):
     """The batched variant's tl.dot holds a weight block's operands in registers: with 2048-element
     blocks some bf16 kernels took 160-168 (3 programs an SM); its plan's 1024-element blocks keep
-    bf16 at or under 128 (4 programs of 4 warps an SM). (fp32 without HW splits reaches 128-142:
-    benchmarks/NOTES.md, "Triton `batched`".)"""
+    them at or under 128 (4 programs of 4 warps an SM). fp32 without HW splits took 124-142 while
+    the group's sums were carried across its sample loop; they are parked in the split workspace
+    now (benchmarks/NOTES.md, "Triton `batched`")."""
     if aot_results["batched_regs"] is None:
         pytest.skip("no cuobjdump next to triton's ptxas")
-    bf16 = {k: v for k, v in aot_results["batched_regs"].items() if "bf16" in k}
-    assert bf16, "no bf16 batched kernel compiled"
-    over = {k: v for k, v in bf16.items() if v > 128}
-    assert over == {}, f"bf16 batched kernels over 128 registers a thread: {over}"
+    regs = aot_results["batched_regs"]
+    assert any("bf16" in k for k in regs) and any("fp32" in k for k in regs), f"batched kernels missing: {regs}"
+    over = {k: v for k, v in regs.items() if v > 128}
+    assert over == {}, f"batched kernels over 128 registers a thread: {over}"
 
 
 def test_se_streaming_kernels_use_16_byte_vectors(aot_results):

@@ -713,48 +713,42 @@ def _group_of(grp, N, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _put_row(M, g, v):
-    """M with row g set to v."""
-    return tl.where(tl.arange(0, M.shape[0])[:, None] == g, v[None, :], M)
-
-
-@triton.jit
 def _row(M, g):
     """Row g of M (a select, then a sum over the other rows' zeros: non-finite values pass)."""
     return tl.sum(tl.where(tl.arange(0, M.shape[0])[:, None] == g, M, 0.0), axis=0)
 
 
 @triton.jit
-def _group_collect(A, B, g, a, b, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT: tl.constexpr, HAS_B: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
-    """Sample g's (= n's) per-channel partials (a, b) of this program: rows g of (A, B); with HW
-    splits, parked in ws[n, cb, sp] as _combine_splits does (_group_totals then gathers them)."""
-    if SPLIT:
-        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, a, b, HAS_B, BLOCK_C)
-    else:
-        A = _put_row(A, g, a)
-        if HAS_B:
-            B = _put_row(B, g, b)
-    return A, B
-
-
-@triton.jit
-def _group_totals(A, B, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT: tl.constexpr,
+def _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, SPLIT: tl.constexpr,
                   B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
-                  BLOCK_ROWS: tl.constexpr):
-    """(last, A, B): _combine_splits for a group, one arrival per (group, cb) (its counter after
-    the per-group ones); in the last split to arrive, row g of A (B) is sample g's total over the
-    splits. Without HW splits: (True, A, B)."""
-    last = True
+                  GROUP: tl.constexpr):
+    """(last, A, B): the group's per-channel totals (GROUP, BLOCK_C) of the partials each sample
+    parked in ws[n, cb, sp] (_park; b combined by max if B_IS_MAX), in the last split of (grp,
+    cb) to arrive (one arrival per (group, cb), its counter after the per-group ones). Parked
+    even without HW splits: carried across the sample loop as tiles, the group's sums took
+    124-142 registers in fp32 (channels_last, sm_90 AOT); the barrier orders the program's own
+    stores before its loads there."""
     if SPLIT:
         last = _arrive_last(counter_ptr + N + grp * n_cblk + cb, n_split)
-        if last:
-            for g in range(gs):
-                a, b = _split_totals(ws_ptr + ((n0 + g) * n_cblk + cb) * n_split * 2 * BLOCK_C, n_split,
-                                     B_IS_MAX, HAS_B, ACC, BLOCK_C, BLOCK_ROWS)
-                A = _put_row(A, g, a)
-                if HAS_B:
-                    B = _put_row(B, g, b)
+    else:
+        tl.debug_barrier()
+        last = True
+    A = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
+    if B_IS_MAX:
+        B = tl.full([GROUP, BLOCK_C], float("-inf"), dtype=ACC)
+    else:
+        B = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
+    if last:
+        p = ws_ptr + ((ns * n_cblk + cb) * n_split * 2 * BLOCK_C)[:, None] + tl.arange(0, BLOCK_C)[None, :]
+        m = nmask[:, None]
+        for sp in range(n_split):  # .cg: the rows were written by other SMs
+            A += tl.load(p + sp * 2 * BLOCK_C, mask=m, other=0.0, cache_modifier=".cg")
+            if HAS_B:
+                b = tl.load(p + sp * 2 * BLOCK_C + BLOCK_C, mask=m, other=0.0, cache_modifier=".cg")
+                if B_IS_MAX:
+                    B = nanmax(B, b)
+                else:
+                    B += b
     return last, A, B
 
 
@@ -812,15 +806,13 @@ def _squeeze_group_tile(
     grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
-    P = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
-    PM = tl.full([GROUP, BLOCK_C], float("-inf"), dtype=ACC)
     for g in range(gs):
         n = n0 + g
         psum, pmax = _pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                                   POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-        P, PM = _group_collect(P, PM, g, psum, pmax, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT, POOL_MAX, BLOCK_C)
-    last, P, PM = _group_totals(P, PM, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT, True,
-                                POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, psum, pmax, POOL_MAX, BLOCK_C)
+    last, P, PM = _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, SPLIT, True,
+                                POOL_MAX, ACC, BLOCK_C, GROUP)
     if last:
         m2 = nmask[:, None] & cmask[None, :]
         off = ns[:, None] * C + c[None, :]
@@ -879,15 +871,13 @@ def _bwd_reduce_group_tile(
     grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
-    DS = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
-    TIES = tl.zeros([GROUP, BLOCK_C], dtype=ACC)
     for g in range(gs):
         n = n0 + g
         ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                                POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-        DS, TIES = _group_collect(DS, TIES, g, ds, ties, ws_ptr, n, cb, n_cblk, sp, n_split, SPLIT, POOL_MAX, BLOCK_C)
-    last, DS, TIES = _group_totals(DS, TIES, ws_ptr, counter_ptr, N, grp, cb, n0, gs, n_cblk, n_split, SPLIT, False,
-                                   POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, ds, ties, POOL_MAX, BLOCK_C)
+    last, DS, TIES = _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, SPLIT, False,
+                                   POOL_MAX, ACC, BLOCK_C, GROUP)
     if last:
         m2 = nmask[:, None] & cmask[None, :]
         off = ns[:, None] * C + c[None, :]
@@ -997,8 +987,8 @@ def _workspaces(N, Cr, a, dtype, device, pipelined=False, shares=True):
     single-layer forward: shares=False), counters: the first two are scratch of one launch, cached
     per stream (_common.workspaces). The pipelined launches also count per-sample readiness and
     take a ticket after those counters."""
-    split = a["n_split"] > 1
-    ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if split else 1,
+    park = a["n_split"] > 1 or a["GROUP"] > 1  # batched parks its partials even without HW splits
+    ws, wsu = workspaces(device, dtype, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"] if park else 1,
                          N * a["n_cblk"] * Cr if shares else 1)
     counters = arrival_counters(device, N + N * a["n_cblk"] + (N + 1 if pipelined else 0))
     return ws, wsu, counters
