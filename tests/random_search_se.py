@@ -6,12 +6,15 @@ bar). Not collected by pytest: run it by hand after a kernel change, e.g.
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend cuda-emu --cases 30000
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 1500 \\
         --variants auto,pipelined --max-c 100 --max-hw 16
+    TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 500 \\
+        --variants split,batched --shuffle-programs      # grids in random program orders
 
 Each failing case prints one line: its index, variant, (N, C, H, W, Cr), options and the first
 line of the failure; the same --seed replays the same cases. Exit status 1 when any failed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -22,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import test_se as T  # noqa: E402
+from utils import shuffled_program_order  # noqa: E402
 from attnkernels._variant import force_variant  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -38,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-c", type=int, default=48)
     ap.add_argument("--max-hw", type=int, default=9, help="largest H and W")
     ap.add_argument("--max-cr", type=int, default=8)
+    ap.add_argument("--shuffle-programs", action="store_true",
+                    help="triton: each case's grids in a random program order (utils.shuffled_program_order)")
     a = ap.parse_args(argv)
     dtypes = [DTYPES[d] for d in a.dtypes.split(",")]
     variants = a.variants.split(",")
@@ -52,7 +58,8 @@ def main(argv=None) -> int:
         variant, bps, lag = r.choice(variants), r.choice([0, 0, 1, 2, 3, 7]), r.choice([0, 1, 2])
         try:
             case = T.make_case(shape, dtype, cl, bias, seed=seed, single_layer=single)
-            with force_variant(variant, bps=bps, lag=lag):
+            order = shuffled_program_order(seed) if a.shuffle_programs else contextlib.nullcontext()
+            with order, force_variant(variant, bps=bps, lag=lag):
                 T.run_and_check(a.backend, case, *combo, seed=seed + 1)
         except Exception as e:  # noqa: BLE001 - report every kind of failure and go on
             fails += 1

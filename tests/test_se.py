@@ -18,7 +18,7 @@ from attnkernels import reference
 from attnkernels._alloc import poisoned
 from attnkernels._variant import force_variant
 from conftest import DEVICE, KERNEL_BACKENDS
-from utils import assert_matches, rand, sm90_code_here, to64
+from utils import assert_matches, rand, shuffled_program_order, sm90_code_here, to64
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
 GATES = ("sigmoid", "hardsigmoid")
@@ -437,7 +437,8 @@ def test_se_is_deterministic(kernel_backend, variant, channels_last, monkeypatch
     """Run to run, the same bits: no float atomics (the program or block that arrives last
     combines the partials in a fixed order, whichever it is), forward and backward, every
     variant. On cuda-emu the two runs take the blocks in two random orders (CUEMU_BLOCK_ORDER),
-    so another block of each sample is the last; on a GPU the arrival order varies by itself."""
+    under the Triton interpreter the programs (shuffled_program_order), so another block of each
+    sample is the last; on a GPU the arrival order varies by itself."""
     if variant == "fused" and kernel_backend == "triton":
         pytest.skip("Triton has no fused variant")
     case = make_case((3, 40, 24, 24, 10), torch.float32, channels_last=channels_last, seed=5)
@@ -446,7 +447,9 @@ def test_se_is_deterministic(kernel_backend, variant, channels_last, monkeypatch
     for seed in (1, 2):
         monkeypatch.setenv("CUEMU_BLOCK_ORDER", f"random:{seed}")
         leaves = _leaves(case)
-        with force_variant(variant, bps=7, lag=1):  # CUDA: 7 blocks per sample race to be last
+        shuffled = kernel_backend == "triton" and DEVICE.type == "cpu"
+        with shuffled_program_order(seed) if shuffled else contextlib.nullcontext(), \
+                force_variant(variant, bps=7, lag=1):  # CUDA: 7 blocks per sample race to be last
             y = ak.se(*leaves, act="gelu", pool="avgmax", backend=kernel_backend)
             y.backward(dy)
         runs.append([y.detach()] + [t.grad for t in leaves])
@@ -562,6 +565,27 @@ def test_se_batched_groups(kernel_backend, channels_last):
             run_and_check(kernel_backend, case, *opts)
             assert _backend_module(kernel_backend).last_variant() == \
                 _pipelined_runs_as(kernel_backend, case[0].device).replace("pipelined", "batched")
+
+
+@pytest.mark.parametrize("variant", ["split", "batched"])  # (pipelined: its first program takes every ticket here)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_triton_programs_in_any_order(variant, channels_last):
+    """On a GPU a grid's programs run in any order; the interpreter runs them in pid order, so the
+    last to arrive at a counter (of a channel block's HW splits, a sample's or a group's channel
+    blocks) was always the one with the largest pid, and a kernel that took that for granted
+    would pass here and fail there. Here the same kernels in shuffled orders
+    (utils.shuffled_program_order): HW splits, several channel blocks, groups with a short last
+    one, forward and backward, the single-layer form."""
+    if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
+        pytest.skip("the Triton interpreter's program order (a GPU has its own)")
+    cases = [((11, 70, 7, 7, 9), torch.bfloat16, dict(ties=True), ("gelu", "hardsigmoid", "avgmax"), 2),
+             ((3, 20, 24, 24, 5), torch.float32, {}, ("relu", "sigmoid", "avgmax"), 3),
+             ((6, 24, 12, 12, 0), torch.float32, dict(single_layer=True), ("identity", "sigmoid", "avg"), 2)]
+    for i, (shape, dtype, opt, opts, bps) in enumerate(cases):
+        case = make_case(shape, dtype, channels_last, seed=60 + i, **opt)
+        with shuffled_program_order(i) as order, force_variant(variant, bps=bps):
+            run_and_check("triton", case, *opts)
+        assert order["reordered"] > 0, "the interpreter's grids ran in pid order"
 
 
 def test_se_triton_batched_group_fills_the_gpu(monkeypatch):

@@ -2,9 +2,11 @@
 scripts that must run without the Triton interpreter, and builds done once per pytest run."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import random
 import subprocess
 import sys
 import zlib
@@ -17,6 +19,40 @@ LOW = (torch.float16, torch.bfloat16)
 def rand(shape, dtype, device, gen, scale=1.0):
     """Fresh random normal values (never zeros), made in fp64 then cast."""
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def shuffled_program_order(seed):
+    """Run every grid the Triton interpreter launches in a random order of its programs.
+
+    The interpreter runs a grid's programs one after another in pid order, so the last program
+    of a group of arrivals (a split reduction's, a sample's channel blocks') is always the one
+    with the largest pid there; on a GPU any of them may be last, and the last one must find
+    everything the others parked. Here the interpreter's i-th program runs as pid perm[i], perm
+    a random permutation drawn per grid and axis from `seed`. (Programs still run one at a
+    time: what this cannot show is two of them interleaving.) Yields a dict whose "reordered"
+    counts the grids that ran in an order other than pid order (0: the hook was not reached)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    rng = random.Random(seed)
+    perms = [[0], [0], [0]]
+    stats = {"reordered": 0}
+
+    def set_grid_dim(nx, ny, nz):
+        perms[:] = [rng.sample(range(n), n) for n in (nx, ny, nz)]
+        stats["reordered"] += any(p != sorted(p) for p in perms)
+        return type(builder).set_grid_dim(builder, nx, ny, nz)
+
+    def set_grid_idx(x, y, z):
+        return type(builder).set_grid_idx(builder, perms[0][x], perms[1][y], perms[2][z])
+
+    # instance attributes shadow the class's methods, which the interpreter calls on this object
+    builder.set_grid_dim, builder.set_grid_idx = set_grid_dim, set_grid_idx
+    try:
+        yield stats
+    finally:
+        del builder.set_grid_dim, builder.set_grid_idx
 
 
 def case_generator(*key):
