@@ -725,6 +725,23 @@ def test_se_bad_input(mutate, exc, match, backend):
         ak.se(args.pop("x"), args.pop("w1"), args.pop("b1"), args.pop("w2"), args.pop("b2"), **args)
 
 
+def test_se_too_large_for_32_bit_indexing(kernel_backend):
+    """The kernels index within a sample with 32-bit integers: a sample of 2^31 or more elements
+    gets a clear error, not an out-of-bounds access; so does, on Triton, a batch whose
+    per-(sample, channel) vectors outgrow them. (x is never written: torch.empty's pages are
+    not touched on the CPU.)"""
+    w1, w2 = torch.randn(1, 2, device=DEVICE), torch.randn(2, 1, device=DEVICE)
+    x = torch.empty((1, 2, 65536, 16385), dtype=torch.bfloat16, device=DEVICE)  # C*H*W = 2^31 + 2^17
+    with pytest.raises((ValueError, RuntimeError), match=r"C\*H\*W"):
+        ak.se(x, w1.bfloat16(), None, w2.bfloat16(), None, backend=kernel_backend)
+    del x
+    if kernel_backend == "triton":
+        w1, w2 = torch.randn(2, 1024, device=DEVICE), torch.randn(1024, 2, device=DEVICE)
+        x = torch.empty((2**21, 1024, 1, 1), dtype=torch.bfloat16, device=DEVICE)  # N*C = 2^31
+        with pytest.raises(ValueError, match="too many samples"):
+            ak.se(x, w1.bfloat16(), None, w2.bfloat16(), None, backend=kernel_backend)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("variant", ["auto", "pipelined", "batched"])
 def test_se_cuda_graph_capture(kernel_backend, variant):

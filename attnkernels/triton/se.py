@@ -966,8 +966,26 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
                 BLOCK_R=block_r, GROUP=group)
     rows = dict(SPLIT=n_split > 1, BLOCK_ROWS=max(1, min(32, _LAYER_TILE // max(block_c, block_r))))
+    _check_int32_extents(shape, Cr, n_cblk * max(Cr, 2 * n_split * block_c))
     # read-only views: the cached plan is shared by every call of this shape
     return grid, types.MappingProxyType(args), types.MappingProxyType(rows)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_int32_extents(shape, Cr, scratch_per_sample):
+    """The kernels index within a sample, and the per-(sample, channel) vectors and scratch, with
+    32-bit integers (x's per-sample offsets are 64-bit): refuse what would overflow them rather
+    than read or write out of bounds."""
+    N, C, H, W = shape
+    if C * H * W > _INT32_MAX:
+        raise ValueError(f"se (triton): x of shape {tuple(shape)} has C*H*W = {C * H * W} elements a sample; "
+                         f"the Triton kernels index a sample with 32-bit integers (at most {_INT32_MAX})")
+    if N * max(C, Cr, scratch_per_sample) > _INT32_MAX:
+        raise ValueError(f"se (triton): x of shape {tuple(shape)} has too many samples for the Triton kernels' "
+                         f"32-bit indexing of their per-(sample, channel) vectors and scratch "
+                         f"(N x {max(C, Cr, scratch_per_sample)} > {_INT32_MAX})")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1047,11 +1065,13 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     launches over groups of samples; any other the two-launch split forward (the default until a
     GPU run has measured the others)."""
     N, C = x.shape[:2]
+    req = request()
+    plan = _plan(x, w2.shape[1], req[0], req[1])  # first: it refuses what 32-bit indices cannot reach
     acc = acc_dtype(x.dtype)
     s, z, p = empty((N, C), acc, x.device), empty((N, C), acc, x.device), empty((N, C), acc, x.device)
     u = empty((N, w2.shape[1]), acc, x.device)
     pmax = empty((N, C) if pool == "avgmax" else (0,), acc, x.device)
-    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)
+    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax, req, plan)
 
 
 @_on_x_device
@@ -1060,15 +1080,17 @@ def se_inference(x, w1, b1, w2, b2, act, gate, pool):
     The per-(n, c) vectors the backward would need go to cached scratch instead of five fresh
     allocations (~1-2 us of host time each)."""
     N, C = x.shape[:2]
+    req = request()
+    plan = _plan(x, w2.shape[1], req[0], req[1])  # first: it refuses what 32-bit indices cannot reach
     NC = N * C
     # separate buffers, not slices of one: no view ops, and each starts 16-byte aligned, so the
     # launches reuse se_forward's compiled kernels (triton specializes on pointer alignment)
     s, z, p, pmax, u = workspaces(x.device, acc_dtype(x.dtype), NC, NC, NC, NC if pool == "avgmax" else 1,
                                   N * w2.shape[1], across_launches="inference")
-    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax)[0]
+    return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax, req, plan)[0]
 
 
-def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
+def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax, req, plan):
     global _last_variant
     N = x.shape[0]
     Cr = w2.shape[1]
@@ -1078,9 +1100,9 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax):
     acc = s.dtype
     accd = tl_acc_dtype(x.dtype)
     pool_max = pool == "avgmax"
-    variant, bps, lag = request()
+    variant, bps, lag = req
     pipelined = variant == "pipelined"
-    grid, a, rows = _plan(x, Cr, variant, bps)
+    grid, a, rows = plan
     ws, wsu, counters = _workspaces(N, Cr, a, acc, x.device, pipelined=pipelined, shares=fc1)
     y = empty_like(x)
     if pipelined:
