@@ -54,6 +54,8 @@ def _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool):
         w2 = as_matrix(w2, "w2", C, C, x)
     else:
         w1 = as_matrix(w1, "w1", None, C, x)
+        if w1.shape[0] == 0:  # (torchvision's and timm's 1x1 convs refuse 0 output channels too)
+            raise ValueError(f"w1 has shape {tuple(w1.shape)}: the excitation needs at least one squeeze channel")
         w2 = as_matrix(w2, "w2", C, w1.shape[0], x)
         check_vector(b1, "b1", w1.shape[0], x)
     check_vector(b2, "b2", C, x)

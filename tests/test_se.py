@@ -715,6 +715,7 @@ def _good():
     (lambda a: a.update(backend="cudnn"), ValueError, "backend must be one of"),
     (lambda a: a.update(w1=None), ValueError, "b1 given without w1"),
     (lambda a: a.update(w1=None, b1=None), ValueError, r"w2 has shape \(8, 2\), expected \(8, 8\)"),
+    (lambda a: a.update(w1=a["w1"][:0], b1=a["b1"][:0], w2=a["w2"][:, :0]), ValueError, "at least one squeeze channel"),
 ])
 @pytest.mark.parametrize("backend", [None] + KERNEL_BACKENDS)
 def test_se_bad_input(mutate, exc, match, backend):
