@@ -33,6 +33,19 @@ def device():
     return DEVICE
 
 
+@pytest.fixture(autouse=True)
+def _triton_interpreter_memcheck():
+    """Under the Triton interpreter every test runs with utils.interpreter_memcheck: a kernel's
+    load, store or atomic outside its launch's tensors fails the test (on a GPU, gpu-check's
+    compute-sanitizer step does that job)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in KERNEL_BACKENDS:
+        from utils import interpreter_memcheck
+        with interpreter_memcheck():
+            yield
+    else:
+        yield
+
+
 # Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs
 # them on the GPU machine's stack too: `make test-min`), and test_reference_* (CPU parity).
 HOST_ONLY_FILES = ("test_cuemu.py", "test_cuda_build.py", "test_triton_compile.py", "test_triton_launch.py")

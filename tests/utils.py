@@ -22,6 +22,23 @@ def rand(shape, dtype, device, gen, scale=1.0):
 
 
 @contextlib.contextmanager
+def _patched(obj, **attrs):
+    """Set attributes of obj (an instance's shadow its class's methods) and put back whatever was
+    there before, so the interpreter hooks below nest."""
+    saved = {k: obj.__dict__[k] for k in attrs if k in obj.__dict__}
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k in attrs:
+            if k in saved:
+                setattr(obj, k, saved[k])
+            else:
+                delattr(obj, k)
+
+
+@contextlib.contextmanager
 def shuffled_program_order(seed):
     """Run every grid the Triton interpreter launches in a random order of its programs.
 
@@ -37,22 +54,90 @@ def shuffled_program_order(seed):
     builder = interpreter.interpreter_builder
     rng = random.Random(seed)
     perms = [[0], [0], [0]]
+    set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx  # (bound: hooks nest)
     stats = {"reordered": 0}
 
     def set_grid_dim(nx, ny, nz):
         perms[:] = [rng.sample(range(n), n) for n in (nx, ny, nz)]
         stats["reordered"] += any(p != sorted(p) for p in perms)
-        return type(builder).set_grid_dim(builder, nx, ny, nz)
+        return set_dim(nx, ny, nz)
 
     def set_grid_idx(x, y, z):
-        return type(builder).set_grid_idx(builder, perms[0][x], perms[1][y], perms[2][z])
+        return set_idx(perms[0][x], perms[1][y], perms[2][z])
 
-    # instance attributes shadow the class's methods, which the interpreter calls on this object
-    builder.set_grid_dim, builder.set_grid_idx = set_grid_dim, set_grid_idx
-    try:
+    with _patched(builder, set_grid_dim=set_grid_dim, set_grid_idx=set_grid_idx):
         yield stats
-    finally:
-        del builder.set_grid_dim, builder.set_grid_idx
+
+
+@contextlib.contextmanager
+def interpreter_memcheck():
+    """compute-sanitizer's memcheck for the Triton interpreter: every load, store and atomic a
+    kernel makes (its active lanes) must fall inside one of that launch's tensor arguments
+    (the elements the tensor spans, not its whole storage). The interpreter dereferences raw
+    addresses unchecked, so a wrong mask reads or corrupts neighbouring memory silently on the
+    CPU; on a GPU memcheck would flag it, in a session the tests here never reach. Raises
+    AssertionError naming the kernel at the first access outside."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    executor = interpreter.GridExecutor
+    launch = {"name": "?", "spans": []}
+
+    def span(t):
+        t = getattr(t, "base", t) if not isinstance(t, torch.Tensor) else t  # triton's TensorWrapper
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            return None
+        lo = t.data_ptr() + t.element_size() * sum(min(0, (n - 1) * st) for n, st in zip(t.shape, t.stride()))
+        hi = t.data_ptr() + t.element_size() * (1 + sum(max(0, (n - 1) * st) for n, st in zip(t.shape, t.stride())))
+        return lo, hi
+
+    init_args = executor._init_args_hst
+    prev_load, prev_store = builder.create_masked_load, builder.create_masked_store  # (bound: hooks nest)
+    prev_rmw, prev_cas = builder.create_atomic_rmw, builder.create_atomic_cas
+
+    def init_args_checked(self, args_dev, kwargs):
+        args_hst, kwargs_hst = init_args(self, args_dev, kwargs)
+        spans = {sp for sp in map(span, list(args_hst) + list(kwargs_hst.values())) if sp is not None}
+        launch["name"] = getattr(self.fn, "__name__", "?")
+        launch["spans"] = [(np.uint64(lo), np.uint64(hi)) for lo, hi in spans]
+        return args_hst, kwargs_hst
+
+    def check(kind, ptrs, mask):
+        addr = np.asarray(ptrs.data, dtype=np.uint64).ravel()
+        if mask is not None:
+            addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), np.shape(ptrs.data)).ravel()]
+        if addr.size == 0:
+            return
+        end = addr + np.uint64(max(1, ptrs.get_element_ty().primitive_bitwidth // 8))
+        ok = np.zeros(addr.shape, dtype=bool)
+        for lo, hi in launch["spans"]:  # (they may overlap: a tensor passed twice, as a stand-in)
+            ok |= (addr >= lo) & (end <= hi)
+        if not ok.all():
+            bad = addr[~ok]
+            raise AssertionError(f"{launch['name']}: {kind} of {bad.size} element(s) outside every tensor "
+                                 f"argument of the launch (first at address {int(bad[0]):#x})")
+
+    def load(ptrs, mask, *args):
+        check("load", ptrs, mask)
+        return prev_load(ptrs, mask, *args)
+
+    def store(ptrs, value, mask, *args):
+        check("store", ptrs, mask)
+        return prev_store(ptrs, value, mask, *args)
+
+    def atomic_rmw(op, ptr, val, mask, *args):
+        check("atomic", ptr, mask)
+        return prev_rmw(op, ptr, val, mask, *args)
+
+    def atomic_cas(ptr, cmp, val, *args):
+        check("atomic", ptr, None)
+        return prev_cas(ptr, cmp, val, *args)
+
+    with _patched(executor, _init_args_hst=init_args_checked), \
+            _patched(builder, create_masked_load=load, create_masked_store=store, create_atomic_rmw=atomic_rmw,
+                     create_atomic_cas=atomic_cas):
+        yield
 
 
 def case_generator(*key):
