@@ -1,7 +1,8 @@
 """A wider random search than the suite's hypothesis fuzz (test_se.py::test_se_fuzz): many SE
 cases of random shape, options, dtype, layout, variant and slice count, each run forward and
 backward against the references with run_and_check's standard (poisoned outputs, the 2x error
-bar). Not collected by pytest: run it by hand after a kernel change, e.g.
+bar; Triton under utils.interpreter_memcheck, as in the suite). Not collected by pytest: run it
+by hand after a kernel change, e.g.
 
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend cuda-emu --cases 30000
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 1500 \\
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import test_se as T  # noqa: E402
-from utils import shuffled_program_order  # noqa: E402
+from utils import interpreter_memcheck, shuffled_program_order  # noqa: E402
 from attnkernels._variant import force_variant  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
         try:
             case = T.make_case(shape, dtype, cl, bias, seed=seed, single_layer=single)
             order = shuffled_program_order(seed) if a.shuffle_programs else contextlib.nullcontext()
-            with order, force_variant(variant, bps=bps, lag=lag):
+            memcheck = interpreter_memcheck() if a.backend == "triton" else contextlib.nullcontext()
+            with order, memcheck, force_variant(variant, bps=bps, lag=lag):
                 T.run_and_check(a.backend, case, *combo, seed=seed + 1)
         except Exception as e:  # noqa: BLE001 - report every kind of failure and go on
             fails += 1
