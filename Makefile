@@ -12,7 +12,7 @@ endif
 export CUDA_HOME ?= /usr/local/cuda
 PYTEST_ARGS ?=
 
-.PHONY: test test-min bench gpu-check build-inplace clean
+.PHONY: test test-min test-asan bench gpu-check build-inplace clean
 
 $(VENV)/.installed: setup.py $(wildcard csrc/*/*.cu csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.h csrc/*.cpp)
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -50,12 +50,33 @@ $(MIN_VENV)/.installed: setup.py
 	$(MIN_VENV)/bin/python -m pip install -q -r $(MIN_VENV)/requirements.txt
 	touch $@
 
-# The copy keeps the files' times and its own build/, so only what changed is rebuilt.
+# $(call copy_tree,DIR): the tree's files (tracked, and untracked but not ignored) into DIR. The
+# copy keeps the files' times and DIR's own build/, so only what changed is rebuilt.
+copy_tree = mkdir -p $(1) && find $(1) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} + && \
+  git ls-files -co --exclude-standard | while read -r f; do [ -e "$$f" ] && echo "$$f"; done \
+  | tar -cf - -T - | tar -xf - -C $(1)
+
 test-min: $(MIN_VENV)/.installed
-	mkdir -p $(MIN_TREE) && find $(MIN_TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
-	git ls-files -co --exclude-standard | while read -r f; do [ -e "$$f" ] && echo "$$f"; done \
-	  | tar -cf - -T - | tar -xf - -C $(MIN_TREE)
+	$(call copy_tree,$(MIN_TREE))
 	$(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python
+
+# AddressSanitizer over the emulated CUDA kernels (backend cuda-emu): an out-of-bounds read or
+# write of a kernel fails the test on the CPU, as compute-sanitizer's memcheck would on a GPU. A
+# copy of the tree in build/asan, its extension built with -fsanitize=address
+# (ATTNKERNELS_EMU_ASAN=1; the emulated kernels only), libasan preloaded into python with
+# libstdc++ (else ASan's __cxa_throw interceptor finds no real function: any C++ exception aborts).
+ASAN_TREE := build/asan
+ASAN_PY := $(if $(PYTHON),$(PYTHON),$(CURDIR)/$(VENV)/bin/python)
+ASAN_TESTS := tests/test_se.py tests/test_se_cuda_emu.py tests/test_se_modules.py tests/test_convert.py
+test-asan: $(SETUP_DEP)
+	$(call copy_tree,$(ASAN_TREE))
+	cd $(ASAN_TREE) && ATTNKERNELS_NO_CUDA=1 ATTNKERNELS_EMU_ASAN=1 $(ASAN_PY) setup.py -q build_ext --inplace
+	rm -rf $(ASAN_TREE)/asan-logs && mkdir -p $(ASAN_TREE)/asan-logs
+	cd $(ASAN_TREE) && CXX=$${CXX:-c++} && ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/$(ASAN_TREE)/asan-logs/asan \
+	  TRITON_INTERPRET=1 LD_PRELOAD="$$($$CXX -print-file-name=libasan.so) $$($$CXX -print-file-name=libstdc++.so)" \
+	  $(ASAN_PY) -m pytest -q $(ASAN_TESTS) -k cuda $$($(ASAN_PY) -c '$(PLUGIN_ARGS_PY)') $(PYTEST_ARGS) \
+	  || { grep -l "ERROR: AddressSanitizer" $(CURDIR)/$(ASAN_TREE)/asan-logs/* 2>/dev/null | head -1 \
+	       | xargs -r grep -A6 "ERROR: AddressSanitizer"; exit 1; }
 
 bench: $(SETUP_DEP)
 	$(PY) benchmarks/main.py

@@ -45,6 +45,7 @@ import shutil
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Flags every translation unit compiled against csrc/cuemu needs (csrc/cuemu/cuemu.h CUEMU_CXXFLAGS).
 _EMU_CXXFLAGS = ["-O2", "-g0", "-fno-strict-aliasing", "-fno-extern-tls-init", "-pthread"]
+_EMU_ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DCUEMU_USE_UCONTEXT"]
 
 
 def _flag(name):
@@ -91,6 +92,10 @@ def ext_modules_and_cmdclass():
     else:
         sources.append(os.path.join(se_dir, "se_emu.cpp"))
         cxx_flags += [f for f in _EMU_CXXFLAGS if f not in cxx_flags] + ["-DAK_WITH_EMU=1"]
+        if _flag("ATTNKERNELS_EMU_ASAN"):  # `make test-asan`: AddressSanitizer over the emulated kernels
+            # ucontext fibers: ASan follows swapcontext (its interceptor clears a pooled stack's
+            # shadow); the hand-written switch would need ASan's fiber annotations
+            cxx_flags += _EMU_ASAN_FLAGS
 
     with_cuda = False
     if _flag("ATTNKERNELS_NO_CUDA"):
@@ -111,7 +116,7 @@ def ext_modules_and_cmdclass():
         return [], {}
     kwargs = dict(
         include_dirs=[os.path.join(_HERE, csrc)] + ([cuda_inc] if cuda_inc else []),
-        extra_link_args=["-pthread", "-ldl"],
+        extra_link_args=["-pthread", "-ldl"] + (["-fsanitize=address"] if _flag("ATTNKERNELS_EMU_ASAN") else []),
     )
     if with_cuda:
         # --threads 0: the gencode targets compile in parallel
