@@ -14,9 +14,7 @@ Tiles default to what _plan_for picks at ResNet-50 stage 4 (128 x 2048 x 7 x 7, 
 import argparse
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = ("squeeze", "rescale", "bwd_reduce", "bwd_dx", "weights")
@@ -76,23 +74,20 @@ def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET (the kernels must be compiled, not interpreted)")
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-    import triton
     import triton.language as tl
-    from test_triton_compile import compile_kernel
+    from test_triton_compile import compile_kernel, cuobjdump_of, cuobjdump_path, resource_usage
     import attnkernels.triton.se as se
+    cuobjdump = cuobjdump_path()
+    if cuobjdump is None:
+        sys.exit("no cuobjdump next to triton's ptxas")
     fn, constexprs = kernel_and_constexprs(se, tl, args)
     kernel = compile_kernel(fn, "*" + args.dtype, constexprs)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    regs, stack, local = resource_usage(kernel, cuobjdump)
+    sass = cuobjdump_of(kernel, cuobjdump, "-sass")
     if args.dump:
         with open(args.dump, "w") as f:
             f.write(sass)
-    usage = re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res)
-    print(f"{fn.__name__} {args.dtype} {args.layout} GROUP={args.group}: {usage.group(0) if usage else res}")
+    print(f"{fn.__name__} {args.dtype} {args.layout} GROUP={args.group}: REG:{regs} STACK:{stack} LOCAL:{local}")
     for lo, hi, body in loops(sass):
         mix = " ".join(f"{name} {sum(1 for t in body if re.search(rx, t))}" for name, rx in COUNTS)
         print(f"  loop {lo:#06x}-{hi:#06x}: {len(body)} instructions; {mix}")

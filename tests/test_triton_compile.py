@@ -85,14 +85,26 @@ def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-def resource_usage(kernel, cuobjdump):
-    """(registers, stack bytes, local bytes) of the kernel's cubin: stack or local memory beyond a
-    few words is ptxas spilling registers."""
+def cuobjdump_path():
+    """triton's own cuobjdump (next to its ptxas), or None."""
+    import triton
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return path if os.access(path, os.X_OK) else None
+
+
+def cuobjdump_of(kernel, cuobjdump, flag):
+    """cuobjdump's output for the compiled kernel's cubin (flag: -res-usage, -sass)."""
     import tempfile
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([cuobjdump, flag, f.name], capture_output=True, text=True).stdout
+
+
+def resource_usage(kernel, cuobjdump):
+    """(registers, stack bytes, local bytes) of the kernel's cubin: stack or local memory beyond a
+    few words is ptxas spilling registers."""
+    out = cuobjdump_of(kernel, cuobjdump, "-res-usage")
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
     assert m, f"no resource usage in cuobjdump's output: {out[-500:]}"
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -106,9 +118,7 @@ def main():
     except ImportError as e:
         print(f"no ahead-of-time triton compile here: {e}")
         sys.exit(3)
-    import triton
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    cuobjdump = cuobjdump if os.access(cuobjdump, os.X_OK) else None
+    cuobjdump = cuobjdump_path()
     count, vector, spills, batched_regs = 0, {}, {}, {}
 
     def check_spills(kernel, name):
