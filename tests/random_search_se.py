@@ -9,6 +9,8 @@ by hand after a kernel change, e.g.
         --variants auto,pipelined --max-c 100 --max-hw 16
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 500 \\
         --variants split,batched --shuffle-programs      # grids in random program orders
+    TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 500 \\
+        --variants pipelined,split,batched --interleave  # each grid's programs run interleaved
 
 Each failing case prints one line: its index, variant, (N, C, H, W, Cr), options and the first
 line of the failure; the same --seed replays the same cases. Exit status 1 when any failed."""
@@ -26,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import test_se as T  # noqa: E402
-from utils import interpreter_memcheck, shuffled_program_order  # noqa: E402
+from utils import interleaved_programs, interpreter_memcheck, shuffled_program_order  # noqa: E402
 from attnkernels._variant import force_variant  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -45,7 +47,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-cr", type=int, default=8)
     ap.add_argument("--shuffle-programs", action="store_true",
                     help="triton: each case's grids in a random program order (utils.shuffled_program_order)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="triton: each grid's programs run interleaved (utils.interleaved_programs; waits really "
+                         "wait: SPIN_CAP 0)")
     a = ap.parse_args(argv)
+    if a.interleave and a.shuffle_programs:
+        ap.error("--interleave already starts each grid's programs in a random order: drop --shuffle-programs")
+    if a.interleave:
+        import attnkernels.triton.se as tse
+        tse._spin_cap = lambda device: 0
     dtypes = [DTYPES[d] for d in a.dtypes.split(",")]
     variants = a.variants.split(",")
     combos = T.COMBOS + [("identity", "sigmoid", "avgmax")]
@@ -59,7 +69,8 @@ def main(argv=None) -> int:
         variant, bps, lag = r.choice(variants), r.choice([0, 0, 1, 2, 3, 7]), r.choice([0, 1, 2])
         try:
             case = T.make_case(shape, dtype, cl, bias, seed=seed, single_layer=single)
-            order = shuffled_program_order(seed) if a.shuffle_programs else contextlib.nullcontext()
+            order = (shuffled_program_order(seed) if a.shuffle_programs else
+                     interleaved_programs(seed) if a.interleave else contextlib.nullcontext())
             memcheck = interpreter_memcheck() if a.backend == "triton" else contextlib.nullcontext()
             with order, memcheck, force_variant(variant, bps=bps, lag=lag):
                 T.run_and_check(a.backend, case, *combo, seed=seed + 1)
@@ -68,6 +79,9 @@ def main(argv=None) -> int:
             first = (str(e).splitlines() or [type(e).__name__])[0][:200]
             print(f"FAIL {i} {variant} bps={bps} lag={lag} {shape} {combo} {'cl' if cl else 'nchw'} "
                   f"bias={bias} {dtype} single={single} seed={seed}: {first}", flush=True)
+            if a.backend == "triton":  # a failed launch may leave its counters set: not the next case's failure
+                from attnkernels.triton._common import arrival_counters
+                arrival_counters(T.DEVICE, 1).zero_()
     print(f"{a.cases} cases on {a.backend}, {fails} failed")
     return 1 if fails else 0
 

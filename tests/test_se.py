@@ -18,7 +18,7 @@ from attnkernels import reference
 from attnkernels._alloc import poisoned
 from attnkernels._variant import force_variant
 from conftest import DEVICE, KERNEL_BACKENDS
-from utils import assert_matches, rand, shuffled_program_order, sm90_code_here, to64
+from utils import assert_matches, interleaved_programs, rand, shuffled_program_order, sm90_code_here, to64
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
 GATES = ("sigmoid", "hardsigmoid")
@@ -567,7 +567,7 @@ def test_se_batched_groups(kernel_backend, channels_last):
                 _pipelined_runs_as(kernel_backend, case[0].device).replace("pipelined", "batched")
 
 
-@pytest.mark.parametrize("variant", ["split", "batched"])  # (pipelined: its first program takes every ticket here)
+@pytest.mark.parametrize("variant", ["split", "batched"])  # (pipelined: test_se_triton_programs_interleaved)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_se_triton_programs_in_any_order(variant, channels_last):
     """On a GPU a grid's programs run in any order; the interpreter runs them in pid order, so the
@@ -586,6 +586,34 @@ def test_se_triton_programs_in_any_order(variant, channels_last):
         with shuffled_program_order(i) as order, force_variant(variant, bps=bps):
             run_and_check("triton", case, *opts)
         assert order["reordered"] > 0, "the interpreter's grids ran in pid order"
+
+
+@pytest.mark.parametrize("variant", ["pipelined", "split", "batched"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_se_triton_programs_interleaved(variant, channels_last, monkeypatch):
+    """On a GPU a launch's programs run at the same time; the interpreter runs one to its end, then
+    the next. So in the pipelined kernels (persistent programs taking squeeze and rescale tiles by
+    ticket) the first program took every ticket and a rescale tile never had to wait for another
+    program's squeeze: without its wait (_wait_ready) the tests above still passed. Here the
+    programs of each launch run interleaved (utils.interleaved_programs: switches at random
+    around every atomic, spin-waits that really wait), forward and backward, lag 1 and 2, HW
+    splits, several channel blocks, short groups; then the counters must be back at zero."""
+    if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
+        pytest.skip("the Triton interpreter's programs (a GPU runs its own concurrently)")
+    import attnkernels.triton.se as tse
+    from attnkernels.triton._common import arrival_counters
+    monkeypatch.setattr(tse, "_spin_cap", lambda device: 0)  # wait as on a GPU: another program will publish
+    cases = [((5, 24, 9, 9, 6), torch.float32, {}, ("silu", "sigmoid", "avgmax"), 1),
+             ((6, 70, 7, 7, 9), torch.bfloat16, dict(ties=True), ("gelu", "hardsigmoid", "avgmax"), 2),
+             ((4, 20, 12, 12, 0), torch.float32, dict(single_layer=True), ("identity", "sigmoid", "avg"), 1)]
+    for i, (shape, dtype, opt, opts, lag) in enumerate(cases):
+        case = make_case(shape, dtype, channels_last, seed=80 + i, **opt)
+        bps = 0 if variant == "pipelined" else lag + 1
+        with interleaved_programs(seed=10 * i + channels_last) as sched, force_variant(variant, bps=bps, lag=lag):
+            run_and_check("triton", case, *opts)
+            assert tse.last_variant() == variant
+        assert sched["interleaved"] > 0, "no program was paused for another"
+    assert not arrival_counters(case[0].device, 1).any(), "counters left non-zero"
 
 
 def test_se_triton_batched_group_fills_the_gpu(monkeypatch):

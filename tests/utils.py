@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
+import itertools
 import json
 import os
 import random
 import subprocess
 import sys
+import threading
 import zlib
 
 import torch
@@ -66,6 +69,150 @@ def shuffled_program_order(seed):
         return set_idx(perms[0][x], perms[1][y], perms[2][z])
 
     with _patched(builder, set_grid_dim=set_grid_dim, set_grid_idx=set_grid_idx):
+        yield stats
+
+
+class _Aborted(BaseException):
+    """Unwinds a paused program of a launch that failed (BaseException: no kernel code's
+    `except Exception` stops it)."""
+
+
+class _Program:
+    """One program of an interleaved launch, on a thread of its own that runs only while it holds
+    the baton: `go` hands it over, the launch's `back` returns it (at a switch point or the end)."""
+
+    def __init__(self, idx, fn, args, back, builder, local):
+        self.idx, self.back, self.builder, self.local = idx, back, builder, local
+        self.go = threading.Semaphore(0)
+        self.done, self.error, self.abort = False, None, False
+        self.thread = threading.Thread(target=self._main, args=(fn, args), daemon=True)
+
+    def _main(self, fn, args):
+        self.local.program = self
+        try:
+            self._resume()
+            fn(**args)
+        except _Aborted:
+            pass
+        except BaseException as e:  # reported by the scheduler, on the launching thread
+            self.error = e
+        finally:
+            self.done = True
+            self.back.release()
+
+    def _resume(self):
+        self.go.acquire()
+        if self.abort:
+            raise _Aborted()
+        self.builder.grid_idx = self.idx  # (the interpreter's one global program index)
+
+    def pause(self):
+        self.back.release()
+        self._resume()
+
+
+@contextlib.contextmanager
+def interleaved_programs(seed, resident=4, max_switches=200_000):
+    """Run the Triton interpreter's programs concurrently, as a GPU does, instead of one after
+    another.
+
+    Every launch runs its programs on threads of their own, `resident` at a time (a new one starts
+    when one ends, in a random order of the grid), and a seeded scheduler hands one of them the
+    baton at every switch point: a program's start and just before and after each of its atomics.
+    So a program can stop between its ticket and its publish while others run, and a spin-wait
+    really waits for another program (the pipelined kernels' `_wait_ready`: give them SPIN_CAP 0,
+    i.e. patch attnkernels.triton.se._spin_cap). Between two switch points a program runs alone,
+    and memory is sequentially consistent: what this cannot show is a missing fence. A launch that
+    makes `max_switches` switches without finishing is reported as a deadlock. Yields a dict:
+    "launches", "switches", "interleaved" (switches that paused a program mid-way for another)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    executor = interpreter.GridExecutor
+    for obj, name in ((interpreter, "_patch_lang"), (interpreter, "_implicit_cvt"), (executor, "_init_args_hst"),
+                      (executor, "_restore_args_dev")):
+        if not hasattr(obj, name):  # the launch below mirrors GridExecutor.__call__ of triton 3.6-3.8
+            raise RuntimeError(f"interleaved_programs: this triton's interpreter has no {name}")
+    rng = random.Random(seed)
+    local = threading.local()
+    stats = {"launches": 0, "switches": 0, "interleaved": 0}
+
+    def run_grid(fn, args, grid):
+        pending = list(itertools.product(*(range(n) for n in grid)))
+        rng.shuffle(pending)
+        back = threading.Semaphore(0)
+        live, prev, switches = [], None, 0
+        try:
+            while pending or live:
+                while pending and len(live) < resident:
+                    p = _Program(pending.pop(), fn, args, back, builder, local)
+                    p.thread.start()
+                    live.append(p)
+                p = rng.choice(live)
+                stats["interleaved"] += prev is not None and p is not prev and not prev.done
+                p.go.release()
+                back.acquire()
+                prev = p
+                switches += 1
+                if p.done:
+                    live.remove(p)
+                    p.thread.join()
+                    if p.error is not None:
+                        raise p.error
+                elif switches > max_switches:
+                    raise RuntimeError(f"{getattr(fn, '__name__', '?')}: {len(live)} resident program(s) made "
+                                       f"{max_switches} switches without finishing (a deadlock?)")
+        finally:
+            stats["switches"] += switches
+            for p in live:  # a failed launch: unwind the paused programs
+                p.abort = True
+                p.go.release()
+                back.acquire()
+                p.thread.join()
+
+    def call(self, *args_dev, **kwargs):  # GridExecutor.__call__ with the program loop replaced
+        argspec = inspect.getfullargspec(self.fn)
+        kwargs = {k: v for k, v in kwargs.items() if k in argspec.args}
+        args_hst, kwargs_hst = self._init_args_hst(args_dev, kwargs)
+        for hook in self.pre_run_hooks:
+            hook(*args_hst, **kwargs_hst)
+        patch_scope = interpreter._patch_lang(self.fn)
+        try:
+            args = inspect.getcallargs(self.fn, *args_hst, **kwargs_hst)
+            args = {k: v if k in self.constexprs else interpreter._implicit_cvt(v) for k, v in args.items()}
+            grid = self.grid(args) if callable(self.grid) else self.grid
+            grid = tuple(grid) + (1,) * (3 - len(grid))
+            builder.set_grid_dim(*grid)
+            stats["launches"] += 1
+            try:
+                run_grid(self.fn, args, grid)
+            except Exception as e:
+                raise interpreter.InterpreterError(repr(e)) from e
+        finally:
+            patch_scope.restore()
+        self._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
+
+    def switch_point():
+        program = getattr(local, "program", None)
+        if program is not None:
+            program.pause()
+
+    prev_rmw, prev_cas = builder.create_atomic_rmw, builder.create_atomic_cas  # (bound: hooks nest)
+
+    def atomic_rmw(*args):
+        switch_point()
+        out = prev_rmw(*args)
+        switch_point()
+        return out
+
+    def atomic_cas(*args):
+        switch_point()
+        out = prev_cas(*args)
+        switch_point()
+        return out
+
+    with _patched(executor, __call__=call), \
+            _patched(builder, create_atomic_rmw=atomic_rmw, create_atomic_cas=atomic_cas):
         yield stats
 
 
