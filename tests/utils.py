@@ -3,6 +3,7 @@ scripts that must run without the Triton interpreter, and builds done once per p
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import inspect
 import itertools
@@ -72,6 +73,20 @@ def shuffled_program_order(seed):
         yield stats
 
 
+def _active_addresses(ptrs, mask):
+    """The addresses of an interpreter load / store / atomic's active lanes (uint64, flat)."""
+    import numpy as np
+    addr = np.asarray(ptrs.data, dtype=np.uint64).ravel()
+    if mask is not None:
+        addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), np.shape(ptrs.data)).ravel()]
+    return addr
+
+
+def _element_bytes(ptrs):
+    import numpy as np
+    return np.uint64(max(1, ptrs.get_element_ty().primitive_bitwidth // 8))
+
+
 class _Aborted(BaseException):
     """Unwinds a paused program of a launch that failed (BaseException: no kernel code's
     `except Exception` stops it)."""
@@ -85,6 +100,7 @@ class _Program:
         self.idx, self.back, self.builder, self.local = idx, back, builder, local
         self.go = threading.Semaphore(0)
         self.done, self.error, self.abort = False, None, False
+        self.buffered = []  # stores not yet visible to the other programs: (lo, hi, addresses, bytes, store)
         self.thread = threading.Thread(target=self._main, args=(fn, args), daemon=True)
 
     def _main(self, fn, args):
@@ -92,6 +108,7 @@ class _Program:
         try:
             self._resume()
             fn(**args)
+            self.flush()  # a program's end makes its stores visible
         except _Aborted:
             pass
         except BaseException as e:  # reported by the scheduler, on the launching thread
@@ -110,9 +127,24 @@ class _Program:
         self.back.release()
         self._resume()
 
+    def flush(self):
+        """Make the buffered stores visible, in program order."""
+        stores, self.buffered = self.buffered, []
+        for *_, store in stores:
+            store()
+
+    def has_buffered(self, addr, nbytes):
+        """Do any buffered stores overlap the accesses at `addr` (uint64) of nbytes each?"""
+        import numpy as np
+        if addr.size == 0 or not self.buffered:
+            return False
+        lo, hi = addr.min(), addr.max() + nbytes
+        return any(b_lo < hi and lo < b_hi and (b_bytes != nbytes or np.isin(addr, b_addr).any())
+                   for b_lo, b_hi, b_addr, b_bytes, _ in self.buffered)
+
 
 @contextlib.contextmanager
-def interleaved_programs(seed, resident=4, max_switches=200_000):
+def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=True):
     """Run the Triton interpreter's programs concurrently, as a GPU does, instead of one after
     another.
 
@@ -121,10 +153,17 @@ def interleaved_programs(seed, resident=4, max_switches=200_000):
     baton at every switch point: a program's start and just before and after each of its atomics.
     So a program can stop between its ticket and its publish while others run, and a spin-wait
     really waits for another program (the pipelined kernels' `_wait_ready`: give them SPIN_CAP 0,
-    i.e. patch attnkernels.triton.se._spin_cap). Between two switch points a program runs alone,
-    and memory is sequentially consistent: what this cannot show is a missing fence. A launch that
-    makes `max_switches` switches without finishing is reported as a deadlock. Yields a dict:
-    "launches", "switches", "interleaved" (switches that paused a program mid-way for another)."""
+    i.e. patch attnkernels.triton.se._spin_cap). Between two switch points a program runs alone.
+
+    buffer_stores: a program's plain stores stay invisible to the other programs until it makes
+    an atomic with release semantics (sem "release" or "acq_rel", Triton's default) or ends, as
+    the GPU's memory model allows; the program itself sees them (a load or atomic that overlaps
+    them makes them visible first: a legal order too). So a publish with sem="relaxed" lets a
+    waiting program read stale data here. (Reads are never stale: a missing acquire still passes.)
+
+    A launch that makes `max_switches` switches without finishing is reported as a deadlock.
+    Yields a dict: "launches", "switches", "interleaved" (switches that paused a program mid-way
+    for another), "buffered" (stores delayed past a switch point)."""
     from triton.runtime import interpreter
 
     builder = interpreter.interpreter_builder
@@ -135,7 +174,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000):
             raise RuntimeError(f"interleaved_programs: this triton's interpreter has no {name}")
     rng = random.Random(seed)
     local = threading.local()
-    stats = {"launches": 0, "switches": 0, "interleaved": 0}
+    stats = {"launches": 0, "switches": 0, "interleaved": 0, "buffered": 0}
+    releasing = {interpreter._ir.MEM_SEMANTIC.RELEASE, interpreter._ir.MEM_SEMANTIC.ACQUIRE_RELEASE}
 
     def run_grid(fn, args, grid):
         pending = list(itertools.product(*(range(n) for n in grid)))
@@ -192,27 +232,52 @@ def interleaved_programs(seed, resident=4, max_switches=200_000):
             patch_scope.restore()
         self._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
 
-    def switch_point():
-        program = getattr(local, "program", None)
+    def switch_point(program):
         if program is not None:
+            stats["buffered"] += len(program.buffered)
             program.pause()
 
-    prev_rmw, prev_cas = builder.create_atomic_rmw, builder.create_atomic_cas  # (bound: hooks nest)
+    def before_access(program, ptrs, mask):  # the program's own buffered stores are visible to it
+        if program is not None and program.has_buffered(_active_addresses(ptrs, mask), _element_bytes(ptrs)):
+            program.flush()
 
-    def atomic_rmw(*args):
-        switch_point()
-        out = prev_rmw(*args)
-        switch_point()
+    prev_load, prev_store = builder.create_masked_load, builder.create_masked_store  # (bound: hooks nest)
+    prev_rmw, prev_cas = builder.create_atomic_rmw, builder.create_atomic_cas
+
+    def load(ptrs, mask, *args):
+        before_access(getattr(local, "program", None), ptrs, mask)
+        return prev_load(ptrs, mask, *args)
+
+    def store(ptrs, value, mask, *args):
+        program = getattr(local, "program", None)
+        if program is None or not buffer_stores:
+            return prev_store(ptrs, value, mask, *args)
+        addr = _active_addresses(ptrs, mask)
+        if addr.size:
+            value = copy.copy(value)
+            value.data = value.data.copy()  # (the store happens later: its own copy of the values)
+            program.buffered.append((addr.min(), addr.max() + _element_bytes(ptrs), addr, _element_bytes(ptrs),
+                                     lambda: prev_store(ptrs, value, mask, *args)))
+
+    def atomic(prev, ptr, mask, sem, args):
+        program = getattr(local, "program", None)
+        switch_point(program)
+        if program is not None and sem in releasing:
+            program.flush()  # release: the program's earlier stores become visible first
+        before_access(program, ptr, mask)
+        out = prev(*args)
+        switch_point(program)
         return out
 
-    def atomic_cas(*args):
-        switch_point()
-        out = prev_cas(*args)
-        switch_point()
-        return out
+    def atomic_rmw(op, ptr, val, mask, sem, scope):
+        return atomic(prev_rmw, ptr, mask, sem, (op, ptr, val, mask, sem, scope))
+
+    def atomic_cas(ptr, cmp, val, sem, scope):
+        return atomic(prev_cas, ptr, None, sem, (ptr, cmp, val, sem, scope))
 
     with _patched(executor, __call__=call), \
-            _patched(builder, create_atomic_rmw=atomic_rmw, create_atomic_cas=atomic_cas):
+            _patched(builder, create_masked_load=load, create_masked_store=store, create_atomic_rmw=atomic_rmw,
+                     create_atomic_cas=atomic_cas):
         yield stats
 
 
@@ -251,12 +316,10 @@ def interpreter_memcheck():
         return args_hst, kwargs_hst
 
     def check(kind, ptrs, mask):
-        addr = np.asarray(ptrs.data, dtype=np.uint64).ravel()
-        if mask is not None:
-            addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), np.shape(ptrs.data)).ravel()]
+        addr = _active_addresses(ptrs, mask)
         if addr.size == 0:
             return
-        end = addr + np.uint64(max(1, ptrs.get_element_ty().primitive_bitwidth // 8))
+        end = addr + _element_bytes(ptrs)
         ok = np.zeros(addr.shape, dtype=bool)
         for lo, hi in launch["spans"]:  # (they may overlap: a tensor passed twice, as a stand-in)
             ok |= (addr >= lo) & (end <= hi)
