@@ -1,7 +1,7 @@
 """A wider random search than the suite's hypothesis fuzz (test_se.py::test_se_fuzz): many SE
 cases of random shape, options, dtype, layout, variant and slice count, each run forward and
 backward against the references with run_and_check's standard (poisoned outputs, the 2x error
-bar; Triton under utils.interpreter_memcheck, as in the suite). Not collected by pytest: run it
+bar; Triton under triton_interpreter.interpreter_memcheck, as in the suite). Not collected by pytest: run it
 by hand after a kernel change, e.g.
 
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend cuda-emu --cases 30000
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import test_se as T  # noqa: E402
-from utils import interleaved_programs, interpreter_memcheck, shuffled_program_order  # noqa: E402
+from triton_interpreter import interleaved_programs, interpreter_memcheck, shuffled_program_order  # noqa: E402
 from attnkernels._variant import force_variant  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -46,10 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-hw", type=int, default=9, help="largest H and W")
     ap.add_argument("--max-cr", type=int, default=8)
     ap.add_argument("--shuffle-programs", action="store_true",
-                    help="triton: each case's grids in a random program order (utils.shuffled_program_order)")
+                    help="triton: each case's grids in a random program order "
+                         "(triton_interpreter.shuffled_program_order)")
     ap.add_argument("--interleave", action="store_true",
-                    help="triton: each grid's programs run interleaved (utils.interleaved_programs; waits really "
-                         "wait: SPIN_CAP 0)")
+                    help="triton: each grid's programs run interleaved (triton_interpreter.interleaved_programs; "
+                         "waits really wait: SPIN_CAP 0)")
     a = ap.parse_args(argv)
     if a.interleave and a.shuffle_programs:
         ap.error("--interleave already starts each grid's programs in a random order: drop --shuffle-programs")

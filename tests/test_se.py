@@ -18,7 +18,8 @@ from attnkernels import reference
 from attnkernels._alloc import poisoned
 from attnkernels._variant import force_variant
 from conftest import DEVICE, KERNEL_BACKENDS
-from utils import assert_matches, interleaved_programs, rand, shuffled_program_order, sm90_code_here, to64
+from triton_interpreter import interleaved_programs, shuffled_program_order
+from utils import assert_matches, rand, sm90_code_here, to64
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
 GATES = ("sigmoid", "hardsigmoid")
@@ -581,7 +582,7 @@ def test_se_triton_programs_in_any_order(variant, channels_last):
     last to arrive at a counter (of a channel block's HW splits, a sample's or a group's channel
     blocks) was always the one with the largest pid, and a kernel that took that for granted
     would pass here and fail there. Here the same kernels in shuffled orders
-    (utils.shuffled_program_order): HW splits, several channel blocks, groups with a short last
+    (triton_interpreter.shuffled_program_order): HW splits, several channel blocks, groups with a short last
     one, forward and backward, the single-layer form."""
     if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
         pytest.skip("the Triton interpreter's program order (a GPU has its own)")
@@ -602,7 +603,7 @@ def test_se_triton_programs_interleaved(variant, channels_last, monkeypatch):
     the next. So in the pipelined kernels (persistent programs taking squeeze and rescale tiles by
     ticket) the first program took every ticket and a rescale tile never had to wait for another
     program's squeeze: without its wait (_wait_ready) the tests above still passed. Here the
-    programs of each launch run interleaved (utils.interleaved_programs: switches at random
+    programs of each launch run interleaved (triton_interpreter.interleaved_programs: switches at random
     around every atomic, spin-waits that really wait, plain stores hidden from the other programs
     until a release: a publish or arrival with sem="relaxed" fails), forward and backward, lag 1
     and 2, HW splits, several channel blocks, short groups; then the counters must be back at

@@ -1043,8 +1043,8 @@ def _pipe_programs(grid, device):
 def _spin_cap(device):
     """0 (wait as long as it takes) on a GPU; the interpreter runs programs one after another, so a
     wait there is a bug: give up after one retry and let the wrong answer fail the tests. (The
-    tests that run the interpreter's programs interleaved, tests/utils.py: interleaved_programs,
-    patch this to 0: there a wait is real.)"""
+    tests that run the interpreter's programs interleaved, with tests/triton_interpreter.py:
+    interleaved_programs, patch this to 0: there a wait is real.)"""
     return 0 if device.type == "cuda" else 1
 
 
