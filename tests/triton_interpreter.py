@@ -158,8 +158,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
 
     builder = interpreter.interpreter_builder
     executor = interpreter.GridExecutor
-    for obj, name in ((interpreter, "_patch_lang"), (interpreter, "_implicit_cvt"), (executor, "_init_args_hst"),
-                      (executor, "_restore_args_dev")):
+    for obj, name in ((interpreter, "_patch_lang"), (interpreter, "_implicit_cvt"), (interpreter, "_ir"),
+                      (interpreter, "InterpreterError"), (executor, "_init_args_hst"), (executor, "_restore_args_dev")):
         if not hasattr(obj, name):  # the launch below mirrors GridExecutor.__call__ of triton 3.6-3.8
             raise RuntimeError(f"interleaved_programs: this triton's interpreter has no {name}")
     rng = random.Random(seed)
