@@ -35,9 +35,9 @@ def device():
 
 @pytest.fixture(autouse=True)
 def _triton_interpreter_memcheck():
-    """Under the Triton interpreter every test runs with triton_interpreter.interpreter_memcheck: a kernel's
-    load, store or atomic outside its launch's tensors fails the test (on a GPU, gpu-check's
-    compute-sanitizer step does that job)."""
+    """Under the Triton interpreter every test runs with triton_interpreter.interpreter_memcheck:
+    a kernel's load, store or atomic outside its launch's tensors fails the test (on a GPU,
+    gpu-check's compute-sanitizer step does that job)."""
     if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in KERNEL_BACKENDS:
         from triton_interpreter import interpreter_memcheck
         with interpreter_memcheck():

@@ -1,8 +1,8 @@
 """A wider random search than the suite's hypothesis fuzz (test_se.py::test_se_fuzz): many SE
 cases of random shape, options, dtype, layout, variant and slice count, each run forward and
 backward against the references with run_and_check's standard (poisoned outputs, the 2x error
-bar; Triton under triton_interpreter.interpreter_memcheck, as in the suite). Not collected by pytest: run it
-by hand after a kernel change, e.g.
+bar; Triton under triton_interpreter.interpreter_memcheck, as in the suite). Not collected by
+pytest: run it by hand after a kernel change, e.g.
 
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend cuda-emu --cases 30000
     TRITON_INTERPRET=1 .venv/bin/python tests/random_search_se.py --backend triton --cases 1500 \\

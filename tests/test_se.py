@@ -582,8 +582,8 @@ def test_se_triton_programs_in_any_order(variant, channels_last):
     last to arrive at a counter (of a channel block's HW splits, a sample's or a group's channel
     blocks) was always the one with the largest pid, and a kernel that took that for granted
     would pass here and fail there. Here the same kernels in shuffled orders
-    (triton_interpreter.shuffled_program_order): HW splits, several channel blocks, groups with a short last
-    one, forward and backward, the single-layer form."""
+    (triton_interpreter.shuffled_program_order): HW splits, several channel blocks, groups with a
+    short last one, forward and backward, the single-layer form."""
     if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
         pytest.skip("the Triton interpreter's program order (a GPU has its own)")
     cases = [((11, 70, 7, 7, 9), torch.bfloat16, dict(ties=True), ("gelu", "hardsigmoid", "avgmax"), 2),
@@ -603,11 +603,11 @@ def test_se_triton_programs_interleaved(variant, channels_last, monkeypatch):
     the next. So in the pipelined kernels (persistent programs taking squeeze and rescale tiles by
     ticket) the first program took every ticket and a rescale tile never had to wait for another
     program's squeeze: without its wait (_wait_ready) the tests above still passed. Here the
-    programs of each launch run interleaved (triton_interpreter.interleaved_programs: switches at random
-    around every atomic, spin-waits that really wait, plain stores hidden from the other programs
-    until a release: a publish or arrival with sem="relaxed" fails), forward and backward, lag 1
-    and 2, HW splits, several channel blocks, short groups; then the counters must be back at
-    zero."""
+    programs of each launch run interleaved (triton_interpreter.interleaved_programs: switches at
+    random around every atomic, spin-waits that really wait, plain stores hidden from the other
+    programs until a release: a publish or arrival with sem="relaxed" fails), forward and
+    backward, lag 1 and 2, HW splits, several channel blocks, short groups; then the counters
+    must be back at zero."""
     if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
         pytest.skip("the Triton interpreter's programs (a GPU runs its own concurrently)")
     import attnkernels.triton.se as tse
