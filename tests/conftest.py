@@ -1,5 +1,6 @@
 """Test set-up: without a GPU, Triton kernels run under the interpreter on CPU tensors (the
 variable must be set before attnkernels.triton is imported)."""
+import contextlib
 import os
 
 import torch
@@ -34,16 +35,37 @@ def device():
 
 
 @pytest.fixture(autouse=True)
-def _triton_interpreter_memcheck():
+def _triton_interpreter_checks(request, monkeypatch):
     """Under the Triton interpreter every test runs with triton_interpreter.interpreter_memcheck:
     a kernel's load, store or atomic outside its launch's tensors fails the test (on a GPU,
-    gpu-check's compute-sanitizer step does that job)."""
+    gpu-check's compute-sanitizer step does that job). TRITON_SCHEDULE=interleave:<seed> (or
+    shuffle:<seed>) also runs every launch of every test with its programs interleaved (in a
+    shuffled order): the by-hand twin of cuda-emu's CUEMU_SCHEDULE=random:<seed>, for a whole
+    run of the suite; each test draws its own seed from <seed> and its name."""
     if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in KERNEL_BACKENDS:
         from triton_interpreter import interpreter_memcheck
-        with interpreter_memcheck():
+        with interpreter_memcheck(), _triton_schedule(request.node, monkeypatch):
             yield
     else:
         yield
+
+
+def _triton_schedule(test, monkeypatch):
+    spec = os.environ.get("TRITON_SCHEDULE", "")
+    if not spec or test.path.name == "test_triton_interpreter.py":  # (the hooks' own tests
+        # set the schedule each of them is about)
+        return contextlib.nullcontext()
+    import zlib
+    from triton_interpreter import interleaved_programs, shuffled_program_order
+    kind, _, seed = spec.partition(":")
+    if kind not in ("interleave", "shuffle") or not seed.isdigit():
+        raise pytest.UsageError(f"TRITON_SCHEDULE={spec!r}: expected interleave:<seed> or shuffle:<seed>")
+    seed = int(seed) ^ zlib.crc32(test.nodeid.encode())
+    if kind == "shuffle":
+        return shuffled_program_order(seed)
+    import attnkernels.triton.se as tse
+    monkeypatch.setattr(tse, "_spin_cap", lambda device: 0)  # waits wait, as on a GPU
+    return interleaved_programs(seed)
 
 
 # Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs

@@ -132,3 +132,32 @@ def test_interleaved_passes_a_programs_error_on():
         with interpreter_memcheck(), interleaved_programs(1):
             _store_past_the_end[(4,)](out[:3], 3)
     assert threading.active_count() == before
+
+
+def test_triton_schedule_variable_wraps_a_test_in_its_hook(monkeypatch):
+    """TRITON_SCHEDULE (conftest.py: a by-hand pass of the whole suite) puts a test under the hook
+    it names, seeded from the value and the test's name, with waits that wait (interleave); a
+    value it does not know is a usage error, not a silent pass without the hook."""
+    import pathlib
+    import types
+
+    import conftest
+    import attnkernels.triton.se as tse
+
+    node = types.SimpleNamespace(path=pathlib.Path("tests/test_se.py"), nodeid="tests/test_se.py::t")
+    counter = torch.zeros(1, dtype=torch.int32)
+    out, out2 = torch.full((6,), -1, dtype=torch.int32), torch.full((6,), -1, dtype=torch.int32)
+    monkeypatch.setenv("TRITON_SCHEDULE", "interleave:3")
+    with monkeypatch.context() as m, conftest._triton_schedule(node, m) as sched:
+        assert tse._spin_cap(torch.device("cpu")) == 0
+        _own_id_after_atomics[(6,)](counter, out, out2)
+    assert sched["launches"] == 1 and sched["interleaved"] > 0
+    assert tse._spin_cap(torch.device("cpu")) == 1, "the spin cap stays patched after the test"
+    monkeypatch.setenv("TRITON_SCHEDULE", "shuffle:3")
+    with conftest._triton_schedule(node, monkeypatch) as order:
+        _own_id_after_atomics[(6,)](counter, out, out2)
+    assert order["reordered"] == 1
+    for bad in ("interleave", "random:3", "shuffle:x"):
+        monkeypatch.setenv("TRITON_SCHEDULE", bad)
+        with pytest.raises(pytest.UsageError, match="TRITON_SCHEDULE"):
+            conftest._triton_schedule(node, monkeypatch)
