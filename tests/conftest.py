@@ -40,12 +40,15 @@ def _triton_interpreter_checks(request, monkeypatch):
     a kernel's load, store or atomic outside its launch's tensors fails the test (on a GPU,
     gpu-check's compute-sanitizer step does that job). TRITON_SCHEDULE=interleave:<seed> (or
     shuffle:<seed>) also runs every launch of every test with its programs interleaved (in a
-    shuffled order): the by-hand twin of cuda-emu's CUEMU_SCHEDULE=random:<seed>, for a whole
-    run of the suite; each test draws its own seed from <seed> and its name."""
+    shuffled order), as CUEMU_SCHEDULE=random:<seed> does cuda-emu's threads (`make test-min`,
+    in CI, sets interleave:1); each test draws its own seed from <seed> and its name.
+    Interleaved, a load that reads data its program has not acquired fails the test."""
     if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in KERNEL_BACKENDS:
         from triton_interpreter import interpreter_memcheck
-        with interpreter_memcheck(), _triton_schedule(request.node, monkeypatch):
+        with interpreter_memcheck(), _triton_schedule(request.node, monkeypatch) as sched:
             yield
+        if sched and sched.get("stale"):  # (interleave) a race, even one the results did not show
+            pytest.fail(f"{sched['stale']} load(s) of a Triton kernel read data their program had not acquired")
     else:
         yield
 

@@ -605,9 +605,10 @@ def test_se_triton_programs_interleaved(variant, channels_last, monkeypatch):
     program's squeeze: without its wait (_wait_ready) the tests above still passed. Here the
     programs of each launch run interleaved (triton_interpreter.interleaved_programs: switches at
     random around every atomic, spin-waits that really wait, plain stores hidden from the other
-    programs until a release: a publish or arrival with sem="relaxed" fails), forward and
-    backward, lag 1 and 2, HW splits, several channel blocks, short groups; then the counters
-    must be back at zero."""
+    programs until a release: a publish or arrival with sem="relaxed" fails; loads that see only
+    what their program acquired: a wait or an arrival that does not acquire fails, and no load may
+    read a value older than memory held), forward and backward, lag 1 and 2, HW splits, several
+    channel blocks, short groups; then the counters must be back at zero."""
     if "triton" not in KERNEL_BACKENDS or DEVICE.type == "cuda":
         pytest.skip("the Triton interpreter's programs (a GPU runs its own concurrently)")
     import attnkernels.triton.se as tse
@@ -623,6 +624,7 @@ def test_se_triton_programs_interleaved(variant, channels_last, monkeypatch):
             run_and_check("triton", case, *opts)
             assert tse.last_variant() == variant
         assert sched["interleaved"] > 0 and sched["buffered"] > 0, f"no program was paused for another: {sched}"
+        assert sched["stale"] == 0, f"a load read data its program had not acquired: {sched}"
     assert not arrival_counters(case[0].device, 1).any(), "counters left non-zero"
 
 

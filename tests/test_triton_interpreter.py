@@ -16,18 +16,20 @@ from triton_interpreter import interleaved_programs, interpreter_memcheck, shuff
 
 
 @triton.jit
-def _publish_then_read(data_ptr, flag_ptr, out_ptr, SEM: tl.constexpr, WAIT: tl.constexpr):
+def _publish_then_read(data_ptr, flag_ptr, out_ptr, SEM: tl.constexpr, WAIT: tl.constexpr,
+                       WAIT_SEM: tl.constexpr):
     """Program 0 stores a value and raises a flag (atomic with semantics SEM); every other
-    program (optionally waiting for the flag) copies the value to out[pid]."""
+    program (optionally waiting for the flag, with atomics of semantics WAIT_SEM) copies the
+    value to out[pid]."""
     pid = tl.program_id(0)
     if pid == 0:
         tl.store(data_ptr, 42.0)
         tl.atomic_add(flag_ptr, 1, sem=SEM)
     else:
         if WAIT:
-            r = tl.atomic_add(flag_ptr, 0, sem="acquire")
+            r = tl.atomic_add(flag_ptr, 0, sem=WAIT_SEM)
             while r == 0:
-                r = tl.atomic_add(flag_ptr, 0, sem="acquire")
+                r = tl.atomic_add(flag_ptr, 0, sem=WAIT_SEM)
         tl.store(out_ptr + pid, tl.load(data_ptr))
 
 
@@ -56,10 +58,11 @@ def _store_past_the_end(out_ptr, n):
     tl.store(out_ptr + n + pid, 1.0)  # one past the tensor's last element in program 0
 
 
-def _run_publish(programs, sem, wait):
+def _run_publish(programs, sem, wait, wait_sem="acquire"):
     data, flag = torch.zeros(1), torch.zeros(1, dtype=torch.int32)
     out = torch.full((programs,), -1.0)
-    _publish_then_read[(programs,)](data, flag, out, SEM=sem, WAIT=wait)
+    _publish_then_read[(programs,)](data, flag, out, SEM=sem, WAIT=wait, WAIT_SEM=wait_sem)
+    assert float(data) == 42.0 and int(flag) == 1, "memory after the launch is not what it stored"
     return out[1:]
 
 
@@ -84,24 +87,34 @@ def test_interleaved_wait_for_a_release_always_sees_the_value():
         assert sched["launches"] == 1 and sched["switches"] > 0
 
 
-@pytest.mark.parametrize("sem, wait", [("release", False), ("relaxed", True)],
-                         ids=["reader-without-wait", "relaxed-publish"])
-def test_interleaved_shows_a_missing_wait_or_release(sem, wait):
-    """A reader that does not wait, or a publish whose atomic does not release the store before
-    it (the store stays in program 0's buffer), reads the stale 0 in some interleaving."""
+@pytest.mark.parametrize("sem, wait, wait_sem", [("release", False, "acquire"), ("relaxed", True, "acquire"),
+                                                 ("release", True, "relaxed")],
+                         ids=["reader-without-wait", "relaxed-publish", "relaxed-wait"])
+def test_interleaved_shows_a_missing_wait_release_or_acquire(sem, wait, wait_sem):
+    """A reader that does not wait, a publish whose atomic does not release the store before it
+    (the store stays in program 0's buffer), or a wait whose atomics do not acquire (the reader's
+    loads see memory as at its last acquire, here the launch's start) reads the stale 0 in some
+    interleaving; memory itself ends up holding what was stored."""
     stale = 0
     for seed in range(24):
-        with interleaved_programs(seed):
-            stale += int((_run_publish(4, sem, wait) == 0).sum())
+        with interleaved_programs(seed) as sched:
+            stale += int((_run_publish(4, sem, wait, wait_sem) == 0).sum())
+        assert sched["stale"] <= 3
     assert stale > 0, "every reader saw the value: the interleaving (or the store buffer) has no effect"
 
 
-def test_interleaved_without_store_buffer_misses_a_relaxed_publish():
-    """The store buffer is what shows a relaxed publish: without it, memory is sequentially
-    consistent and the waiting readers always see the value."""
+@pytest.mark.parametrize("sem, wait_sem, buffer_stores, stale_loads",
+                         [("relaxed", "acquire", False, True), ("release", "relaxed", True, False)],
+                         ids=["no-store-buffer", "no-stale-loads"])
+def test_interleaved_without_its_memory_model_misses_a_relaxed_publish_or_wait(sem, wait_sem, buffer_stores,
+                                                                              stale_loads):
+    """The store buffer is what shows a relaxed publish, and stale loads what shows a relaxed
+    wait: without them memory is sequentially consistent, and the waiting readers always see
+    the value."""
     for seed in range(24):
-        with interleaved_programs(seed, buffer_stores=False):
-            assert (_run_publish(4, "relaxed", wait=True) == 42).all()
+        with interleaved_programs(seed, buffer_stores=buffer_stores, stale_loads=stale_loads) as sched:
+            assert (_run_publish(4, sem, wait=True, wait_sem=wait_sem) == 42).all()
+        assert sched["stale"] == 0
 
 
 def test_interleaved_restores_each_programs_id():

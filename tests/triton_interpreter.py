@@ -1,12 +1,14 @@
 """The Triton interpreter, made to show what a GPU would: hooks on triton.runtime.interpreter that
 run a grid's programs in a random order (shuffled_program_order), concurrently with stores held
-back until a release (interleaved_programs), and with every memory access checked against the
-launch's tensors (interpreter_memcheck; conftest.py turns it on for every test under
-TRITON_INTERPRET=1). Each hook restores what it replaced, so they nest."""
+back until a release and loads that see only what was acquired (interleaved_programs), and with
+every memory access checked against the launch's tensors (interpreter_memcheck; conftest.py
+turns it on for every test under TRITON_INTERPRET=1). Each hook restores what it replaced, so
+they nest."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import inspect
 import itertools
 import random
@@ -77,6 +79,17 @@ def _element_bytes(ptrs):
     return np.uint64(max(1, ptrs.get_element_ty().primitive_bitwidth // 8))
 
 
+def _memory(lo, hi):
+    """The bytes [lo, hi) of host memory as a writable uint8 array (nothing is read until indexed)."""
+    import numpy as np
+    return np.frombuffer((ctypes.c_uint8 * int(hi - lo)).from_address(int(lo)), dtype=np.uint8)
+
+
+def _byte_addresses(addr, nbytes):
+    import numpy as np
+    return (addr[:, None] + np.arange(int(nbytes), dtype=np.uint64)[None, :]).ravel()
+
+
 class _Aborted(BaseException):
     """Unwinds a paused program of a launch that failed (BaseException: no kernel code's
     `except Exception` stops it)."""
@@ -86,11 +99,15 @@ class _Program:
     """One program of an interleaved launch, on a thread of its own that runs only while it holds
     the baton: `go` hands it over, the launch's `back` returns it (at a switch point or the end)."""
 
-    def __init__(self, idx, fn, args, back, builder, local):
+    def __init__(self, idx, fn, args, back, builder, local, log):
         self.idx, self.back, self.builder, self.local = idx, back, builder, local
         self.go = threading.Semaphore(0)
         self.done, self.error, self.abort = False, None, False
         self.buffered = []  # stores not yet visible to the other programs: (lo, hi, addresses, bytes, store)
+        # The launch's made-visible stores, in order: (program, lo, hi, byte addresses, old bytes,
+        # new bytes), or None without stale loads. Entries from `synced` on are the ones this
+        # program has not acquired: its plain loads may read them as they were before.
+        self.log, self.synced, self.stale = log, 0, 0
         self.thread = threading.Thread(target=self._main, args=(fn, args), daemon=True)
 
     def _main(self, fn, args):
@@ -118,10 +135,44 @@ class _Program:
         self._resume()
 
     def flush(self):
-        """Make the buffered stores visible, in program order."""
+        """Make the buffered stores visible, in program order (and log what each overwrote)."""
         stores, self.buffered = self.buffered, []
-        for *_, store in stores:
+        for lo, hi, addr, nbytes, store in stores:
+            if self.log is None:
+                store()
+                continue
+            where = _byte_addresses(addr, nbytes)
+            mem = _memory(lo, hi)
+            old = mem[where - lo].copy()
             store()
+            self.log.append((self, lo, hi, where, old, mem[where - lo].copy()))
+
+    def load_as_seen(self, addr, nbytes, load):
+        """Run `load` (of addr, nbytes each) on the memory as this program may see it: the stores
+        logged since its last acquire undone, newest first, but for its own. Memory is put back
+        after (the other programs are paused: one program runs at a time)."""
+        import numpy as np
+        if self.log is None or addr.size == 0 or len(self.log) == self.synced:
+            return load()
+        lo, hi = addr.min(), addr.max() + nbytes
+        unseen = [e for e in self.log[self.synced:] if e[1] < hi and lo < e[2]]
+        if all(e[0] is self for e in unseen):
+            return load()
+        where = _byte_addresses(addr, nbytes)
+        mem = _memory(lo, hi)
+        saved = mem[where - lo].copy()
+        try:
+            for writer, _, _, at, old, _ in reversed(unseen):
+                hit = np.isin(at, where)
+                mem[at[hit] - lo] = old[hit]
+            for writer, _, _, at, _, new in unseen:  # its own stores it sees
+                if writer is self:
+                    hit = np.isin(at, where)
+                    mem[at[hit] - lo] = new[hit]
+            self.stale += bool((mem[where - lo] != saved).any())
+            return load()
+        finally:
+            mem[where - lo] = saved
 
     def has_buffered(self, addr, nbytes):
         """Do any buffered stores overlap the accesses at `addr` (uint64) of nbytes each?"""
@@ -134,7 +185,7 @@ class _Program:
 
 
 @contextlib.contextmanager
-def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=True):
+def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=True, stale_loads=True):
     """Run the Triton interpreter's programs concurrently, as a GPU does, instead of one after
     another.
 
@@ -149,11 +200,18 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
     an atomic with release semantics (sem "release" or "acq_rel", Triton's default) or ends, as
     the GPU's memory model allows; the program itself sees them (a load or atomic that overlaps
     them makes them visible first: a legal order too). So a publish with sem="relaxed" lets a
-    waiting program read stale data here. (Reads are never stale: a missing acquire still passes.)
+    waiting program read stale data here.
+
+    stale_loads (with buffer_stores): a program's plain loads see memory as it was at the launch's
+    start or at the program's last atomic with acquire semantics ("acquire" or "acq_rel"), plus
+    its own stores: what the other programs made visible since, it has not acquired, and reads
+    as it was before (the oldest value the memory model allows; atomics read the newest). So a
+    wait or an arrival with sem="relaxed" or "release" reads stale data too.
 
     A launch that makes `max_switches` switches without finishing is reported as a deadlock.
     Yields a dict: "launches", "switches", "interleaved" (switches that paused a program mid-way
-    for another), "buffered" (stores delayed past a switch point)."""
+    for another), "buffered" (stores delayed past a switch point), "stale" (loads that read a
+    value older than memory held)."""
     from triton.runtime import interpreter
 
     builder = interpreter.interpreter_builder
@@ -164,18 +222,20 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
             raise RuntimeError(f"interleaved_programs: this triton's interpreter has no {name}")
     rng = random.Random(seed)
     local = threading.local()
-    stats = {"launches": 0, "switches": 0, "interleaved": 0, "buffered": 0}
+    stats = {"launches": 0, "switches": 0, "interleaved": 0, "buffered": 0, "stale": 0}
     releasing = {interpreter._ir.MEM_SEMANTIC.RELEASE, interpreter._ir.MEM_SEMANTIC.ACQUIRE_RELEASE}
+    acquiring = {interpreter._ir.MEM_SEMANTIC.ACQUIRE, interpreter._ir.MEM_SEMANTIC.ACQUIRE_RELEASE}
 
     def run_grid(fn, args, grid):
         pending = list(itertools.product(*(range(n) for n in grid)))
         rng.shuffle(pending)
         back = threading.Semaphore(0)
         live, prev, switches = [], None, 0
+        log = [] if buffer_stores and stale_loads else None
         try:
             while pending or live:
                 while pending and len(live) < resident:
-                    p = _Program(pending.pop(), fn, args, back, builder, local)
+                    p = _Program(pending.pop(), fn, args, back, builder, local, log)
                     p.thread.start()
                     live.append(p)
                 p = rng.choice(live)
@@ -186,6 +246,7 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
                 switches += 1
                 if p.done:
                     live.remove(p)
+                    stats["stale"] += p.stale
                     p.thread.join()
                     if p.error is not None:
                         raise p.error
@@ -235,8 +296,12 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
     prev_rmw, prev_cas = builder.create_atomic_rmw, builder.create_atomic_cas
 
     def load(ptrs, mask, *args):
-        before_access(getattr(local, "program", None), ptrs, mask)
-        return prev_load(ptrs, mask, *args)
+        program = getattr(local, "program", None)
+        before_access(program, ptrs, mask)
+        if program is None:
+            return prev_load(ptrs, mask, *args)
+        return program.load_as_seen(_active_addresses(ptrs, mask), _element_bytes(ptrs),
+                                    lambda: prev_load(ptrs, mask, *args))
 
     def store(ptrs, value, mask, *args):
         program = getattr(local, "program", None)
@@ -256,6 +321,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
             program.flush()  # release: the program's earlier stores become visible first
         before_access(program, ptr, mask)
         out = prev(*args)
+        if program is not None and program.log is not None and sem in acquiring:
+            program.synced = len(program.log)  # what was made visible so far, it now sees
         switch_point(program)
         return out
 
