@@ -73,8 +73,10 @@ def main(argv=None) -> int:
             order = (shuffled_program_order(seed) if a.shuffle_programs else
                      interleaved_programs(seed) if a.interleave else contextlib.nullcontext())
             memcheck = interpreter_memcheck() if a.backend == "triton" else contextlib.nullcontext()
-            with order, memcheck, force_variant(variant, bps=bps, lag=lag):
+            with order as sched, memcheck, force_variant(variant, bps=bps, lag=lag):
                 T.run_and_check(a.backend, case, *combo, seed=seed + 1)
+            if a.interleave and sched["stale"]:
+                raise AssertionError(f"{sched['stale']} load(s) read data their program had not acquired")
         except Exception as e:  # noqa: BLE001 - report every kind of failure and go on
             fails += 1
             first = (str(e).splitlines() or [type(e).__name__])[0][:200]
