@@ -35,7 +35,7 @@ def device():
 
 
 @pytest.fixture(autouse=True)
-def _triton_interpreter_checks(request, monkeypatch):
+def _triton_interpreter_checks(request):
     """Under the Triton interpreter every test runs with triton_interpreter.interpreter_memcheck:
     a kernel's load, store or atomic outside its launch's tensors fails the test (on a GPU,
     gpu-check's compute-sanitizer step does that job). TRITON_SCHEDULE=interleave:<seed> (or
@@ -45,7 +45,7 @@ def _triton_interpreter_checks(request, monkeypatch):
     Interleaved, a load that reads data its program has not acquired fails the test."""
     if os.environ.get("TRITON_INTERPRET") == "1" and "triton" in KERNEL_BACKENDS:
         from triton_interpreter import interpreter_memcheck
-        with interpreter_memcheck(), _triton_schedule(request.node, monkeypatch) as sched:
+        with interpreter_memcheck(), _triton_schedule(request.node) as sched:
             yield
         if sched and sched.get("stale"):  # (interleave) a race, even one the results did not show
             pytest.fail(f"{sched['stale']} load(s) of a Triton kernel read data their program had not acquired")
@@ -53,7 +53,7 @@ def _triton_interpreter_checks(request, monkeypatch):
         yield
 
 
-def _triton_schedule(test, monkeypatch):
+def _triton_schedule(test):
     spec = os.environ.get("TRITON_SCHEDULE", "")
     if not spec or test.path.name == "test_triton_interpreter.py":  # (the hooks' own tests
         # set the schedule each of them is about)
@@ -64,11 +64,7 @@ def _triton_schedule(test, monkeypatch):
     if kind not in ("interleave", "shuffle") or not seed.isdigit():
         raise pytest.UsageError(f"TRITON_SCHEDULE={spec!r}: expected interleave:<seed> or shuffle:<seed>")
     seed = int(seed) ^ zlib.crc32(test.nodeid.encode())
-    if kind == "shuffle":
-        return shuffled_program_order(seed)
-    import attnkernels.triton.se as tse
-    monkeypatch.setattr(tse, "_spin_cap", lambda device: 0)  # waits wait, as on a GPU
-    return interleaved_programs(seed)
+    return shuffled_program_order(seed) if kind == "shuffle" else interleaved_programs(seed)
 
 
 # Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs

@@ -49,14 +49,11 @@ def main(argv=None) -> int:
                     help="triton: each case's grids in a random program order "
                          "(triton_interpreter.shuffled_program_order)")
     ap.add_argument("--interleave", action="store_true",
-                    help="triton: each grid's programs run interleaved (triton_interpreter.interleaved_programs; "
-                         "waits really wait: SPIN_CAP 0)")
+                    help="triton: each grid's programs run interleaved (triton_interpreter.interleaved_programs: "
+                         "waits really wait)")
     a = ap.parse_args(argv)
     if a.interleave and a.shuffle_programs:
         ap.error("--interleave already starts each grid's programs in a random order: drop --shuffle-programs")
-    if a.interleave:
-        import attnkernels.triton.se as tse
-        tse._spin_cap = lambda device: 0
     dtypes = [DTYPES[d] for d in a.dtypes.split(",")]
     variants = a.variants.split(",")
     combos = T.COMBOS + [("identity", "sigmoid", "avgmax")]

@@ -162,16 +162,16 @@ def test_triton_schedule_variable_wraps_a_test_in_its_hook(monkeypatch):
     counter = torch.zeros(1, dtype=torch.int32)
     out, out2 = torch.full((6,), -1, dtype=torch.int32), torch.full((6,), -1, dtype=torch.int32)
     monkeypatch.setenv("TRITON_SCHEDULE", "interleave:3")
-    with monkeypatch.context() as m, conftest._triton_schedule(node, m) as sched:
+    with conftest._triton_schedule(node) as sched:
         assert tse._spin_cap(torch.device("cpu")) == 0
         _own_id_after_atomics[(6,)](counter, out, out2)
     assert sched["launches"] == 1 and sched["interleaved"] > 0
     assert tse._spin_cap(torch.device("cpu")) == 1, "the spin cap stayed patched after the test"
     monkeypatch.setenv("TRITON_SCHEDULE", "shuffle:3")
-    with conftest._triton_schedule(node, monkeypatch) as order:
+    with conftest._triton_schedule(node) as order:
         _own_id_after_atomics[(6,)](counter, out, out2)
     assert order["reordered"] == 1
     for bad in ("interleave", "random:3", "shuffle:x"):
         monkeypatch.setenv("TRITON_SCHEDULE", bad)
         with pytest.raises(pytest.UsageError, match="TRITON_SCHEDULE"):
-            conftest._triton_schedule(node, monkeypatch)
+            conftest._triton_schedule(node)

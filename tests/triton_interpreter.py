@@ -162,7 +162,7 @@ class _Program:
         mem = _memory(lo, hi)
         saved = mem[where - lo].copy()
         try:
-            for writer, _, _, at, old, _ in reversed(unseen):
+            for _, _, _, at, old, _ in reversed(unseen):
                 hit = np.isin(at, where)
                 mem[at[hit] - lo] = old[hit]
             for writer, _, _, at, _, new in unseen:  # its own stores it sees
@@ -193,8 +193,9 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
     when one ends, in a random order of the grid), and a seeded scheduler hands one of them the
     baton at every switch point: a program's start and just before and after each of its atomics.
     So a program can stop between its ticket and its publish while others run, and a spin-wait
-    really waits for another program (the pipelined kernels' `_wait_ready`: give them SPIN_CAP 0,
-    i.e. patch attnkernels.triton.se._spin_cap). Between two switch points a program runs alone.
+    really waits for another program (the SE kernels' `_wait_ready` too: attnkernels.triton.se's
+    `_spin_cap`, which gives up after one retry under the interpreter, is 0 meanwhile). Between
+    two switch points a program runs alone.
 
     buffer_stores: a program's plain stores stay invisible to the other programs until it makes
     an atomic with release semantics (sem "release" or "acq_rel", Triton's default) or ends, as
@@ -288,8 +289,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
             stats["buffered"] += len(program.buffered)
             program.pause()
 
-    def before_access(program, ptrs, mask):  # the program's own buffered stores are visible to it
-        if program is not None and program.has_buffered(_active_addresses(ptrs, mask), _element_bytes(ptrs)):
+    def before_access(program, addr, nbytes):  # the program's own buffered stores are visible to it
+        if program is not None and program.has_buffered(addr, nbytes):
             program.flush()
 
     prev_load, prev_store = builder.create_masked_load, builder.create_masked_store  # (bound: hooks nest)
@@ -297,11 +298,11 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
 
     def load(ptrs, mask, *args):
         program = getattr(local, "program", None)
-        before_access(program, ptrs, mask)
         if program is None:
             return prev_load(ptrs, mask, *args)
-        return program.load_as_seen(_active_addresses(ptrs, mask), _element_bytes(ptrs),
-                                    lambda: prev_load(ptrs, mask, *args))
+        addr, nbytes = _active_addresses(ptrs, mask), _element_bytes(ptrs)
+        before_access(program, addr, nbytes)
+        return program.load_as_seen(addr, nbytes, lambda: prev_load(ptrs, mask, *args))
 
     def store(ptrs, value, mask, *args):
         program = getattr(local, "program", None)
@@ -319,7 +320,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
         switch_point(program)
         if program is not None and sem in releasing:
             program.flush()  # release: the program's earlier stores become visible first
-        before_access(program, ptr, mask)
+        if program is not None:
+            before_access(program, _active_addresses(ptr, mask), _element_bytes(ptr))
         out = prev(*args)
         if program is not None and program.log is not None and sem in acquiring:
             program.synced = len(program.log)  # what was made visible so far, it now sees
@@ -332,7 +334,8 @@ def interleaved_programs(seed, resident=4, max_switches=200_000, buffer_stores=T
     def atomic_cas(ptr, cmp, val, sem, scope):
         return atomic(prev_cas, ptr, None, sem, (ptr, cmp, val, sem, scope))
 
-    with _patched(executor, __call__=call), \
+    import attnkernels.triton.se as tse
+    with _patched(executor, __call__=call), _patched(tse, _spin_cap=lambda device: 0), \
             _patched(builder, create_masked_load=load, create_masked_store=store, create_atomic_rmw=atomic_rmw,
                      create_atomic_cas=atomic_cas):
         yield stats
