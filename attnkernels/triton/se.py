@@ -48,170 +48,21 @@ from .._variant import request
 from ._launch import launcher
 from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
                       nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
-
-
-# Stages of the software pipeline of the loops streaming x (and dy) into a reduction: tiles in
-# flight per program. (Rolled, ptxas issued a tile's second 16-byte load only after the first one's
-# sums: one load in flight per thread, and the reductions were latency-bound. The elementwise
-# passes already issue a tile's loads together.)
-STREAM_STAGES = tl.constexpr(3)
-
-
-# --------------------------------------------------------------------------------------------
-# shared jit pieces
-# --------------------------------------------------------------------------------------------
-@triton.jit
-def _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C: tl.constexpr):
-    """(n, cb, sp) of a program of the reduction grid, its channels and its HW range."""
-    per_sample = n_cblk * n_split
-    n = pid // per_sample
-    r = pid % per_sample
-    cb = r // n_split
-    sp = r % n_split
-    hw_lo = sp * hw_per_split
-    hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    return n, cb, sp, c, hw_lo, hw_hi
-
-
-@triton.jit
-def _tile_ptrs(base, c, hw, cmask, hw_hi, stride_c, stride_hw):
-    """Pointers and mask of a (BLOCK_C, BLOCK_HW) tile of one sample (NCHW or channels_last)."""
-    return base + c[:, None] * stride_c + hw[None, :] * stride_hw, cmask[:, None] & (hw < hw_hi)[None, :]
-
-
-@triton.jit
-def _arrive_last(counter_ptr, count):
-    """Count this program in; True for the last of `count` programs, which also resets the
-    counter for the next call. The barrier orders every thread's partial stores before the
-    (release) atomic; its acquire orders the loads of the other programs' partials after it."""
-    tl.debug_barrier()
-    prev = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    last = prev == count - 1
-    if last:
-        tl.atomic_xchg(counter_ptr, 0)
-    return last
-
-
-@triton.jit
-def _sum_rows(ptr, n_rows, row_stride, cols, cmask, ACC: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-              MAX: tl.constexpr):
-    """Sum (or max) over n_rows rows of ptr[row * row_stride + cols], BLOCK_ROWS rows per load
-    so the reads are in flight together. .cg: the rows were written by other SMs."""
-    if MAX:
-        acc = tl.full([BLOCK_ROWS, cols.shape[0]], float("-inf"), dtype=ACC)
-    else:
-        acc = tl.zeros([BLOCK_ROWS, cols.shape[0]], dtype=ACC)
-    rows0 = tl.arange(0, BLOCK_ROWS)
-    for r0 in range(0, n_rows, BLOCK_ROWS):
-        rows = r0 + rows0
-        m = (rows < n_rows)[:, None] & cmask[None, :]
-        p = ptr + rows[:, None] * row_stride + cols[None, :]
-        if MAX:
-            acc = nanmax(acc, tl.load(p, mask=m, other=float("-inf"), cache_modifier=".cg"))
-        else:
-            acc += tl.load(p, mask=m, other=0.0, cache_modifier=".cg")
-    if MAX:
-        return nanmax_over(acc, 0)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def _park(ws, sp, a, b, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Park split sp's per-channel partials (a, and b if HAS_B) in ws[sp, {a, b}, :], ws being
-    the (n_split, 2, BLOCK_C) partials of one (n, cb)."""
-    j = tl.arange(0, BLOCK_C)
-    tl.store(ws + sp * 2 * BLOCK_C + j, a)
-    if HAS_B:
-        tl.store(ws + sp * 2 * BLOCK_C + BLOCK_C + j, b)
-
-
-@triton.jit
-def _split_totals(ws, n_split, B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """The totals over all splits of the partials _park left in ws (b by max if B_IS_MAX; without
-    HAS_B, b is a again)."""
-    j = tl.arange(0, BLOCK_C)
-    a = _sum_rows(ws, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, False)
-    b = a
-    if HAS_B:
-        b = _sum_rows(ws + BLOCK_C, n_split, 2 * BLOCK_C, j, j < BLOCK_C, ACC, BLOCK_ROWS, B_IS_MAX)
-    return a, b
-
-
-@triton.jit
-def _combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.constexpr,
-                    HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_ROWS: tl.constexpr):
-    """Park this split's per-channel partials (a, and b if HAS_B) in ws[ncb, sp, {a, b}, :];
-    return (last, a, b): last is True in the last split of (n, cb) to arrive, whose a and b are
-    then the totals over all splits (b combined by max if B_IS_MAX, else by sum)."""
-    ws = ws_ptr + ncb * n_split * 2 * BLOCK_C
-    _park(ws, sp, a, b, HAS_B, BLOCK_C)
-    last = _arrive_last(counter_ptr, n_split)
-    if last:
-        a, b_total = _split_totals(ws, n_split, B_IS_MAX, HAS_B, ACC, BLOCK_C, BLOCK_ROWS)
-        if HAS_B:
-            b = b_total
-    return last, a, b
-
-
-@triton.jit
-def _channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
-                   APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                   CG: tl.constexpr = False):
-    """out[c] = sum_r W[c, r] * f(v[r]) for this program's channels c, over all n_in inputs r
-    (f = act if APPLY_ACT): the per-channel half of a layer, e.g. z = W2[cb, :] @ act(u).
-    CG: v was written during this launch, read it through L2 (L1 is not coherent)."""
-    out = tl.zeros([c.shape[0]], dtype=ACC)
-    for r0 in range(0, n_in, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        if CG:
-            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0, cache_modifier=".cg")
-        else:
-            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0)
-        if APPLY_ACT:
-            v = activation(v, ACT)
-        out += _matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
-    return out
-
-
-@triton.jit
-def _matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
-    """out[o] = sum_i W[o, i] * v[i] over the given index blocks, W[o, i] at
-    o * stride_out + i * stride_in (so one helper serves W and W^T): a block's share of a layer."""
-    w = tl.load(w_ptr + i_out[:, None] * stride_out + i_in[None, :] * stride_in,
-                mask=out_mask[:, None] & in_mask[None, :], other=0.0)
-    return tl.sum(w.to(ACC) * v[None, :], axis=1)
+from ._mlp import channel_layer, matvec, outer_sum_tile
+from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, split_totals, sum_rows,
+                      tile_of, tile_ptrs)
 
 
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.constexpr,
-                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """(sum, max) over [hw_lo, hw_hi) of one sample's channels c (base: the sample's x)."""
-    acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    acc_max = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), dtype=ACC)
-    # STREAM_STAGES: the compiler prefetches the next tiles (cp.async into shared memory) while
-    # this one is summed; without it each thread waited for a tile's loads before the next's
-    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):
-        ptrs, m = _tile_ptrs(base, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
-        v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
-        acc_sum += v
-        if POOL_MAX:
-            acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
-    return tl.sum(acc_sum, axis=1), nanmax_over(acc_max, 1)
-
-
-@triton.jit
 def _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1: tl.constexpr, ACC: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
     """u[n] = the sum of the sample's layer-1 shares (one per channel block) + b1."""
     for r0 in range(0, Cr, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        u = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
+        u = sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
         if HAS_B1:
             u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
         tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
@@ -228,14 +79,14 @@ def _squeeze_tile(
     """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
     FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
-    psum, pmax = _pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                               POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
-        last, psum, pmax = _combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
+        last, psum, pmax = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
                                            True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
         pv = psum / HW
@@ -248,11 +99,11 @@ def _squeeze_tile(
             # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
             for r0 in range(0, Cr, BLOCK_R):
                 r = r0 + tl.arange(0, BLOCK_R)
-                tl.store(wsu_ptr + ncb * Cr + r, _matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
+                tl.store(wsu_ptr + ncb * Cr + r, matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
                          mask=r < Cr)
         else:
             tl.store(u_ptr + n * C + c, pv, mask=cmask)
-        if _arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
+        if arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
             if FC1:
                 _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
@@ -284,7 +135,7 @@ def _scale_stream(x_ptr, y_ptr, off_n, c, cmask, s, hw_lo, hw_hi, stride_c, stri
     """y = x * s over [hw_lo, hw_hi) of one sample's channels c (off_n: the sample's offset).
     LAST: x's last read, evict-first (as is y's store)."""
     for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        ptrs, m = tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         if LAST:
             x = tl.load(x_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
             tl.store(y_ptr + ptrs, cast_to(x.to(ACC) * s[:, None], y_ptr.dtype.element_ty), mask=m,
@@ -303,10 +154,10 @@ def _rescale_tile(
 ):
     """Excite + rescale tile pid of the grid. LAST: u was written during this launch (read it
     through L2) and this is x's last read (evict-first, as is y's store)."""
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     # layer 2 for this block's channels: z = W2[cb, :] @ act(u) + b2[cb]
-    z = _channel_layer(w2_ptr, Cr, 1, u_ptr + n * Cr, Cr, c, cmask, ACT, True, ACC, BLOCK_R, LAST)
+    z = channel_layer(w2_ptr, Cr, 1, u_ptr + n * Cr, Cr, c, cmask, ACT, True, ACC, BLOCK_R, LAST)
     if HAS_B2:
         z += tl.load(b2_ptr + c, mask=cmask, other=0.0).to(ACC)
     s = gate(z, GATE)
@@ -454,8 +305,8 @@ def _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, strid
     acc_ties = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
     if POOL_MAX:
         pm = tl.load(pmax_ptr + n * C + c, mask=cmask, other=0.0)
-    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):  # (see _pool_stream)
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+    for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):  # (see pool_stream)
+        ptrs, m = tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         x = tl.load(x_ptr + ptrs, mask=m, other=0.0).to(ACC)
         acc_ds += tl.load(dy_ptr + ptrs, mask=m, other=0.0).to(ACC) * x
         if POOL_MAX:
@@ -469,7 +320,7 @@ def _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT: tl.constexpr, ACC: tl
     """du[n] = (the sum of the sample's dh shares, one per channel block) * act'(u[n])."""
     for r0 in range(0, Cr, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        dh = _sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
+        dh = sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
         u = tl.load(u_ptr + n * Cr + r, mask=r < Cr, other=0.0)
         tl.store(du_ptr + n * Cr + r, activation_bwd(u, dh, ACT), mask=r < Cr)
 
@@ -485,14 +336,14 @@ def _bwd_reduce_tile(
 ):
     """Reduction tile pid; True in the program that finished the sample's du."""
     done = False
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                            POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
     last = True
     if SPLIT:
-        last, ds, ties = _combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
+        last, ds, ties = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
                                          False, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
         dz = gate_bwd(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), ds, GATE)
@@ -503,9 +354,9 @@ def _bwd_reduce_tile(
         # this block's share of dh = W2^T dz: wsu[n, cb, :] = W2[cb, :]^T dz[cb]
         for r0 in range(0, Cr, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
-            tl.store(wsu_ptr + ncb * Cr + r, _matvec(w2_ptr, 1, Cr, dz, c, cmask, r, r < Cr, ACC),
+            tl.store(wsu_ptr + ncb * Cr + r, matvec(w2_ptr, 1, Cr, dz, c, cmask, r, r < Cr, ACC),
                      mask=r < Cr)
-        if _arrive_last(counter_ptr + n, n_cblk):
+        if arrive_last(counter_ptr + n, n_cblk):
             _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
     return done
@@ -533,44 +384,6 @@ def _se_bwd_reduce(
 
 
 @triton.jit
-def _outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
-                    ACT_ON_B: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = sum_n a_vec[n, a] for one
-    (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample vectors.
-    Summed over n like a blocked sum (the CUDA kernel's blocked_sum): in each block of 64
-    samples, 8 running sums (sample k of every 8) are added by tl.sum's tree; blocks are added in
-    order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
-    do, not like N. (Reducing over the 8 samples once a block, not once a step, keeps the
-    cross-warp tree and its barriers out of the inner loop, whose loads STREAM_STAGES
-    prefetches: before, each step waited for its loads, then for a shared-memory reduction.)"""
-    ia = ta * BLOCK_A + tl.arange(0, BLOCK_A)
-    ib = tb * BLOCK_B + tl.arange(0, BLOCK_B)
-    ma = ia < A
-    mb = ib < B
-    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
-    bias = tl.zeros([BLOCK_A], dtype=ACC)
-    for n0 in range(0, N, 64):
-        blk = tl.zeros([8, BLOCK_A, BLOCK_B], dtype=ACC)
-        blk_bias = tl.zeros([8, BLOCK_A], dtype=ACC)
-        for n1 in tl.range(n0, n0 + 64, 8, num_stages=STREAM_STAGES):
-            n = n1 + tl.arange(0, 8)
-            mn = n < N
-            av = tl.load(a_ptr + n[:, None] * A + ia[None, :], mask=mn[:, None] & ma[None, :], other=0.0)
-            bv = tl.load(b_ptr + n[:, None] * B + ib[None, :], mask=mn[:, None] & mb[None, :], other=0.0)
-            if ACT_ON_B:
-                bv = activation(bv, ACT)
-            blk += av[:, :, None] * bv[:, None, :]
-            blk_bias += av
-        acc += tl.sum(blk, axis=0)
-        bias += tl.sum(blk_bias, axis=0)
-    tl.store(out_ptr + ia[:, None] * B + ib[None, :], cast_to(acc, out_ptr.dtype.element_ty),
-             mask=ma[:, None] & mb[None, :])
-    if tb == 0:
-        tl.store(dbias_ptr + ia, cast_to(bias, dbias_ptr.dtype.element_ty), mask=ma)
-
-
-@triton.jit
 def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """dW2's tiles, then (when the grid has them: not in the single-layer form) dW1's."""
@@ -578,11 +391,11 @@ def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2
     tiles_c = tl.cdiv(C, BLOCK_A)
     tiles_r = tl.cdiv(Cr, BLOCK_B)
     if pid < tiles_c * tiles_r:  # dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz
-        _outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
+        outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
                         True, ACT, ACC, BLOCK_A, BLOCK_B)
     else:  # dW1 (Cr, C) = du^T p, db1 = sum_n du
         q = pid - tiles_c * tiles_r
-        _outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
+        outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
                         False, ACT, ACC, BLOCK_B, BLOCK_A)
 
 
@@ -604,7 +417,7 @@ def _dx_stream(dy_ptr, x_ptr, dx_ptr, s_ptr, pmax_ptr, ties_ptr, n, dp, C, HW, c
     coef_avg = dp / HW
     off_n = n.to(tl.int64) * C * HW
     for hw0 in range(hw_lo, hw_hi, BLOCK_HW):
-        ptrs, m = _tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
+        ptrs, m = tile_ptrs(off_n, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         if LAST:
             dy = tl.load(dy_ptr + ptrs, mask=m, other=0.0, eviction_policy="evict_first")
         else:
@@ -633,11 +446,11 @@ def _bwd_dx_tile(
     """dx tile pid. LAST: du and the tie counts were written during this launch (read them
     through L2) and this is dy's (and x's) last read (evict-first, as is dx's store).
     FC1 False: the single-layer form, dp = du."""
-    n, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     # dp = W1[:, cb]^T du for this block's channels, spread over the pooling
     if FC1:
-        dp = _channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
+        dp = channel_layer(w1_ptr, 1, C, du_ptr + n * Cr, Cr, c, cmask, "relu", False, ACC, BLOCK_R, LAST)
     elif LAST:
         dp = tl.load(du_ptr + n * C + c, mask=cmask, other=0.0, cache_modifier=".cg")
     else:
@@ -723,13 +536,13 @@ def _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, S
                   B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
                   GROUP: tl.constexpr):
     """(last, A, B): the group's per-channel totals (GROUP, BLOCK_C) of the partials each sample
-    parked in ws[n, cb, sp] (_park; b combined by max if B_IS_MAX), in the last split of (grp,
+    parked in ws[n, cb, sp] (park; b combined by max if B_IS_MAX), in the last split of (grp,
     cb) to arrive (one arrival per (group, cb), its counter after the per-group ones). Parked
     even without HW splits: carried across the sample loop as tiles, the group's sums took
     124-142 registers in fp32 (channels_last, sm_90 AOT); the barrier orders the program's own
     stores before its loads there."""
     if SPLIT:
-        last = _arrive_last(counter_ptr + N + grp * n_cblk + cb, n_split)
+        last = arrive_last(counter_ptr + N + grp * n_cblk + cb, n_split)
     else:
         tl.debug_barrier()
         last = True
@@ -754,7 +567,7 @@ def _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, S
 
 @triton.jit
 def _group_matvec(w_ptr, stride_out, stride_in, V, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
-    """OUT[g, o] = sum_i W[o, i] * V[g, i]: _matvec for each row of V (GROUP, len(i_in), ACC), the
+    """OUT[g, o] = sum_i W[o, i] * V[g, i]: matvec for each row of V (GROUP, len(i_in), ACC), the
     weight block loaded once for all of them. tl.dot, exact ("ieee": FFMA for fp32, DMMA for
     fp64; no tf32), because it sums over i inside each thread: the same products as a broadcast
     and tl.sum over i spread i over the lanes, and SASS had 96-192 shuffles and ~400
@@ -780,7 +593,7 @@ def _store_group_shares(wsu_ptr, w_ptr, stride_out, stride_in, V, ns, nmask, cb,
 @triton.jit
 def _group_layer(w_ptr, stride_out, stride_in, v_ptr, ns, nmask, n_in, c, cmask, ACT: tl.constexpr,
                  APPLY_ACT: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr):
-    """OUT[g, c] = sum_r W[c, r] * f(v[ns[g], r]): _channel_layer for the group's samples."""
+    """OUT[g, c] = sum_r W[c, r] * f(v[ns[g], r]): channel_layer for the group's samples."""
     out = tl.zeros([GROUP, c.shape[0]], dtype=ACC)
     for r0 in range(0, n_in, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
@@ -803,14 +616,14 @@ def _squeeze_group_tile(
     """_squeeze_tile for the samples of group grp: the last split of (grp, cb) (counter after
     the per-group ones) stores the group's layer-1 shares, W1 read once; the last channel block
     of the group finishes u for each of its samples."""
-    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    grp, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
     for g in range(gs):
         n = n0 + g
-        psum, pmax = _pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+        psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                                   POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, psum, pmax, POOL_MAX, BLOCK_C)
+        park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, psum, pmax, POOL_MAX, BLOCK_C)
     last, P, PM = _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, SPLIT, True,
                                 POOL_MAX, ACC, BLOCK_C, GROUP)
     if last:
@@ -826,7 +639,7 @@ def _squeeze_group_tile(
                                 Cr, ACC, BLOCK_R)
         else:
             tl.store(u_ptr + off, PV, mask=m2)
-        if _arrive_last(counter_ptr + grp, n_cblk):
+        if arrive_last(counter_ptr + grp, n_cblk):
             if FC1:
                 for g in range(gs):
                     _finish_u(n0 + g, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
@@ -841,7 +654,7 @@ def _rescale_group_tile(
 ):
     """_rescale_tile for the samples of group grp: layer 2 of the block's channels for the whole
     group (W2[cb, :] read once), then each sample's rescale."""
-    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    grp, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
     Z = _group_layer(w2_ptr, Cr, 1, u_ptr, ns, nmask, Cr, c, cmask, ACT, True, ACC, GROUP, BLOCK_R)
@@ -868,14 +681,14 @@ def _bwd_reduce_group_tile(
 ):
     """_bwd_reduce_tile for the samples of group grp (counters as in _squeeze_group_tile): the
     group's dh shares with W2[cb, :] read once, then du for each sample."""
-    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    grp, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
     for g in range(gs):
         n = n0 + g
         ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                                POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-        _park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, ds, ties, POOL_MAX, BLOCK_C)
+        park(ws_ptr + (n * n_cblk + cb) * n_split * 2 * BLOCK_C, sp, ds, ties, POOL_MAX, BLOCK_C)
     last, DS, TIES = _group_totals(ws_ptr, counter_ptr, N, grp, cb, ns, nmask, n_cblk, n_split, SPLIT, False,
                                    POOL_MAX, ACC, BLOCK_C, GROUP)
     if last:
@@ -887,7 +700,7 @@ def _bwd_reduce_group_tile(
             tl.store(ties_ptr + off, TIES, mask=m2)
         _store_group_shares(wsu_ptr, w2_ptr, 1, Cr, tl.where(m2, DZ, 0.0), ns, nmask, cb, n_cblk, c, cmask, Cr,
                             ACC, BLOCK_R)
-        if _arrive_last(counter_ptr + grp, n_cblk):
+        if arrive_last(counter_ptr + grp, n_cblk):
             for g in range(gs):
                 _finish_du(n0 + g, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
 
@@ -902,7 +715,7 @@ def _bwd_dx_group_tile(
 ):
     """_bwd_dx_tile for the samples of group grp: dp = W1[:, cb]^T du for the whole group (W1
     read once), then each sample's dx."""
-    grp, cb, sp, c, hw_lo, hw_hi = _tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    grp, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     n0, ns, nmask, gs = _group_of(grp, N, GROUP)
     if FC1:
@@ -993,7 +806,7 @@ def _weights_plan(C: int, Cr: int, fc1: bool = True):
     """(grid, BLOCK_A, BLOCK_B) of _se_bwd_weights: dW2's tiles, then dW1's unless the form has
     no fc1. Cached: triton.cdiv and next_power_of_2 are constexpr-function wrappers, ~2-3 us a
     call on the host (4 of them were ~10 us a backward)."""
-    # 32 x 16: the tile's 8 running sums (8 x 32 x 16, _outer_sum_tile) take 80-117 registers a
+    # 32 x 16: the tile's 8 running sums (8 x 32 x 16, outer_sum_tile) take 80-117 registers a
     # thread (sm_90, AOT; gelu the most); 32 x 32 took 128-202
     block_a = min(triton.next_power_of_2(C), 32)
     block_b = min(triton.next_power_of_2(Cr), 16)

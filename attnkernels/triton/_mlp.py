@@ -1,0 +1,77 @@
+"""Dense-layer pieces shared by the Triton kernels: a block's share of a matrix-vector product (the
+excitation MLPs of SE, CBAM and BAM), and the weight gradient of a Linear from its saved
+per-sample vectors, summed over the batch in a fixed, blocked order (deterministic)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import activation, cast_to
+from ._reduce import STREAM_STAGES
+
+
+@triton.jit
+def matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC: tl.constexpr):
+    """out[o] = sum_i W[o, i] * v[i] over the given index blocks, W[o, i] at
+    o * stride_out + i * stride_in (so one helper serves W and W^T): a block's share of a layer."""
+    w = tl.load(w_ptr + i_out[:, None] * stride_out + i_in[None, :] * stride_in,
+                mask=out_mask[:, None] & in_mask[None, :], other=0.0)
+    return tl.sum(w.to(ACC) * v[None, :], axis=1)
+
+
+@triton.jit
+def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
+                   APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                   CG: tl.constexpr = False):
+    """out[c] = sum_r W[c, r] * f(v[r]) for this program's channels c, over all n_in inputs r
+    (f = act if APPLY_ACT): the per-channel half of a layer, e.g. z = W2[cb, :] @ act(u).
+    CG: v was written during this launch, read it through L2 (L1 is not coherent)."""
+    out = tl.zeros([c.shape[0]], dtype=ACC)
+    for r0 in range(0, n_in, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        if CG:
+            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0, cache_modifier=".cg")
+        else:
+            v = tl.load(v_ptr + r, mask=r < n_in, other=0.0)
+        if APPLY_ACT:
+            v = activation(v, ACT)
+        out += matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
+    return out
+
+
+@triton.jit
+def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
+                    ACT_ON_B: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = sum_n a_vec[n, a] for one
+    (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample vectors.
+    Summed over n like a blocked sum (the CUDA kernel's blocked_sum): in each block of 64
+    samples, 8 running sums (sample k of every 8) are added by tl.sum's tree; blocks are added in
+    order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
+    do, not like N. (Reducing over the 8 samples once a block, not once a step, keeps the
+    cross-warp tree and its barriers out of the inner loop, whose loads STREAM_STAGES
+    prefetches: before, each step waited for its loads, then for a shared-memory reduction.)"""
+    ia = ta * BLOCK_A + tl.arange(0, BLOCK_A)
+    ib = tb * BLOCK_B + tl.arange(0, BLOCK_B)
+    ma = ia < A
+    mb = ib < B
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
+    bias = tl.zeros([BLOCK_A], dtype=ACC)
+    for n0 in range(0, N, 64):
+        blk = tl.zeros([8, BLOCK_A, BLOCK_B], dtype=ACC)
+        blk_bias = tl.zeros([8, BLOCK_A], dtype=ACC)
+        for n1 in tl.range(n0, n0 + 64, 8, num_stages=STREAM_STAGES):
+            n = n1 + tl.arange(0, 8)
+            mn = n < N
+            av = tl.load(a_ptr + n[:, None] * A + ia[None, :], mask=mn[:, None] & ma[None, :], other=0.0)
+            bv = tl.load(b_ptr + n[:, None] * B + ib[None, :], mask=mn[:, None] & mb[None, :], other=0.0)
+            if ACT_ON_B:
+                bv = activation(bv, ACT)
+            blk += av[:, :, None] * bv[:, None, :]
+            blk_bias += av
+        acc += tl.sum(blk, axis=0)
+        bias += tl.sum(blk_bias, axis=0)
+    tl.store(out_ptr + ia[:, None] * B + ib[None, :], cast_to(acc, out_ptr.dtype.element_ty),
+             mask=ma[:, None] & mb[None, :])
+    if tb == 0:
+        tl.store(dbias_ptr + ia, cast_to(bias, dbias_ptr.dtype.element_ty), mask=ma)
