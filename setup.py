@@ -33,7 +33,12 @@ DEV_REQUIREMENTS = [
 _MIN_PINS = {"torch": "torch==2.11.0", "torchvision": "torchvision==0.26.0", "numpy": "numpy<2.4"}
 MIN_REQUIREMENTS = [_MIN_PINS.get(r.split("==")[0], r) for r in DEV_REQUIREMENTS]
 
-_LISTS = {"dev-requirements": DEV_REQUIREMENTS, "min-requirements": MIN_REQUIREMENTS}
+# The ops with hand-written CUDA kernels, one directory each: csrc/<op>/<op>_cuda.cu (nvcc),
+# csrc/<op>/<op>_emu.cpp (g++ against csrc/cuemu), csrc/<op>/binding.h (in csrc/bindings.cpp).
+# `python setup.py ops` prints them (the Makefile and benchmarks/gpu_check.sh read it there).
+OPS = ["se"]
+
+_LISTS = {"dev-requirements": DEV_REQUIREMENTS, "min-requirements": MIN_REQUIREMENTS, "ops": OPS}
 if __name__ == "__main__" and len(sys.argv) == 2 and sys.argv[1] in _LISTS:
     print("\n".join(_LISTS[sys.argv[1]]))
     sys.exit(0)
@@ -59,7 +64,8 @@ def _say(msg):
 def ext_modules_and_cmdclass():
     """The extension attnkernels._C, or ([], {}) with a one-line reason when it can't be built.
 
-    It holds each kernel build that can be made here (csrc/bindings.cpp picks one by x's device):
+    It holds each kernel build that can be made here, of every op in OPS (csrc/bindings.cpp picks
+    one by x's device):
       the kernels compiled by nvcc (backend "cuda"): needs a CUDA build of torch and nvcc; skipped
         with ATTNKERNELS_NO_CUDA=1;
       the same kernels compiled by the host C++ compiler against csrc/cuemu (CPU tensors, backend
@@ -78,7 +84,6 @@ def ext_modules_and_cmdclass():
         return [], {}
 
     csrc = os.path.join("csrc")
-    se_dir = os.path.join(csrc, "se")
     cuda_home = ce.CUDA_HOME
     cuda_inc = os.path.join(cuda_home, "include") if cuda_home else None
     sources, cxx_flags = [os.path.join(csrc, "bindings.cpp")], ["-O2", "-g0"]
@@ -90,7 +95,7 @@ def ext_modules_and_cmdclass():
     elif not cuda_inc or not os.path.isfile(os.path.join(cuda_inc, "cuda_fp16.h")):
         _say("cuda-emu kernels skipped: the CUDA headers (cuda_fp16.h, vector_types.h) were not found; set CUDA_HOME")
     else:
-        sources.append(os.path.join(se_dir, "se_emu.cpp"))
+        sources += [os.path.join(csrc, op, f"{op}_emu.cpp") for op in OPS]
         cxx_flags += [f for f in _EMU_CXXFLAGS if f not in cxx_flags] + ["-DAK_WITH_EMU=1"]
         if _flag("ATTNKERNELS_EMU_ASAN"):  # `make test-asan`: AddressSanitizer over the emulated kernels
             # ucontext fibers: ASan follows swapcontext (its interceptor clears a pooled stack's
@@ -107,7 +112,7 @@ def ext_modules_and_cmdclass():
     else:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-        sources.append(os.path.join(se_dir, "se_cuda.cu"))
+        sources += [os.path.join(csrc, op, f"{op}_cuda.cu") for op in OPS]
         cxx_flags.append("-DAK_WITH_CUDA=1")
         with_cuda = True
 

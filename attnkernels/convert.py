@@ -27,82 +27,45 @@ torchvision and timm are optional: a library that is not installed is simply not
 from __future__ import annotations
 
 import copy
-import sys
+import importlib
 import warnings
 from collections import Counter
 import torch
 from torch import nn
 
 from .backend import get_backend, resolve
-from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, _FusedSE
+from ._dropin import FusedDropin
 
 __all__ = ["convert", "convert_report", "convertible_types"]
 
 
+# The ops whose modules list the blocks they replace: convertible_types() -> {source class:
+# builder(old) -> new module} (exact class matches), and optionally recognizers() -> [(test(module)
+# -> bool, builder)] for blocks known by class name and submodule layout (code that users copy
+# into their projects, such as the official CBAM / BAM, has no importable class to match).
+_OPS = ("se",)
+
+
 def convertible_types() -> dict:
-    """{source class: builder(old) -> new module} for the libraries importable here."""
+    """{source class: builder(old) -> new module} for the libraries importable here, every op's."""
     table = {}
-    try:
-        from torchvision.ops.misc import SqueezeExcitation as TVSqueezeExcitation
-        table[TVSqueezeExcitation] = _from_torchvision
-    except Exception:  # torchvision missing or broken: nothing to swap from it
-        pass
-    try:
-        from timm.layers.squeeze_excite import EffectiveSEModule as TimmEffectiveSEModule
-        from timm.layers.squeeze_excite import SEModule as TimmSEModule
-        table[TimmSEModule] = _from_timm
-        table[TimmEffectiveSEModule] = _from_timm_ese
-    except Exception:
-        pass
-    # timm.models registers every model when imported (seconds): only looked up if loaded, as it
-    # is when a model holds one of its blocks
-    blocks = sys.modules.get("timm.models._efficientnet_blocks")
-    if blocks is not None and hasattr(blocks, "SqueezeExcite"):
-        table[blocks.SqueezeExcite] = _from_timm_efficientnet
-    senet = sys.modules.get("timm.models.senet")
-    if senet is not None and hasattr(senet, "SEModule"):
-        table[senet.SEModule] = _from_timm_senet
+    for op in _OPS:
+        table.update(importlib.import_module(f"attnkernels.{op}").convertible_types())
     return table
 
 
-def _fixed(module: nn.Module):
-    """A constructor argument that yields the existing module instance (reused, not copied)."""
-    return lambda *args, **kwargs: module
+def _recognizers() -> list:
+    out = []
+    for op in _OPS:
+        out += getattr(importlib.import_module(f"attnkernels.{op}"), "recognizers", list)()
+    return out
 
 
-def _from_torchvision(old: nn.Module) -> nn.Module:
-    return SqueezeExcitation(old.fc1.in_channels, old.fc1.out_channels,
-                             activation=_fixed(old.activation),
-                             scale_activation=_fixed(old.scale_activation))
-
-
-def _from_timm(old: nn.Module) -> nn.Module:
-    bn = getattr(old, "bn", None)
-    norm_layer = None if bn is None or isinstance(bn, nn.Identity) else _fixed(bn)
-    return SEModule(old.fc1.in_channels, rd_channels=old.fc1.out_channels,
-                    add_maxpool=bool(getattr(old, "add_maxpool", False)),
-                    bias=old.fc1.bias is not None, act_layer=old.act, norm_layer=norm_layer,
-                    gate_layer=old.gate)
-
-
-def _from_timm_ese(old: nn.Module) -> nn.Module:
-    return EffectiveSEModule(old.fc.in_channels, add_maxpool=bool(getattr(old, "add_maxpool", False)),
-                             gate_layer=_fixed(old.gate))
-
-
-def _from_timm_efficientnet(old: nn.Module) -> nn.Module:
-    return SqueezeExcite(old.conv_reduce.in_channels, rd_channels=old.conv_reduce.out_channels,
-                         act_layer=old.act1, gate_layer=old.gate)
-
-
-def _from_timm_senet(old: nn.Module) -> nn.Module:
-    C, Cr = old.fc1.in_channels, old.fc1.out_channels
-    reduction = C // Cr if Cr > 0 else 0
-    if reduction < 1 or C // reduction != Cr:  # not built by SEModule(C, reduction)
-        raise ValueError(f"fc1 maps {C} -> {Cr} channels, which no reduction gives")
-    new = SENetSEModule(C, reduction)
-    new.relu, new.sigmoid = old.relu, old.sigmoid
-    return new
+def _builder_for(module: nn.Module, table: dict, recognizers: list):
+    build = table.get(type(module))
+    if build is None:
+        build = next((b for test, b in recognizers if test(module)), None)
+    return build
 
 
 def _swap_one(old: nn.Module, build) -> nn.Module:
@@ -130,12 +93,12 @@ def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) ->
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    table = convertible_types()
+    table, recognizers = convertible_types(), _recognizers()
     counts: Counter = Counter()
 
     def visit(parent: nn.Module):
         for name, child in list(parent.named_children()):
-            build = table.get(type(child))
+            build = _builder_for(child, table, recognizers)
             if build is None:
                 visit(child)
                 continue
@@ -148,7 +111,7 @@ def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) ->
             setattr(parent, name, new)
             counts[f"{type(child).__module__}.{type(child).__qualname__}"] += 1
 
-    root_build = table.get(type(model))
+    root_build = _builder_for(model, table, recognizers)
     if root_build is not None:
         root_name = f"{type(model).__module__}.{type(model).__qualname__}"
         model = _swap_one(model, root_build)
@@ -172,13 +135,13 @@ def convert_report(model: nn.Module, device=None) -> dict:
     `device` defaults to the model's first parameter's device."""
     fused, fallback, by_cfg = 0, 0, Counter()
     for m in model.modules():
-        if isinstance(m, _FusedSE):
+        if isinstance(m, FusedDropin):
             opts = m.fused_options()
             if opts is None:
                 fallback += 1
             else:
                 fused += 1
-                by_cfg["/".join(opts)] += 1
+                by_cfg["/".join(map(str, opts))] += 1
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")

@@ -20,16 +20,18 @@ Backend contract (every kernel backend module implements se_forward and se_backw
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
+
+import sys
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import forward_ad as _forward_ad
-from torch.nn.modules import module as _module_hooks
 
 from . import reference
 from ._alloc import acc_dtype
+from ._dropin import FusedDropin, cast_params, hooked, reuse, weight_bias, weight_bias_attrs
+from ._fused_op import grads_with_graph as _grads_with_graph
+from ._fused_op import reference_only, tracer_quiet, twice_differentiable_gate
 from ._validate import (as_matrix, check_choice, check_tensor, check_vector, memory_format_of)
 from ._variant import force_variant, request
 from .backend import get_impl, resolve
@@ -142,22 +144,6 @@ def _grads(ctx, dy, backward_fn):
             None, None, None, None)
 
 
-# torch's hardsigmoid_backward slope, 1.0f / 6.0f in every dtype (float64 too); the kernels use it
-_HARDSIGMOID_SLOPE = float(torch.tensor(1.0 / 6.0, dtype=torch.float32))
-
-
-def _hardsigmoid(z):
-    """F.hardsigmoid's values and its gradient (torch's slope strictly inside (-3, 3), else 0)
-    from ops that have a double backward, which F.hardsigmoid's backward lacks: the slope, a
-    constant, multiplies z - z.detach(), zero in value (and kept zero where z is not finite)."""
-    zd = z.detach()
-    delta = torch.where(torch.isfinite(zd), z - zd, torch.zeros_like(zd))
-    return torch.nn.functional.hardsigmoid(zd) + delta * (((zd > -3) & (zd < 3)).to(z.dtype) * _HARDSIGMOID_SLOPE)
-
-
-_TWICE_DIFFERENTIABLE_GATES = {"hardsigmoid": _hardsigmoid}
-
-
 def grads_with_graph(x, w1, b1, w2, b2, dy, act, gate, pool):
     """The gradients of the SE output (dx, dw1, db1, dw2, db2; None for an input that is None or
     wants no gradient) as a differentiable function of the inputs and dy: what a backward with
@@ -166,19 +152,8 @@ def grads_with_graph(x, w1, b1, w2, b2, dy, act, gate, pool):
     the accumulation dtype (fp32 for fp16/bf16, as the kernels accumulate), recomputed from the
     saved inputs: eager speed and memory, for this rare path only. Every backend's eager autograd
     (Python and the C++ one of cuda / cuda-emu, which calls this) and the custom ops' take it."""
-    inputs = (x, w1, b1, w2, b2)
-    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
-    out = [None] * 5
-    if not wanted:
-        return tuple(out)
-    acc = acc_dtype(x.dtype)
-    up = [None if t is None else t.to(acc) for t in inputs]
-    with torch.enable_grad():
-        y = reference.se(*up, act, _TWICE_DIFFERENTIABLE_GATES.get(gate, gate), pool)
-        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], dy.to(acc), create_graph=True)
-    for i, g in zip(wanted, grads):
-        out[i] = g
-    return tuple(out)
+    gate_fn = twice_differentiable_gate(gate)
+    return _grads_with_graph(lambda *t: reference.se(*t, act, gate_fn, pool), (x, w1, b1, w2, b2), dy)
 
 
 def _se_setup_context(ctx, inputs, output):
@@ -230,7 +205,7 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
     pool: avg | avgmax (timm add_maxpool: 0.5 * mean + 0.5 * max).
     backend: None (the one in force, see attnkernels.set_backend) or a backend name.
     """
-    if torch._C._are_functorch_transforms_active() or torch.jit.is_tracing() or _forward_ad._current_level >= 0:
+    if reference_only():
         # The reference's eager ops, so that the module behaves as the one it replaces, under
         # - torch.func (grad, vmap, jacrev, ...): neither the kernels' autograd Functions (Python
         #   or C++) nor custom ops run under its transforms;
@@ -241,8 +216,7 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
         #   trace of aten ops also runs, and exports, without attnkernels. (The input checks
         #   compare shapes, which the tracer warns would be constants: they are checks of the
         #   traced call, so no warning.)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with tracer_quiet():
             w1, w2 = _check_se_inputs(x, w1, b1, w2, b2, act, gate, pool)
         resolve(backend, x.device)  # a backend that cannot run here is still an error
         return reference.se(x, w1, b1, w2, b2, act, gate, pool)
@@ -282,58 +256,23 @@ def se(x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Tensor, b2: Op
 # ---------------------------------------------------------------------------------------------
 # drop-in modules
 # ---------------------------------------------------------------------------------------------
-def _hooked(*convs: nn.Module) -> bool:
-    """True if calling these 1x1 convs would run hooks (their own, or global module hooks):
-    pruning, weight/spectral norm and the like recompute `weight` in a forward pre-hook, and the
-    fused op reads the weights without calling the convs, so such a module runs eagerly."""
-    if _module_hooks._global_forward_pre_hooks or _module_hooks._global_forward_hooks:
-        return True
-    return any(c._forward_pre_hooks or c._forward_hooks for c in convs)
-
-
-def _conv_params(conv: nn.Conv2d):
-    """A 1x1 conv's (weight, bias). Read from _parameters (nn.Module.__getattr__ costs ~0.7 us a
-    lookup, and a module forward ran six); a parametrized weight (a property, not in
-    _parameters) through the attribute."""
-    params = conv._parameters
-    w = params.get("weight")
-    if w is None:
-        w = conv.weight
-    return w, params["bias"] if "bias" in params else conv.bias
-
-
-def _conv_attrs(conv: nn.Conv2d):
-    """(weight, bias) through the attributes: under FX symbolic tracing these are the tracer's
-    get_attr proxies, so the traced graph reads the module's parameters."""
-    return conv.weight, conv.bias
-
-
 def _fused_se_call(x, w1, b1, w2, b2, act: str, gate: str, pool: str) -> Tensor:
     """The drop-ins' fused call on their conv weights, cast to x's dtype first where they differ
     (as autocast casts them for the eager block's convs). A leaf of FX symbolic tracing
     (torch.fx.wrap below): a traced model (torchvision's create_feature_extractor, FX-based
     quantization or pruning) calls it, fused, instead of tracing into `se`, whose checks a Proxy
     fails."""
-    dt = x.dtype
-    if w2.dtype != dt:
-        w2 = w2.to(dt)
-        b2 = b2.to(dt) if b2 is not None else None
-    if w1 is not None and w1.dtype != dt:
-        w1 = w1.to(dt)
-        b1 = b1.to(dt) if b1 is not None else None
+    w1, b1, w2, b2 = cast_params(x.dtype, w1, b1, w2, b2)
     return se(x, w1, b1, w2, b2, act=act, gate=gate, pool=pool)
 
 
 torch.fx.wrap("_fused_se_call")
 
 
-class _FusedSE:
-    """The drop-ins' forward: the fused op on the module's 1x1 convs when fused_options() says
-    it can run it, else the eager forward of the module it replaces (`_eager_forward`, from the
-    next class in the MRO, its reference twin). torch.jit.script compiles that eager forward only
-    (the fused path is `torch.jit.unused`), so a scripted model runs the eager block. Each drop-in
-    names its submodules (None: the single-layer form has no reduce conv and no activation); one
-    that the fused op cannot run in some configurations also overrides _fusable."""
+class _FusedSE(FusedDropin):
+    """SE's drop-ins: each names its submodules (None: the single-layer form has no reduce conv
+    and no activation); one that the fused op cannot run in some configurations also overrides
+    _fusable."""
 
     _CONVS = ("fc1", "fc2")  # reduce (or None), expand
     _ACT_GATE = ("act", "gate")  # activation (or None: identity), gate
@@ -351,23 +290,14 @@ class _FusedSE:
         act = "identity" if act_mod is None else act_name(mods[act_mod])
         gate = gate_name(mods[gate_mod])
         if (act is None or gate is None or not self._fusable()
-                or _hooked(*(mods[name] for name in self._CONVS if name is not None))):
+                or hooked(*(mods[name] for name in self._CONVS if name is not None))):
             return None
         return act, gate, self._pool()
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript: the eager forward of the block replaced
-            return self._eager_forward(x)
-        return self._fused_forward(x)
-
-    @torch.jit.unused
-    def _fused_forward(self, x: Tensor) -> Tensor:
-        opts = self.fused_options()
-        if opts is None:
-            return self._eager_forward(x)
+    def _fused_call(self, x: Tensor, opts) -> Tensor:
         mods = self._modules
         reduce, expand = self._CONVS
-        params = _conv_attrs if isinstance(x, torch.fx.Proxy) else _conv_params
+        params = weight_bias_attrs if isinstance(x, torch.fx.Proxy) else weight_bias
         w1, b1 = params(mods[reduce]) if reduce is not None else (None, None)
         w2, b2 = params(mods[expand])
         return _fused_se_call(x, w1, b1, w2, b2, *opts)
@@ -393,7 +323,7 @@ class SEModule(_FusedSE, reference.SEModule):
 
 
     def _fusable(self) -> bool:
-        return isinstance(self._modules["bn"], nn.Identity)
+        return isinstance(self._modules["bn"], torch.nn.Identity)
 
     def _pool(self) -> str:
         return "avgmax" if self.add_maxpool else "avg"
@@ -427,3 +357,68 @@ class SENetSEModule(_FusedSE, reference.SENetSEModule):
     fc2 / sigmoid and state_dict; fused unless hooks sit on fc1/fc2."""
 
     _ACT_GATE = ("relu", "sigmoid")
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkernels.convert
+# ---------------------------------------------------------------------------------------------
+def convertible_types() -> dict:
+    """The SE blocks attnkernels.convert swaps: {source class: builder(old) -> new module}, for
+    the libraries importable here (torchvision, timm)."""
+    table = {}
+    try:
+        from torchvision.ops.misc import SqueezeExcitation as TVSqueezeExcitation
+        table[TVSqueezeExcitation] = _from_torchvision
+    except Exception:  # torchvision missing or broken: nothing to swap from it
+        pass
+    try:
+        from timm.layers.squeeze_excite import EffectiveSEModule as TimmEffectiveSEModule
+        from timm.layers.squeeze_excite import SEModule as TimmSEModule
+        table[TimmSEModule] = _from_timm
+        table[TimmEffectiveSEModule] = _from_timm_ese
+    except Exception:
+        pass
+    # timm.models registers every model when imported (seconds): only looked up if loaded, as it
+    # is when a model holds one of its blocks
+    blocks = sys.modules.get("timm.models._efficientnet_blocks")
+    if blocks is not None and hasattr(blocks, "SqueezeExcite"):
+        table[blocks.SqueezeExcite] = _from_timm_efficientnet
+    senet = sys.modules.get("timm.models.senet")
+    if senet is not None and hasattr(senet, "SEModule"):
+        table[senet.SEModule] = _from_timm_senet
+    return table
+
+
+def _from_torchvision(old: nn.Module) -> nn.Module:
+    return SqueezeExcitation(old.fc1.in_channels, old.fc1.out_channels,
+                             activation=reuse(old.activation),
+                             scale_activation=reuse(old.scale_activation))
+
+
+def _from_timm(old: nn.Module) -> nn.Module:
+    bn = getattr(old, "bn", None)
+    norm_layer = None if bn is None or isinstance(bn, nn.Identity) else reuse(bn)
+    return SEModule(old.fc1.in_channels, rd_channels=old.fc1.out_channels,
+                    add_maxpool=bool(getattr(old, "add_maxpool", False)),
+                    bias=old.fc1.bias is not None, act_layer=old.act, norm_layer=norm_layer,
+                    gate_layer=old.gate)
+
+
+def _from_timm_ese(old: nn.Module) -> nn.Module:
+    return EffectiveSEModule(old.fc.in_channels, add_maxpool=bool(getattr(old, "add_maxpool", False)),
+                             gate_layer=reuse(old.gate))
+
+
+def _from_timm_efficientnet(old: nn.Module) -> nn.Module:
+    return SqueezeExcite(old.conv_reduce.in_channels, rd_channels=old.conv_reduce.out_channels,
+                         act_layer=old.act1, gate_layer=old.gate)
+
+
+def _from_timm_senet(old: nn.Module) -> nn.Module:
+    C, Cr = old.fc1.in_channels, old.fc1.out_channels
+    reduction = C // Cr if Cr > 0 else 0
+    if reduction < 1 or C // reduction != Cr:  # not built by SEModule(C, reduction)
+        raise ValueError(f"fc1 maps {C} -> {Cr} channels, which no reduction gives")
+    new = SENetSEModule(C, reduction)
+    new.relu, new.sigmoid = old.relu, old.sigmoid
+    return new

@@ -81,7 +81,8 @@ def _run(args, gpu):
     import attnkernels as ak
     import attnkernels.cuda as akc
     from attnkernels import reference
-    from attnkernels.se import _SEFunction, _conv_params
+    from attnkernels._dropin import weight_bias as _conv_params
+    from attnkernels.se import _SEFunction
 
     name, dev = ("cuda", "cuda") if gpu else ("cuda-emu", "cpu")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
@@ -93,7 +94,7 @@ def _run(args, gpu):
     w1, b1 = _conv_params(m.fc1)
     w2, b2 = _conv_params(m.fc2)
     w1m, w2m = w1.detach().reshape(Cr, C), w2.detach().reshape(C, Cr)
-    ext = akc._ext_for(x)
+    ext = akc.ext_for(x)
     xg = x.clone().requires_grad_(True)
     dy = torch.randn_like(x)
     params, eparams = list(m.parameters()), list(eager.parameters())

@@ -138,5 +138,25 @@ template <typename A, typename F> AK_INL A blocked_sum(int N, F term) {
   return tot;
 }
 
+// Last-block election (Triton: _reduce.arrive_last): true in every thread of the last of `count`
+// blocks to arrive at counter n. `reset` re-zeroes the counter for the next launch on this stream
+// (a caller that counts on, as SE's pipelined forward does, resets it itself). flag: one int of
+// shared memory.
+AK_INL bool arrive_last(unsigned* counters, int n, int count, int* flag, bool reset = true) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned prev = atomicAdd(counters + n, 1u);
+    *flag = (prev == (unsigned)(count - 1)) ? 1 : 0;
+  }
+  __syncthreads();
+  const bool last = *flag != 0;
+  if (last) {
+    __threadfence();
+    if (reset && threadIdx.x == 0) counters[n] = 0u;  // ready for the next launch on this stream
+  }
+  return last;
+}
+
 }  // namespace AK_BACKEND_NS
 }  // namespace ak

@@ -238,7 +238,7 @@ AK_INL unsigned take_one_ticket(unsigned* ticket, unsigned* slot) {
 // A tile of the group's second layer is done; the last of its `tiles` re-zeroes the group's
 // counters for the next launch (every item of the group is done by then). Every thread calls it.
 AK_INL void group_item_done(unsigned* gc, int tiles, int* flag) {
-  if (last_block_of_sample(gc, 2, tiles, flag, false) && threadIdx.x == 0) {
+  if (arrive_last(gc, 2, tiles, flag, false) && threadIdx.x == 0) {
     gc[0] = 0u;
     gc[1] = 0u;
     gc[2] = 0u;
@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_batched_kernel(const _
     squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC>(P.x + (size_t)n * C * P.HW, nullptr, C, P.HW, it.idx, P.S,
                                                        P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles, true, nullptr,
                                                        pa, pb, scratch);
-    if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+    if (!arrive_last(P.counters, n, P.bps, flag)) return;
     fwd_pool<T, POOL>(P, n, pa, pb, P.S, true, nullptr, true);
     if (!P.w1) {  // single layer: u = p
       for (int c = threadIdx.x; c < C; c += blockDim.x) P.u[(size_t)n * C + c] = P.p[(size_t)n * C + c];
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_batched_kernel(const _
         P.w1 + k0, C, 0, Cr, kc, scratch,
         [&](int c0, int cc) { stage_group(P.p + (size_t)n0 * C, C, gs, k0 + c0, cc, scratch, [](A v) { return v; }); },
         [&](int j, int s, A v) { part[(size_t)s * Cr + j] = v; });
-    if (!last_block_of_sample(gc, 1, P.l1_tiles, flag, false)) return;
+    if (!arrive_last(gc, 1, P.l1_tiles, flag, false)) return;
     // the group's last fc1 tile: u = a blocked_sum of the partials + b1
     const A* parts = P.part + (size_t)g * P.l1_tiles * kGroupMax * Cr;
     for (int i = threadIdx.x; i < gs * Cr; i += blockDim.x) {
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_batched_kernel(cons
                                                          P.HW, it.idx, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv,
                                                          P.ctiles, P.vec_in != 0,
                                                          MAXP ? P.pmax + (size_t)n * C : nullptr, pa, pb, scratch);
-    if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+    if (!arrive_last(P.counters, n, P.bps, flag)) return;
     bwd_dz<T, POOL>(P, n, pa, pb, P.S, nullptr);
     publish_sample(P.gcnt + 3 * (n / P.grp));
     return;
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_batched_kernel(cons
         P.w2 + (size_t)k0 * Cr, Cr, 0, Cr, kc, scratch, red,
         [&](int c0, int cc) { stage_group_t(P.dz + (size_t)n0 * C, C, gs, k0 + c0, cc, scratch); },
         [&](int j, int s, A v) { part[(size_t)s * Cr + j] = v; });
-    if (!last_block_of_sample(gc, 1, P.l1_tiles, flag, false)) return;
+    if (!arrive_last(gc, 1, P.l1_tiles, flag, false)) return;
     // the group's last dh tile: dh = a blocked_sum of the partials; du = dh * act'(u), h = act(u)
     const A* parts = P.part + (size_t)g * P.l1_tiles * kGroupMax * Cr;
     const int act = P.act;

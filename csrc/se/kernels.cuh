@@ -17,14 +17,14 @@
 //                             (dy and x re-read from L2), then se_wgrad_kernel.
 #pragma once
 
+#include "../common/activations.cuh"
 #include "../common/device_utils.cuh"
+#include "../common/matvec.cuh"
 
 namespace ak {
 namespace se {
 namespace AK_BACKEND_NS {  // one copy per build (cuda_compat.h)
 
-enum { ACT_RELU = 0, ACT_SILU = 1, ACT_HARDSWISH = 2, ACT_GELU = 3, ACT_IDENTITY = 4 };
-enum { GATE_SIGMOID = 0, GATE_HARDSIGMOID = 1 };
 enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 
 constexpr int kThreads = 256;       // squeeze / rescale / backward block size
@@ -50,64 +50,6 @@ template <bool NHWC> __host__ __device__ constexpr int pipe_min_blocks() {
 #else
 #define AK_PIPELINED_CODE 1
 #endif
-
-// ------------------------------------------------------------------ activations and gates
-template <typename A> AK_INL A act_fwd(int act, A u) {
-  switch (act) {
-    case ACT_RELU: return u < A(0) ? A(0) : u;
-    case ACT_SILU: return u / (A(1) + ak_exp(-u));
-    case ACT_HARDSWISH: {
-      A t = u + A(3);
-      t = t < A(0) ? A(0) : (t > A(6) ? A(6) : t);
-      return u * t / A(6);
-    }
-    case ACT_IDENTITY: return u;
-    default: return A(0.5) * u * (A(1) + ak_erf(u * A(0.70710678118654752440)));
-  }
-}
-
-// g * act'(u), the activation's backward, as PyTorch computes it: where its backward picks instead
-// of multiplying (threshold_backward for relu, hardswish_backward) a flat piece gives 0 even for an
-// inf or NaN g, and a NaN u passes g on; the kinks take PyTorch's side (relu: 0 at 0; hardswish:
-// 0 at -3, g at 3). Finite values: the same bits as g times the derivative.
-template <typename A> AK_INL A act_bwd(int act, A u, A g) {
-  switch (act) {
-    case ACT_RELU: return u <= A(0) ? A(0) : g;
-    case ACT_SILU: {
-      A sg = A(1) / (A(1) + ak_exp(-u));
-      return g * (sg * (A(1) + u * (A(1) - sg)));
-    }
-    case ACT_HARDSWISH: return u <= A(-3) ? A(0) : (u < A(3) ? g * (u / A(3) + A(0.5)) : g);
-    case ACT_IDENTITY: return g;
-    default: {
-      A cdf = A(0.5) * (A(1) + ak_erf(u * A(0.70710678118654752440)));
-      A pdf = ak_exp(A(-0.5) * u * u) * A(0.39894228040143267794);
-      return g * (cdf + u * pdf);
-    }
-  }
-}
-
-template <typename A> AK_INL A gate_fwd(int gate, A z) {
-  if (gate == GATE_SIGMOID) return A(1) / (A(1) + ak_exp(-z));
-  A t = z + A(3);
-  t = t < A(0) ? A(0) : (t > A(6) ? A(6) : t);
-  return t / A(6);
-}
-
-// g * gate'(z). sigmoid'(z) from z, e / (1 + e)^2 with e = exp(-|z|): a few ulps relative
-// everywhere. Autograd's s * (1 - s) from the rounded gate loses the relative precision of 1 - s as
-// the gate saturates (z = 7: 1 - s ~ 1e-3, so one ulp of s is ~6e-5 of it; that error reached dz,
-// then du and dW1). hardsigmoid picks like PyTorch's hardsigmoid_backward: 0 outside (-3, 3) and for
-// a NaN z, even for an inf g; inside, g times the float constant 1.0f / 6.0f, also for float64, as
-// PyTorch does (CPU and CUDA), so float64 gradients match autograd to the last bits.
-template <typename A> AK_INL A gate_bwd(int gate, A z, A g) {
-  if (gate == GATE_SIGMOID) {
-    const A e = ak_exp(-(z < A(0) ? -z : z)), d = A(1) + e;
-    return g * (e / (d * d));
-  }
-  return (z > A(-3) && z < A(3)) ? g * A(1.0f / 6.0f) : A(0);
-}
-
 
 // ------------------------------------------------------------------ parameters
 // w1 null: the single-layer form (timm's EffectiveSEModule): no fc1, u = p, Cr = C, so the MLP
@@ -395,116 +337,7 @@ AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0,
   __syncthreads();
 }
 
-// ------------------------------------------------------------------ MLP helpers (whole block)
-
-// Rows of W (M x K, row-major) dotted with v (K, shared memory): out[m] = sum_k W[m*K + k] v[k].
-// G lanes per row (16-byte loads when K % V == 0 and W is aligned), R rows in flight per group
-// (R = 2 fits an 80-register budget, 4 needs more); f(m, value) is called by lane 0 of the group.
-// Every thread of the block calls it.
-template <typename T, typename A, int VV, int R, typename F>
-AK_INL void rowdots_v(const T* W, const A* v, int M, int K, F& f) {
-  const int KV = K / VV;
-  const int G = min(32, pow2_at_least((KV + 3) / 4));  // >= 4 vectors per lane: more rows in flight
-  const int tid = threadIdx.x, gl = tid % G, grp = tid / G, ngrp = blockDim.x / G;
-  for (int base = 0; base < M; base += ngrp * R) {
-    A acc[R];
-    AK_PRAGMA_UNROLL(R)
-    for (int r = 0; r < R; ++r) acc[r] = A(0);
-    AK_UNROLL2
-    for (int kv = gl; kv < KV; kv += G) {
-      T w[R][VV];
-      AK_PRAGMA_UNROLL(R)
-      for (int r = 0; r < R; ++r) {
-        const int m = base + r * ngrp + grp;
-        if (m < M) load_elems<T, VV>(W + (size_t)m * K + (size_t)kv * VV, w[r]);
-      }
-      AK_PRAGMA_UNROLL(R)
-      for (int r = 0; r < R; ++r) {
-        if (base + r * ngrp + grp < M) {
-          AK_PRAGMA_UNROLL(VV)
-          for (int j = 0; j < VV; ++j) acc[r] += to_acc(w[r][j]) * v[kv * VV + j];
-        }
-      }
-    }
-    AK_PRAGMA_UNROLL(R)
-    for (int r = 0; r < R; ++r) {
-      const int m = base + r * ngrp + grp;
-      const A tot = group_sum(acc[r], G);
-      if (m < M && gl == 0) f(m, tot);
-    }
-  }
-}
-
-template <typename T, typename A, int R, typename F>
-AK_INL void rowdots(const T* W, const A* v, int M, int K, F f) {
-  constexpr int V = Vec<T>::N;
-  if (K % V == 0 && ((uintptr_t)W & 15u) == 0)
-    rowdots_v<T, A, V, R>(W, v, M, K, f);
-  else
-    rowdots_v<T, A, 1, R>(W, v, M, K, f);
-}
-
-// Columns of W (K x M, row-major) dotted with v (K, shared memory): out[m] = sum_k v[k] W[k*M + m],
-// VV consecutive outputs per thread (16-byte loads when M % V == 0 and W is aligned), the K range
-// split over P = blockDim / (M / VV) thread sets whose sums tree_combine adds (deterministic).
-// red: blockDim * V accumulators. Caller syncs before (v ready) and after (outputs ready).
-template <typename T, typename A, int VV, typename F>
-AK_INL void coldots_v(const T* W, const A* v, int M, int K, A* red, F& f) {
-  const int tid = threadIdx.x, nt = blockDim.x;
-  const int MV = M / VV;
-  const int P = MV >= nt ? 1 : nt / MV;
-  auto col = [&](int mv, int k0, int dk, A* acc) {
-    AK_PRAGMA_UNROLL(VV)
-    for (int j = 0; j < VV; ++j) acc[j] = A(0);
-    AK_UNROLL4
-    for (int k = k0; k < K; k += dk) {
-      const T* w = W + (size_t)k * M + (size_t)mv * VV;
-      const A vk = v[k];
-      if (VV > 1) {
-        const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(w));
-        AK_PRAGMA_UNROLL(VV)
-        for (int j = 0; j < VV; ++j) acc[j] += vk * to_acc(t.v[j]);
-      } else {
-        acc[0] += vk * to_acc(w[0]);
-      }
-    }
-  };
-  A acc[VV];
-  if (P == 1) {
-    for (int mv = tid; mv < MV; mv += nt) {
-      col(mv, 0, 1, acc);
-      AK_PRAGMA_UNROLL(VV)
-      for (int j = 0; j < VV; ++j) f(mv * VV + j, acc[j]);
-    }
-    return;
-  }
-  const int mv = tid % MV, part = tid / MV;
-  if (part < P) col(mv, part, P, acc);
-  tree_combine(
-      part, mv, P, MV,
-      [&](int slot) {
-        AK_PRAGMA_UNROLL(VV)
-        for (int j = 0; j < VV; ++j) red[slot * VV + j] = acc[j];
-      },
-      [&](int slot) {
-        AK_PRAGMA_UNROLL(VV)
-        for (int j = 0; j < VV; ++j) acc[j] += red[slot * VV + j];
-      });
-  if (part == 0) {
-    AK_PRAGMA_UNROLL(VV)
-    for (int j = 0; j < VV; ++j) f(mv * VV + j, acc[j]);
-  }
-}
-
-template <typename T, typename A, typename F>
-AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
-  constexpr int V = Vec<T>::N;
-  if (M % V == 0 && ((uintptr_t)W & 15u) == 0)
-    coldots_v<T, A, V>(W, v, M, K, red, f);
-  else
-    coldots_v<T, A, 1>(W, v, M, K, red, f);
-}
-
+// ------------------------------------------------------------------ epilogue helpers
 // Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate for channels
 // [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store_pu: write p, pmax, u out;
 // store_zs: z, s of [c_lo, c_hi) (in a cluster, each of p, u, z, s is written by one block).
@@ -617,23 +450,6 @@ AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S
   }
 }
 
-// Last-block election: true in every thread of the last block of sample n to finish. `reset`
-// re-zeroes the counter for the next launch (the pipelined forward counts on, see there).
-AK_INL bool last_block_of_sample(unsigned* counters, int n, int bps, int* flag, bool reset = true) {
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned prev = atomicAdd(counters + n, 1u);
-    *flag = (prev == (unsigned)(bps - 1)) ? 1 : 0;
-  }
-  __syncthreads();
-  const bool last = *flag != 0;
-  if (last) {
-    __threadfence();
-    if (reset && threadIdx.x == 0) counters[n] = 0u;  // ready for the next launch on this stream
-  }
-  return last;
-}
 
 // ------------------------------------------------------------------ ticket-ordered (pipelined) kernels
 // Persistent blocks take work items in the order of an atomic ticket: per sample, `bps` reduce
@@ -733,7 +549,7 @@ AK_INL void pipelined_loop(const Params& P, unsigned char* smem_raw, Slice&& sli
     unsigned* cnt = P.counters + it.n;
     if (it.reduce) {
       slice(it.n, it.idx);
-      if (last_block_of_sample(P.counters, it.n, bps, flag, false)) {
+      if (arrive_last(P.counters, it.n, bps, flag, false)) {
         epilogue(it.n);
         publish_sample(cnt);
       }
@@ -764,7 +580,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(const __
   squeeze_block<T, false, POOL == POOL_AVGMAX, NHWC>(xs, nullptr, P.C, P.HW, b, P.S, P.G, P.seg_len,
                                                      P.upb, P.vc, P.ctv, P.ctiles, true, nullptr, pa, pb,
                                                      scratch);
-  if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+  if (!arrive_last(P.counters, n, P.bps, flag)) return;
   fwd_epilogue_call<T, POOL, epilogue_rows<kThreads, 2>()>(P, n, pa, pb, P.S, true, scratch, scratch + P.C);
 }
 
@@ -1070,7 +886,7 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
                                                        P.HW, b, P.S, P.G, P.seg_len, P.upb, P.vc, P.ctv, P.ctiles,
                                                        P.vec_in != 0, MAXP ? P.pmax + (size_t)n * P.C : nullptr,
                                                        pa, pb, scratch);
-  if (!last_block_of_sample(P.counters, n, P.bps, flag)) return;
+  if (!arrive_last(P.counters, n, P.bps, flag)) return;
   A* sdz = scratch;
   A* sdu = sdz + P.C;
   A* red = sdu + P.Cr;

@@ -9,23 +9,13 @@
 #include <string>
 
 #include "se_api.h"  // standard headers before cuda_compat.h (csrc/cuemu/README.md)
+#include "../common/launch_utils.h"
 #include "kernels.cuh"
 #include "batched.cuh"
 
 namespace ak {
 namespace se {
 namespace AK_BACKEND_NS {
-
-struct DevInfo {
-  int sms;
-  int smem_optin;  // bytes of dynamic shared memory one block may opt into
-  long long l2;    // L2 cache bytes
-  int cc_major;    // compute capability major
-  // The arch (__CUDA_ARCH__ / 10) the device's image of these kernels was compiled for: its sm_90
-  // code (clusters, the pipelined kernels) is there from 90 only. Less than cc_major * 10 when the
-  // device JIT-compiles an older arch's PTX (a build for 8.0+PTX on an H100, say).
-  int code_arch;
-};
 
 // Variants a build lacks (the dispatcher runs "split" instead and reports it): float64, the
 // gradcheck dtype, has the split kernels only, and the pipelined kernels are compiled for sm_90
@@ -34,48 +24,8 @@ template <typename T> constexpr bool has_fast_variants() { return sizeof(T) != 8
 inline bool clusters_ok(const DevInfo& d) { return d.cc_major >= 9 && d.code_arch >= 90; }
 inline bool pipelined_ok(const DevInfo& d) { return d.code_arch >= 90; }
 
-#if defined(__CUDACC__)
-inline void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-inline DevInfo dev_info() {
-  static DevInfo cache[128];
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev >= 0 && dev < 128 && cache[dev].sms > 0) return cache[dev];
-  DevInfo d{0, 0, 0, 0, 0};
-  int l2 = 0;
-  check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-             "cudaDeviceGetAttribute");
-  check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
-  check_cuda(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  cudaFuncAttributes fa;  // every kernel of this file comes from one image: ask one of them
-  check_cuda(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(se_rescale_kernel<float>)),
-             "cudaFuncGetAttributes");
-  d.code_arch = fa.ptxVersion;
-  d.l2 = l2;
-  if (dev >= 0 && dev < 128) cache[dev] = d;
-  return d;
-}
-#else
-// Emulation: a small pretend GPU (keeps emulated grids short) with an H100's shared memory and
-// clusters, and a 4 MB L2 (so the pipelined variant's lag is below N at test sizes).
-inline DevInfo dev_info() { return DevInfo{8, 227 * 1024, 4LL << 20, 9, 90}; }
-#endif
-
-template <typename K> inline void smem_attr(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024) ak::set_max_dynamic_shared_memory(kernel, bytes);
-}
-
-#if AK_EMU
-inline ak::Stream to_stream(void*) { return ak::Stream{}; }
-#else
-inline ak::Stream to_stream(void* s) { return reinterpret_cast<ak::Stream>(s); }
-#endif
-
-inline long long cdiv(long long a, long long b) { return (a + b - 1) / b; }
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// The device's properties, asked through one of SE's kernels (for the arch of their image).
+inline DevInfo dev_info() { return dev_info_of(se_rescale_kernel<float>); }
 
 // Geometry of the squeeze (forward) / reduction (backward) pass.
 struct Geom {
@@ -480,37 +430,23 @@ void backward_t(const Problem& pr, const BwdIO& io, int variant, int bps_hint, i
 
 std::string forward(const Problem& pr, const FwdIO& io, int variant, int bps_hint, int lag_hint,
                     void* stream, const Alloc& alloc) {
-  switch (pr.dtype) {
-    case DT_F32: return forward_t<float>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_F16: return forward_t<__half>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_BF16: return forward_t<__nv_bfloat16>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_F64: return forward_t<double>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-  }
-  throw std::runtime_error("se: unsupported dtype");
+  return dispatch_dtype(pr.dtype, "se", [&](auto t) {
+    return forward_t<decltype(t)>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+  });
 }
 
 std::string forward_variant(const Problem& pr, int variant) {
   const DevInfo d = dev_info();
-  int cl = 1, v = V_SPLIT;
-  switch (pr.dtype) {
-    case DT_F32: v = choose_variant<float>(pr, variant, d, &cl); break;
-    case DT_F16: v = choose_variant<__half>(pr, variant, d, &cl); break;
-    case DT_BF16: v = choose_variant<__nv_bfloat16>(pr, variant, d, &cl); break;
-    case DT_F64: v = choose_variant<double>(pr, variant, d, &cl); break;
-    default: throw std::runtime_error("se: unsupported dtype");
-  }
+  int cl = 1;
+  const int v = dispatch_dtype(pr.dtype, "se", [&](auto t) { return choose_variant<decltype(t)>(pr, variant, d, &cl); });
   return variant_name(v, cl);
 }
 
 void backward(const Problem& pr, const BwdIO& io, int variant, int bps_hint, int lag_hint, void* stream,
               const Alloc& alloc) {
-  switch (pr.dtype) {
-    case DT_F32: return backward_t<float>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_F16: return backward_t<__half>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_BF16: return backward_t<__nv_bfloat16>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-    case DT_F64: return backward_t<double>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
-  }
-  throw std::runtime_error("se: unsupported dtype");
+  dispatch_dtype(pr.dtype, "se", [&](auto t) {
+    backward_t<decltype(t)>(pr, io, variant, bps_hint, lag_hint, stream, alloc);
+  });
 }
 
 }  // namespace AK_BACKEND_NS

@@ -4,13 +4,13 @@
 // types here are shared; no CUDA or emulation header here.
 #pragma once
 #include <cstddef>
-#include <functional>
 #include <string>
+
+#include "../common/api.h"
 
 namespace ak {
 namespace se {
 
-enum Dtype { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2, DT_F64 = 3 };
 enum VariantReq { VAR_AUTO = 0, VAR_SPLIT = 1, VAR_FUSED = 2, VAR_PIPELINED = 3, VAR_BATCHED = 4 };
 
 // Zeroed counters a call needs, private to the stream: N per sample, the ticket of the pipelined
@@ -35,9 +35,6 @@ struct BwdIO {
   void *dx, *dw1, *db1, *dw2, *db2;
   unsigned* counters;  // counters_needed(N) zeroed counters, private to the stream
 };
-
-// Workspace allocator (stream-ordered; freed after the call returns).
-using Alloc = std::function<void*(size_t bytes)>;
 
 // The entry points of one backend (namespace ns):
 //   forward: runs the forward; returns the variant that ran ("split", "pipelined", "batched" or

@@ -1,10 +1,5 @@
-"""Hand-written CUDA backend (csrc/), serving two backend names:
-
-  "cuda"      CUDA tensors: the kernels compiled by nvcc;
-  "cuda-emu"  CPU tensors: the SAME kernel sources compiled by the host compiler against the CUDA
-              emulator in csrc/cuemu (slow; for tests).
-Both live in the extension ``attnkernels._C`` (``_C.backends`` lists the builds it holds), whose
-functions pick the build from x's device.
+"""SE on the hand-written CUDA kernels (csrc/se/, through attnkernels._C; see attnkernels/cuda/
+for the two builds).
 
 SE forward variants (``last_variant()`` says which one ran, ``se_forward_variant(...)`` which one
 would run):
@@ -39,79 +34,25 @@ with NaN before the kernels run.
 """
 from __future__ import annotations
 
-import importlib
-import os
-
 import torch
 
-from ._alloc import poisoning
-from ._variant import force_variant, request
+from .._variant import request
+from . import _DTYPE, ext_for, poison
 
-__all__ = [
-    "unavailable_reason", "se_forward", "se_backward", "se_eager", "last_variant",
-    "se_forward_variant", "force_variant",
-]
+__all__ = ["se_forward", "se_backward", "se_eager", "last_variant", "se_forward_variant"]
 
-_EXT = "attnkernels._C"
-_NAMES = ("cuda", "cuda-emu")
 _ACT = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3, "identity": 4}
 _GATE = {"sigmoid": 0, "hardsigmoid": 1}
 _POOL = {"avg": 0, "avgmax": 1}
 _VARIANT = {"auto": 0, "split": 1, "fused": 2, "pipelined": 3, "batched": 4}
-_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
-_mods: dict[str, object] = {}
-_errors: dict[str, str] = {}
 _last_variant: str | None = None
-
-
-def _load(name: str):
-    """The extension if it holds backend `name`'s kernels, else None (and the reason in _errors)."""
-    if name in _mods:
-        return _mods[name]
-    if name in _errors:
-        return None
-    try:
-        mod = importlib.import_module(_EXT)
-    except Exception as e:  # not built, or built against another torch
-        _errors[name] = f"{_EXT} does not import ({type(e).__name__}: {e})"
-        return None
-    if name not in mod.backends:
-        _errors[name] = f"{_EXT} was built without the {name!r} kernels (it has {list(mod.backends)}; see setup.py)"
-        return None
-    _mods[name] = mod
-    return mod
-
-
-def unavailable_reason(name: str) -> str | None:
-    """None if backend `name` ("cuda" or "cuda-emu") can be used here, else why not."""
-    if name not in _NAMES:
-        return f"attnkernels.cuda serves {_NAMES}, not {name!r}"
-    if _load(name) is None:
-        return _errors[name]
-    return None  # (whether a CUDA device exists is attnkernels.backend's concern)
-
-
-def _ext_for(t: torch.Tensor):
-    name = "cuda" if t.device.type == "cuda" else "cuda-emu" if t.device.type == "cpu" else None
-    if name is None:
-        raise RuntimeError(f"attnkernels.cuda: no kernels for {t.device.type} tensors")
-    mod = _load(name)
-    if mod is None:
-        raise RuntimeError(f"backend {name!r} unavailable: {_errors[name]}")
-    return mod
 
 
 def _variant_request() -> tuple[int, int, int]:
     """(variant code, squeeze blocks per sample, pipelined lag); 0 = the dispatcher's choice."""
     v, bps, lag = request()
     return _VARIANT[v], bps, lag
-
-
-def _poison() -> bool:
-    """NaN-fill outputs and workspaces first: inside attnkernels._alloc.poisoned() (the tests),
-    or with ATTNKERNELS_CUDA_POISON=1."""
-    return poisoning() or os.environ.get("ATTNKERNELS_CUDA_POISON", "0") not in ("", "0")
 
 
 def last_variant() -> str | None:
@@ -125,7 +66,7 @@ def se_forward_variant(x_shape, dtype=torch.float32, memory_format=torch.contigu
     """The forward variant se_forward would run for x of this shape/dtype/format on `device`."""
     n, c, h, w = (int(v) for v in x_shape)
     device = torch.device(device)
-    ext = _ext_for(torch.empty(0, device=device))
+    ext = ext_for(torch.empty(0, device=device))
     cr = max(1, c // 16) if cr is None else int(cr)
     nhwc = memory_format == torch.channels_last and c > 1 and h * w > 1
     return ext.se_forward_variant(device.type, n, c, h, w, cr, _DTYPE[dtype], nhwc, _POOL[pool],
@@ -135,10 +76,10 @@ def se_forward_variant(x_shape, dtype=torch.float32, memory_format=torch.contigu
 def se_forward(x, w1, b1, w2, b2, act: str, gate: str, pool: str):
     """-> (y, s, z, u, p, pmax); see attnkernels/se.py for the contract."""
     global _last_variant
-    ext = _ext_for(x)
+    ext = ext_for(x)
     variant, bps, lag = _variant_request()
     y, s, z, u, p, pmax, ran = ext.se_forward(x, w1, b1, w2, b2, _ACT[act], _GATE[gate], _POOL[pool],
-                                              variant, bps, lag, _poison())
+                                              variant, bps, lag, poison())
     _last_variant = ran
     return y, s, z, u, p, pmax
 
@@ -149,16 +90,16 @@ def se_eager(name: str, x, w1, b1, w2, b2, act: str, gate: str, pool: str):
     backward without Python. Inputs as `attnkernels.se` takes them (unchecked here: the extension
     raises on what it cannot run, and `se` then names the bad argument)."""
     global _last_variant
-    ext = _mods.get(name) or _ext_for(x)
+    ext = ext_for(x)
     variant, bps, lag = _variant_request()
-    y, _last_variant = ext.se(x, w1, b1, w2, b2, act, gate, pool, variant, bps, lag, _poison())
+    y, _last_variant = ext.se(x, w1, b1, w2, b2, act, gate, pool, variant, bps, lag, poison())
     return y
 
 
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act: str, gate: str, pool: str):
     """-> (dx, dw1, db1, dw2, db2); see attnkernels/se.py for the contract."""
-    ext = _ext_for(x)
+    ext = ext_for(x)
     variant, bps, lag = _variant_request()
     dx, dw1, db1, dw2, db2 = ext.se_backward(dy, x, w1, w2, s, z, u, p, pmax, _ACT[act], _GATE[gate],
-                                             _POOL[pool], variant, bps, lag, _poison())
+                                             _POOL[pool], variant, bps, lag, poison())
     return dx, dw1, db1, dw2, db2
