@@ -19,7 +19,7 @@ from attnkernels._alloc import poisoned
 from attnkernels._variant import force_variant
 from conftest import DEVICE, KERNEL_BACKENDS
 from triton_interpreter import interleaved_programs, shuffled_program_order
-from utils import assert_matches, rand, sm90_code_here, to64
+from utils import assert_matches, full_size_aten_ops, rand, sm90_code_here, to64
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
 GATES = ("sigmoid", "hardsigmoid")
@@ -1134,3 +1134,27 @@ def test_se_backend_that_cannot_run_here():
     other = "cuda" if x.device.type == "cpu" else "cuda-emu"
     with pytest.raises(RuntimeError, match=f"backend '{other}' cannot run"):
         ak.se(x, w1, b1, w2, b2, backend=other)
+
+
+# ---- fused means fused: no aten compute op on a feature-map-sized tensor -------------------
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("pool", POOLS)
+def test_se_is_fused(kernel_backend, channels_last, pool):
+    """Forward and backward through the kernels only: no aten compute op reads or writes a tensor
+    of x's size (utils.full_size_aten_ops; allocations and views aside). Fails with the reference
+    backend (its mean, mul and their backward are such ops)."""
+    x, w1, b1, w2, b2 = make_case((3, 16, 6, 5, 4), torch.float32, channels_last)
+    ins = _leaves((x, w1, b1, w2, b2))
+    dy = torch.randn_like(x)
+
+    def run():
+        y = ak.se(*ins, act="relu", gate="sigmoid", pool=pool, backend=kernel_backend)
+        y.backward(dy)
+        return y
+
+    y, ops = full_size_aten_ops(run, x.numel())
+    assert not ops, ops
+    assert ins[0].grad is not None
+    _, ref_ops = full_size_aten_ops(lambda: ak.se(*ins, act="relu", gate="sigmoid", pool=pool,
+                                                   backend="reference").backward(dy), x.numel())
+    assert ref_ops  # the recorder sees the eager ops (a recorder that saw nothing would pass anything)

@@ -121,3 +121,57 @@ def once_per_run(tmp_path_factory, name, compute):
         tmp.write_text(json.dumps(result))
         tmp.replace(result_file)
         return json.loads(result_file.read_text()), shared
+
+
+# aten ops that allocate, view or reinterpret without reading or writing the elements: they may
+# touch a feature-map-sized tensor in a fused op (its outputs are allocated, its inputs viewed)
+_NON_COMPUTE_ATEN = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "as_strided", "view",
+    "_unsafe_view", "alias", "detach", "t", "transpose", "permute", "expand", "slice", "select",
+    "unsqueeze", "squeeze", "_reshape_alias", "lift_fresh", "set_", "resize_", "is_same_size",
+    "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_contiguous", "_to_copy_meta",
+}
+
+
+def full_size_aten_ops(fn, min_numel):
+    """The aten compute ops (op name, shapes) that read or write a tensor of at least min_numel
+    elements while fn() runs, recorded by a TorchDispatchMode (which also sees the aten calls the
+    C++ extension makes): the fused check of DEVELOPERS.md, where min_numel is the feature map's
+    size. Allocations and views are not compute (_NON_COMPUTE_ATEN); a copy (.contiguous(), .to())
+    is. The Triton interpreter's own copies of a launch's arguments (to its host buffers and back:
+    no GPU launch makes them) are not recorded. Returns (fn's result, the list)."""
+    import contextlib
+    import threading
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    seen = []
+    in_launch = threading.local()
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ns, name = func.namespace, func._schema.name.split("::")[-1]
+            if ns == "aten" and name not in _NON_COMPUTE_ATEN and not getattr(in_launch, "on", False):
+                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+                if any(t.numel() >= min_numel for t in tensors):
+                    seen.append((f"{ns}::{name}", [tuple(t.shape) for t in tensors]))
+            return out
+
+    launch_scope = contextlib.nullcontext()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from triton.runtime import interpreter
+        from triton_interpreter import _patched
+        run_grid = interpreter.GridExecutor.__call__
+
+        def call(self, *args, **kwargs):
+            in_launch.on = True
+            try:
+                return run_grid(self, *args, **kwargs)
+            finally:
+                in_launch.on = False
+        launch_scope = _patched(interpreter.GridExecutor, __call__=call)
+    with launch_scope, Recorder():
+        result = fn()
+    return result, seen
