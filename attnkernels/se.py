@@ -1,5 +1,5 @@
 """SE (squeeze-and-excitation), fused: the op, its autograd, the functional API and the drop-in
-modules. Kernels live in attnkernels/triton/se.py and csrc/se/ (attnkernels/cuda.py); the spec
+modules. Kernels live in attnkernels/triton/se.py and csrc/se/ (attnkernels/cuda/se.py); the spec
 is attnkernels/reference/se.py.
 
 Backend contract (every kernel backend module implements se_forward and se_backward):
