@@ -141,10 +141,12 @@ MODES = [(False, "prod"), (True, "prod"), (False, "sum"), (True, "sum")]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_parity(device, dtype, channels_last):
-    """Forward and backward against the reference, both BatchNorm modes and both combines; the 16-byte
-    paths (HW and C multiples of a vector) and the element paths (7 x 5 maps, C = 20 in fp16)."""
-    for i, (train, combine) in enumerate(MODES):
-        shape, cr = ((3, 24, 4, 8), 6) if i % 2 == 0 else ((4, 20, 7, 5), 5)
+    """Forward and backward against the reference, both BatchNorm modes and both combines, on rows
+    (HW in NCHW, C in channels_last) of every load width the backward's tiles take: 16-byte vectors
+    (HW = 32, C = 24), 8-byte ones (2-byte types: HW = 20, C = 12, 20; fp32: HW = C = 14) and
+    elements (HW = 35; 2-byte types: HW = C = 14)."""
+    shapes = [((3, 24, 4, 8), 6), ((4, 20, 7, 5), 5), ((3, 12, 4, 5), 4), ((4, 14, 2, 7), 4)]
+    for i, ((train, combine), (shape, cr)) in enumerate(zip(MODES, shapes)):
         check(make(shape, cr, dtype, device, channels_last, seed=i), train, combine)
 
 

@@ -147,6 +147,8 @@ def test_bam_kernels_memory_instructions(bam_build):
         "23bam_channel_pool_kernel": ("ld.global.v4", "atom.global.add.u32"),
         "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb0ELi8E": ("ld.global.v4", "atom.global.add.u32"),
         "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb1ELi8E": ("ld.global.v4",),
+        # rows of 4 x 2-byte alignment (14 x 14 maps): 8-byte loads
+        "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb0ELi4E": ("ld.global.v4.u16",),
     }
     _with_needles(entries, checks, bf16)
     for name, body in entries.items():

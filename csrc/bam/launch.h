@@ -135,10 +135,15 @@ void backward_t(const Problem& pr, const BwdIO& io, void* stream, const Alloc& a
   P.batch_stats = pr.batch_stats ? 1 : 0;
   P.combine = pr.combine;
   // reduce tiles (bam_bwd_reduce_kernel): rows R, row length K; a lane's EPL columns in VV-element
-  // loads (16 bytes when every row is aligned: K % V == 0 and x, dy aligned), G lanes a row (fewer
-  // for short rows), a column segment of G * EPL; rows split so the batch gets target_blocks.
+  // loads (16 bytes when every row is aligned: K % V == 0 and x, dy aligned; else 8 bytes where
+  // that much is, as 14 x 14 maps of 2-byte types; else elements), G lanes a row (fewer for short
+  // rows), a column segment of G * EPL; rows split so the batch gets target_blocks.
   const int R = pr.nhwc ? pr.HW : pr.C, K = pr.nhwc ? pr.C : pr.HW;
-  const bool vec_rows = K % V == 0 && aligned16(io.x) && aligned16(io.dy);
+  auto rows_aligned = [&](int vv) {
+    const uintptr_t a = (uintptr_t)vv * sizeof(T) - 1;
+    return K % vv == 0 && ((reinterpret_cast<uintptr_t>(io.x) | reinterpret_cast<uintptr_t>(io.dy)) & a) == 0;
+  };
+  const int vv = rows_aligned(V) ? V : (V > 2 && rows_aligned(V / 2)) ? V / 2 : 1;
   P.G = std::min(32, pow2_at_least((int)std::max(1LL, cdiv(K, EPL))));
   P.seg = P.G * EPL;
   P.Sk = (int)cdiv(K, P.seg);
@@ -165,8 +170,10 @@ void backward_t(const Problem& pr, const BwdIO& io, void* stream, const Alloc& a
   const size_t smem1 = kHeader + std::max<size_t>((size_t)kThreads * EPL,
                                                   (size_t)kThreads * V + pr.C + pr.Cr) * sizeof(A);
   check_smem(smem1, d, pr);
-  auto k1 = vec_rows ? (pr.nhwc ? bam_bwd_reduce_kernel<T, true, V> : bam_bwd_reduce_kernel<T, false, V>)
-                     : (pr.nhwc ? bam_bwd_reduce_kernel<T, true, 1> : bam_bwd_reduce_kernel<T, false, 1>);
+  constexpr int V2 = V > 2 ? V / 2 : 1;  // (float64: no 8-byte path besides its elements)
+  auto k1 = vv == V    ? (pr.nhwc ? bam_bwd_reduce_kernel<T, true, V> : bam_bwd_reduce_kernel<T, false, V>)
+            : vv == V2 ? (pr.nhwc ? bam_bwd_reduce_kernel<T, true, V2> : bam_bwd_reduce_kernel<T, false, V2>)
+                       : (pr.nhwc ? bam_bwd_reduce_kernel<T, true, 1> : bam_bwd_reduce_kernel<T, false, 1>);
   smem_attr(k1, smem1);
   ak::launch(k1, dim3((unsigned)((long long)pr.N * P.tiles)), dim3(kThreads), smem1, st, P);
   const long long wblocks = std::min(cdiv(mlp_wgrad_outputs(pr.C, pr.Cr, true), kThreads), 65535LL);

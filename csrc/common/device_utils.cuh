@@ -80,10 +80,17 @@ template <typename T> struct alignas(16) Vec {
   T v[N];
 };
 
-// w[0..VV) = p[0..VV): one 16-byte load when VV > 1 (p aligned), else one element.
+// VV consecutive elements aligned as one access of their size (VV a power of two, 16 bytes at most:
+// Elems<T, Vec<T>::N> is a 16-byte vector).
+template <typename T, int VV> struct alignas(sizeof(T) * VV) Elems {
+  T v[VV];
+};
+
+// w[0..VV) = p[0..VV): one access of VV elements when VV > 1 (p aligned to their size), else one
+// element.
 template <typename T, int VV> AK_INL void load_elems(const T* p, T* w) {
   if (VV > 1) {
-    const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(p));
+    const Elems<T, VV> t = ak::load_vec(reinterpret_cast<const Elems<T, VV>*>(p));
     AK_PRAGMA_UNROLL(VV)
     for (int j = 0; j < VV; ++j) w[j] = t.v[j];
   } else {
