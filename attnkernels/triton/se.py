@@ -50,8 +50,8 @@ from ._common import (activation, activation_bwd, arrival_counters, cast_to, gat
                       nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
 from ._mlp import channel_layer, finish_layer, mlp_weight_grads, store_share
 from ._mlp import weight_grads_plan as _weights_plan
-from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, split_totals, sum_rows,
-                      tile_of, tile_ptrs)
+from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, pool_tile, split_totals,
+                      sum_rows, tile_of, tile_ptrs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,15 +68,9 @@ def _squeeze_tile(
     """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
     FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
-    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
-                              POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-    ncb = n * n_cblk + cb
-    last = True
-    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
-        last, psum, pmax = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
-                                           True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    n, c, cmask, ncb, last, psum, pmax = pool_tile(pid, x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk, n_split,
+                                                   hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, SPLIT,
+                                                   BLOCK_C, BLOCK_HW, BLOCK_ROWS)
     if last:
         pv = psum / HW
         if POOL_MAX:
