@@ -14,6 +14,9 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.SqueezeExcite
   timm.models.senet.SEModule (timm's legacy SENets: legacy_seresnet*, legacy_senet154, ...)
       -> attnkernels.SENetSEModule
+  attnkernels.reference.BAM, and the official BAM (Jongchan/attention-module MODELS/bam.py)
+  copied into a project (known by its class name, BAM, and its submodule layout)
+      -> attnkernels.BAM
 
 The replacement is built with the constructor arguments read off the old module (channels,
 squeeze channels, bias, add_maxpool), reusing the old activation / gate / norm module
@@ -43,7 +46,7 @@ __all__ = ["convert", "convert_report", "convertible_types"]
 # builder(old) -> new module} (exact class matches), and optionally recognizers() -> [(test(module)
 # -> bool, builder)] for blocks known by class name and submodule layout (code that users copy
 # into their projects, such as the official CBAM / BAM, has no importable class to match).
-_OPS = ("se",)
+_OPS = ("se", "bam")
 
 
 def convertible_types() -> dict:

@@ -1,7 +1,7 @@
-"""Compile csrc/se/se_cuda.cu for sm_90 once with `nvcc -Xptxas -v -keep` and read what the GPU
-will run: every kernel without register spills, local-memory stack frames or compiler warnings,
-and (from the kept PTX) the memory instructions the kernels' tricks rely on. Skipped when nvcc is
-missing."""
+"""Compile each op's nvcc translation unit (csrc/se/se_cuda.cu, csrc/bam/bam_cuda.cu) for sm_90 once
+with `nvcc -Xptxas -v -keep` and read what the GPU will run: every kernel without register spills,
+local-memory stack frames or compiler warnings, and (from the kept PTX) the memory instructions the
+kernels' tricks rely on. Skipped when nvcc is missing."""
 from __future__ import annotations
 
 import glob
@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -24,12 +25,12 @@ def _nvcc():
 pytestmark = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    """(ptxas -v output, PTX text) of one sm_90 compile, done once per run (xdist workers share it)."""
+def _build(tmp_path_factory, op):
+    """(ptxas -v output, PTX text) of one sm_90 compile of op's TU, done once per run (xdist workers
+    share it)."""
     def compile_once(out_dir):
         cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-keep", "--keep-dir", str(out_dir),
-               "-c", os.path.join(ROOT, "csrc", "se", "se_cuda.cu"), "-o", str(out_dir / "se_cuda.o")]
+               "-c", os.path.join(ROOT, "csrc", op, f"{op}_cuda.cu"), "-o", str(out_dir / f"{op}_cuda.o")]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-5000:]
@@ -37,11 +38,22 @@ def build(tmp_path_factory):
         assert ptx, f"nvcc -keep left no PTX in {out_dir}"
         with open(ptx[0]) as f:
             return [out, f.read()]
-    return tuple(once_per_run(tmp_path_factory, "se_cuda_build", compile_once)[0])
+    return tuple(once_per_run(tmp_path_factory, f"{op}_cuda_build", compile_once)[0])
 
 
-def test_se_kernels_no_spills(build):
-    out, _ = build
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    return _build(tmp_path_factory, "se")
+
+
+@pytest.fixture(scope="module")
+def bam_build(tmp_path_factory):
+    return _build(tmp_path_factory, "bam")
+
+
+def _no_spills(out):
+    """The kernel names of a -Xptxas -v log, after checking that no function spills, uses a stack
+    frame or drew a warning."""
     assert "warning" not in out.lower(), [l for l in out.splitlines() if "warning" in l.lower()][:10]
     kernels = re.findall(r"Compiling entry function '([^']+)' for 'sm_90'", out)
     regs = re.findall(r"Used (\d+) registers", out)
@@ -52,6 +64,12 @@ def test_se_kernels_no_spills(build):
     assert set(kernels) <= {name for name, *_ in props}, out[-3000:]
     bad = [(name, s) for name, *s in props if any(int(v) for v in s)]
     assert not bad, f"{len(bad)} functions spill or use a stack frame: {bad[:5]}"
+    return kernels, props
+
+
+def test_se_kernels_no_spills(build):
+    out, _ = build
+    kernels, props = _no_spills(out)
     assert any("epilogue_call" in name for name, *_ in props), "the out-of-line epilogues are gone"
     names = " ".join(kernels)
     for kind in ("se_squeeze_excite_kernel", "se_rescale_kernel", "se_fused_kernel", "se_bwd_reduce_kernel",
@@ -63,6 +81,20 @@ def _entries(ptx):
     """kernel name -> its PTX body."""
     parts = re.split(r"^\.visible \.entry (\S+)\(", ptx, flags=re.M)
     return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def _with_needles(entries, checks, dtype):
+    """The (name, PTX body) of every kernel of `dtype` whose name contains a key of `checks`, after
+    checking that each has its key's needles (and that each key names at least one)."""
+    found = []
+    for kind, needles in checks.items():
+        bodies = {k: v for k, v in entries.items() if kind in k and dtype in k}
+        assert bodies, f"no {dtype} {kind} in the PTX"
+        for name, body in bodies.items():
+            for needle in needles:
+                assert needle in body, f"{name}: no {needle}"
+            found.append((name, body))
+    return found
 
 
 def test_se_kernels_memory_instructions(build):
@@ -79,14 +111,9 @@ def test_se_kernels_memory_instructions(build):
         # the cluster path: DSMEM addresses and cluster barriers (sm_90)
         "15se_fused_kernel": ("mapa", "barrier.cluster.arrive", "barrier.cluster.wait", "ld.global.v4"),
     }
-    for kind, needles in checks.items():
-        bodies = {k: v for k, v in entries.items() if kind in k and bf16 in k}
-        assert bodies, f"no bf16 {kind} in the PTX"
-        for name, body in bodies.items():
-            for needle in needles:
-                assert needle in body, f"{name}: no {needle}"
-            if kind == "17se_rescale_kernel":
-                assert ".cs." not in body, f"{name}: the split rescale should not use evict-first"
+    for name, body in _with_needles(entries, checks, bf16):
+        if "17se_rescale_kernel" in name:
+            assert ".cs." not in body, f"{name}: the split rescale should not use evict-first"
     # The squeeze / reduction streams keep several 16-byte loads in flight per lane (kStreamLoads,
     # loads issued before their sums): one load per loop trip left them latency-bound (SASS of the
     # rolled loop: LDG.128, its adds, the branch back). PTX keeps the source's unrolled loads.
@@ -97,11 +124,48 @@ def test_se_kernels_memory_instructions(build):
                 assert n_v4 >= least, f"{name}: {n_v4} 16-byte loads, the unrolled stream has {least}"
 
 
+def test_bam_kernels_no_spills(bam_build):
+    kernels, props = _no_spills(bam_build[0])
+    assert any("epilogue" in name for name, *_ in props), "the out-of-line epilogues are gone"
+    names = " ".join(kernels)
+    for kind in ("bam_channel_pool_kernel", "bam_bn_relu_fc1_kernel", "bam_gate_kernel", "bam_bwd_reduce_kernel",
+                 "bam_bwd_mlp_kernel", "bam_bwd_dx_kernel"):
+        assert kind in names, kind
+
+
+def test_bam_kernels_memory_instructions(bam_build):
+    """16-byte accesses on the 16-byte paths (the gate and dx passes, the pooling's squeeze, the
+    backward's tiles with all their loads issued before the sums), the in-launch partials read
+    through L2 (.cg), and no float atomics anywhere: every sum in a fixed order (determinism);
+    the only atomics are the arrival counters'."""
+    ptx = bam_build[1]
+    entries = _entries(ptx)
+    bf16 = "13__nv_bfloat16"
+    checks = {  # kernel (bf16 instantiations; the reduce kernel's 16-byte one) -> PTX that must appear
+        "15bam_gate_kernel": ("ld.global.v4", "st.global.v4"),
+        "17bam_bwd_dx_kernel": ("ld.global.v4", "st.global.v4"),
+        "23bam_channel_pool_kernel": ("ld.global.v4", "atom.global.add.u32"),
+        "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb0ELi8E": ("ld.global.v4", "atom.global.add.u32"),
+        "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb1ELi8E": ("ld.global.v4",),
+        # rows of 4 x 2-byte alignment (14 x 14 maps): 8-byte loads
+        "21bam_bwd_reduce_kernelI13__nv_bfloat16Lb0ELi4E": ("ld.global.v4.u16",),
+    }
+    _with_needles(entries, checks, bf16)
+    for name, body in entries.items():
+        if "bam_bwd_reduce_kernel" in name and "Li8E" in name:  # two vectors of x and of dy a lane, together
+            n_v4 = len(re.findall(r"ld\.global(?:\.nc)?\.v4", body))
+            assert n_v4 >= 4, f"{name}: {n_v4} 16-byte loads"
+    assert "ld.global.cg.f32" in ptx, "the epilogues read other blocks' partials through L2"
+    atomics = set(re.findall(r"\b((?:atom|red)\.[\w.]+)", ptx))
+    assert atomics and all(a.endswith((".u32", ".b32", ".s32")) for a in atomics), atomics
+
+
 def test_one_extension_no_shared_kernel_symbols():
     """attnkernels._C links the nvcc build and the emulated build of the same kernel sources: every
-    symbol of that code must sit in its build's namespace (ak::cuda / ak::emu, ak::se::cuda /
-    ak::se::emu). One outside them, defined by both objects, would be an ODR violation: the
-    linker keeps one definition, and one backend would call the other's code."""
+    symbol of that code must sit in its build's namespace (ak::cuda / ak::emu, ak::<op>::cuda /
+    ak::<op>::emu for each op of setup.py's OPS). One outside them, defined by both objects, would
+    be an ODR violation: the linker keeps one definition, and one backend would call the other's
+    code."""
     import attnkernels.cuda as akc
 
     nm = shutil.which("nm")
@@ -115,8 +179,14 @@ def test_one_extension_no_shared_kernel_symbols():
     syms = [l.split()[-1] for l in r.stdout.splitlines() if l.strip()]
     # mangled names in namespace ak (functions, guard variables and function-local statics)
     ours = [s for s in syms if re.match(r"_Z(?:GV|TH|TW|Z)*N2ak", s)]
-    assert any(re.match(r"_Z(?:GV|TH|TW|Z)*N2ak2se3emu", s) for s in ours), "no emu kernel symbols: nm changed?"
-    # (ak::se::Problem & co., the shared interface types of se_api.h, appear in signatures only)
-    stray = [s for s in ours if not re.match(r"_Z(?:GV|TH|TW|Z)*N2ak(?:4cuda|3emu|2se4cuda|2se3emu)", s)]
+    ops = subprocess.run([sys.executable, "setup.py", "ops"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120).stdout.split()
+    assert "se" in ops, ops
+    per_op = "|".join(f"{len(op)}{op}(?:4cuda|3emu)" for op in ops)
+    for op in ops:
+        assert any(re.match(rf"_Z(?:GV|TH|TW|Z)*N2ak{len(op)}{op}3emu", s) for s in ours), \
+            f"no {op} emu kernel symbols: nm changed?"
+    # (ak::se::Problem & co., the shared interface types of <op>_api.h, appear in signatures only)
+    stray = [s for s in ours if not re.match(rf"_Z(?:GV|TH|TW|Z)*N2ak(?:4cuda|3emu|{per_op})", s)]
     assert not stray, f"symbols outside the per-build namespaces: {stray[:10]}"
     assert set(mod.backends) <= {"cuda", "cuda-emu"} and mod.backends, mod.backends

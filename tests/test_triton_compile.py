@@ -65,7 +65,9 @@ X_LIKE = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "w1_ptr", "w2_ptr", "b1_ptr", "b
 DIV16 = {"C", "HW", "stride_c", "stride_hw", "hw_per_split", "Cr"}
 
 
-def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
+def compile_kernel(fn, dtype, constexprs, vectors="*fp32", x_like=X_LIKE, scalars=None):
+    """fn compiled for sm_90: pointers named in x_like of `dtype`, counter_ptr int32, the other
+    pointers `vectors`; scalars: {name: type} of the non-int32 scalars (else int32)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -75,8 +77,10 @@ def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = dtype if name in X_LIKE else ("*i32" if name == "counter_ptr" else vectors)
+            signature[name] = dtype if name in x_like else ("*i32" if name == "counter_ptr" else vectors)
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif scalars and name in scalars:
+            signature[name] = scalars[name]
         else:
             signature[name] = "i32"
             if name in DIV16:

@@ -72,9 +72,11 @@ def poison() -> bool:
     return poisoning() or os.environ.get("ATTNKERNELS_CUDA_POISON", "0") not in ("", "0")
 
 
+from .bam import bam_backward, bam_forward  # noqa: E402
 from .se import last_variant, se_backward, se_eager, se_forward, se_forward_variant  # noqa: E402
 
 __all__ = [
     "unavailable_reason", "ext_for", "poison", "force_variant",
     "se_forward", "se_backward", "se_eager", "last_variant", "se_forward_variant",
+    "bam_forward", "bam_backward",
 ]

@@ -79,7 +79,8 @@ def bam_attention(mc: Tensor, ms: Tensor, combine: str = "prod") -> Tensor:
         return mc * ms
     if combine == "sum":
         return mc + ms
-    raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    # (no !r conversion: TorchScript compiles this for BAM's scripted forward, and has none)
+    raise ValueError(f"combine must be one of ('prod', 'sum'), got '{combine}'")
 
 
 def bam_gate(x: Tensor, mc: Tensor, ms: Tensor, combine: str = "prod") -> Tensor:
@@ -158,6 +159,10 @@ class BAM(nn.Module):
                                           dilation_val)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        """(The fused drop-in, attnkernels.BAM, falls back to this.)"""
         return bam_gate(x, self.channel_att(x), self.spatial_att(x), self.combine)
 
     def extra_repr(self) -> str:

@@ -219,10 +219,12 @@ def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int, across_lau
     bufs = _scratch.get(key)
     if bufs is None or len(bufs) < len(sizes) or any(b.numel() < n for b, n in zip(bufs, sizes)):
         old = bufs or []
+        # (a call may ask for fewer buffers than an earlier one of another op: those stay cached)
         bufs = _scratch[key] = [
-            old[i] if i < len(old) and old[i].numel() >= n else
-            _outside_graph_pools(device, lambda n=n: torch.empty(max(n, 1024), dtype=dtype, device=device))
-            for i, n in enumerate(sizes)]
+            old[i] if i < len(old) and (i >= len(sizes) or old[i].numel() >= sizes[i]) else
+            _outside_graph_pools(device, lambda n=sizes[i]: torch.empty(max(n, 1024), dtype=dtype, device=device))
+            for i in range(max(len(old), len(sizes)))]
+    bufs = bufs[:len(sizes)]
     if _poison_active():
         for b in bufs:
             _fill(b)

@@ -134,3 +134,17 @@ def launcher(kernel) -> Launcher:
     if entry is None or entry.kernel is not kernel:
         entry = _launchers[id(kernel)] = Launcher(kernel)
     return entry
+
+
+def on_x_device(launcher_fn):
+    """Run the launcher with its first tensor's GPU current (x, or dy: on x's device): triton
+    launches on the current device and its current stream (the JIT's rule, which this module's
+    launcher keeps), and that need not be x's (a model on cuda:1 called without
+    torch.cuda.set_device). For every op's launcher functions (attnkernels/triton/<op>.py)."""
+    @functools.wraps(launcher_fn)
+    def on_device(t, *args, **kwargs):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return launcher_fn(t, *args, **kwargs)
+        return launcher_fn(t, *args, **kwargs)
+    return on_device

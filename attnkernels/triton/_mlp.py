@@ -3,11 +3,13 @@ excitation MLPs of SE, CBAM and BAM), and the weight gradient of a Linear from i
 per-sample vectors, summed over the batch in a fixed, blocked order (deterministic)."""
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
 from ._common import activation, cast_to
-from ._reduce import STREAM_STAGES
+from ._reduce import STREAM_STAGES, sum_rows
 
 
 @triton.jit
@@ -37,6 +39,31 @@ def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.c
             v = activation(v, ACT)
         out += matvec(w_ptr, stride_out, stride_in, v, r, r < n_in, c, cmask, ACC)
     return out
+
+
+@triton.jit
+def store_share(wsu_ptr, ncb, w_ptr, stride_out, stride_in, v, c, cmask, R, ACC: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """wsu[ncb, :] = W[:, c] @ v[c]: one channel block's share of a layer of width R (W[r, c] at
+    r * stride_out + c * stride_in), a layer spread over the channel blocks of a reduction grid
+    (its program ncb = n * n_cblk + cb); finish_layer adds a sample's shares up."""
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        tl.store(wsu_ptr + ncb * R + r, matvec(w_ptr, stride_out, stride_in, v, c, cmask, r, r < R, ACC),
+                 mask=r < R)
+
+
+@triton.jit
+def finish_layer(n, wsu_ptr, b_ptr, out_ptr, n_cblk, R, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """out[n] = the sum of sample n's layer shares (store_share, one per channel block, in block
+    order) + b: run by the last channel block of the sample to arrive."""
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        out = sum_rows(wsu_ptr + n * n_cblk * R, n_cblk, R, r, r < R, ACC, BLOCK_ROWS, False)
+        if HAS_B:
+            out += tl.load(b_ptr + r, mask=r < R, other=0.0).to(ACC)
+        tl.store(out_ptr + n * R + r, out, mask=r < R)
 
 
 @triton.jit
@@ -75,3 +102,35 @@ def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
              mask=ma[:, None] & mb[None, :])
     if tb == 0:
         tl.store(dbias_ptr + ia, cast_to(bias, dbias_ptr.dtype.element_ty), mask=ma)
+
+
+@triton.jit
+def mlp_weight_grads(pid, dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
+                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Tile pid of the weight gradients of a C -> Cr -> C excitation MLP from its saved (N, *)
+    vectors (grid: weight_grads_plan): dW2's tiles, dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz
+    (dz: the gradient of layer 2's output, u: layer 1's output, act: the hidden activation;
+    "identity" when u is already the activated hidden vector), then, when the grid has them,
+    dW1's, dW1 (Cr, C) = du^T p, db1 = sum_n du (du: the gradient of layer 1's output, p: its
+    input)."""
+    tiles_c = tl.cdiv(C, BLOCK_A)
+    tiles_r = tl.cdiv(Cr, BLOCK_B)
+    if pid < tiles_c * tiles_r:
+        outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
+                       True, ACT, ACC, BLOCK_A, BLOCK_B)
+    else:
+        q = pid - tiles_c * tiles_r
+        outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
+                       False, ACT, ACC, BLOCK_B, BLOCK_A)
+
+
+@functools.lru_cache(maxsize=4096)
+def weight_grads_plan(C: int, Cr: int, fc1: bool = True):
+    """(grid, BLOCK_A, BLOCK_B) of mlp_weight_grads: dW2's tiles, then dW1's unless the form has
+    no fc1. Cached: triton.cdiv and next_power_of_2 are constexpr-function wrappers, ~2-3 us a
+    call on the host (4 of them were ~10 us a backward)."""
+    # 32 x 16: the tile's 8 running sums (8 x 32 x 16, outer_sum_tile) take 80-117 registers a
+    # thread (sm_90, AOT; gelu the most); 32 x 32 took 128-202
+    block_a = min(triton.next_power_of_2(C), 32)
+    block_b = min(triton.next_power_of_2(Cr), 16)
+    return ((2 if fc1 else 1) * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b

@@ -130,3 +130,23 @@ def pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.
         if POOL_MAX:
             acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
     return tl.sum(acc_sum, axis=1), nanmax_over(acc_max, 1)
+
+
+@triton.jit
+def pool_tile(pid, x_ptr, ws_ptr, split_counter_ptr, C, HW, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+              POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
+              BLOCK_HW: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """Tile pid of the reduction grid pooled: (n, c, cmask, ncb, last, sum, max), the sum (and
+    max if POOL_MAX) of x (N, C, HW) over the tile's HW range of its channels c, and, in the
+    program that is `last` (the last split of (n, cb) to arrive at split_counter_ptr[ncb],
+    ncb = n * n_cblk + cb; without SPLIT, every program), over the sample's whole HW."""
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                             POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
+    ncb = n * n_cblk + cb
+    last = True
+    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
+        last, psum, pmax = combine_splits(ws_ptr, split_counter_ptr + ncb, ncb, sp, n_split, psum, pmax,
+                                          True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    return n, c, cmask, ncb, last, psum, pmax

@@ -45,29 +45,18 @@ import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
-from ._launch import launcher
+from ._launch import launcher, on_x_device
 from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
                       nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
-from ._mlp import channel_layer, matvec, outer_sum_tile
-from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, split_totals, sum_rows,
-                      tile_of, tile_ptrs)
+from ._mlp import channel_layer, finish_layer, mlp_weight_grads, store_share
+from ._mlp import weight_grads_plan as _weights_plan
+from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, pool_tile, split_totals,
+                      sum_rows, tile_of, tile_ptrs)
 
 
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
-@triton.jit
-def _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1: tl.constexpr, ACC: tl.constexpr,
-              BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """u[n] = the sum of the sample's layer-1 shares (one per channel block) + b1."""
-    for r0 in range(0, Cr, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        u = sum_rows(wsu_ptr + n * n_cblk * Cr, n_cblk, Cr, r, r < Cr, ACC, BLOCK_ROWS, False)
-        if HAS_B1:
-            u += tl.load(b1_ptr + r, mask=r < Cr, other=0.0).to(ACC)
-        tl.store(u_ptr + n * Cr + r, u, mask=r < Cr)
-
-
 @triton.jit
 def _squeeze_tile(
     pid, x_ptr, w1_ptr, b1_ptr, ws_ptr, wsu_ptr, counter_ptr, u_ptr, p_ptr, pmax_ptr,
@@ -79,15 +68,9 @@ def _squeeze_tile(
     """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
     FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
-    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
-                              POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-    ncb = n * n_cblk + cb
-    last = True
-    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
-        last, psum, pmax = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
-                                           True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    n, c, cmask, ncb, last, psum, pmax = pool_tile(pid, x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk, n_split,
+                                                   hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, SPLIT,
+                                                   BLOCK_C, BLOCK_HW, BLOCK_ROWS)
     if last:
         pv = psum / HW
         if POOL_MAX:
@@ -97,15 +80,12 @@ def _squeeze_tile(
         if FC1:
             pv = tl.where(cmask, pv, 0.0)
             # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
-            for r0 in range(0, Cr, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
-                tl.store(wsu_ptr + ncb * Cr + r, matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
-                         mask=r < Cr)
+            store_share(wsu_ptr, ncb, w1_ptr, C, 1, pv, c, cmask, Cr, ACC, BLOCK_R)
         else:
             tl.store(u_ptr + n * C + c, pv, mask=cmask)
         if arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
             if FC1:
-                _finish_u(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
+                finish_layer(n, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
     return done
 
@@ -352,10 +332,7 @@ def _bwd_reduce_tile(
             tl.store(ties_ptr + n * C + c, ties, mask=cmask)
         dz = tl.where(cmask, dz, 0.0)
         # this block's share of dh = W2^T dz: wsu[n, cb, :] = W2[cb, :]^T dz[cb]
-        for r0 in range(0, Cr, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            tl.store(wsu_ptr + ncb * Cr + r, matvec(w2_ptr, 1, Cr, dz, c, cmask, r, r < Cr, ACC),
-                     mask=r < Cr)
+        store_share(wsu_ptr, ncb, w2_ptr, 1, Cr, dz, c, cmask, Cr, ACC, BLOCK_R)
         if arrive_last(counter_ptr + n, n_cblk):
             _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
@@ -387,16 +364,8 @@ def _se_bwd_reduce(
 def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """dW2's tiles, then (when the grid has them: not in the single-layer form) dW1's."""
-    pid = tl.program_id(0)
-    tiles_c = tl.cdiv(C, BLOCK_A)
-    tiles_r = tl.cdiv(Cr, BLOCK_B)
-    if pid < tiles_c * tiles_r:  # dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz
-        outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
-                        True, ACT, ACC, BLOCK_A, BLOCK_B)
-    else:  # dW1 (Cr, C) = du^T p, db1 = sum_n du
-        q = pid - tiles_c * tiles_r
-        outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
-                        False, ACT, ACC, BLOCK_B, BLOCK_A)
+    mlp_weight_grads(tl.program_id(0), dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
+                     ACT, ACC, BLOCK_A, BLOCK_B)
 
 
 @triton.jit
@@ -642,7 +611,7 @@ def _squeeze_group_tile(
         if arrive_last(counter_ptr + grp, n_cblk):
             if FC1:
                 for g in range(gs):
-                    _finish_u(n0 + g, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
+                    finish_layer(n0 + g, wsu_ptr, b1_ptr, u_ptr, n_cblk, Cr, HAS_B1, ACC, BLOCK_R, BLOCK_ROWS)
 
 
 @triton.jit
@@ -801,18 +770,6 @@ def _check_int32_extents(shape, Cr, scratch_per_sample):
                          f"(N x {max(C, Cr, scratch_per_sample)} > {_INT32_MAX})")
 
 
-@functools.lru_cache(maxsize=4096)
-def _weights_plan(C: int, Cr: int, fc1: bool = True):
-    """(grid, BLOCK_A, BLOCK_B) of _se_bwd_weights: dW2's tiles, then dW1's unless the form has
-    no fc1. Cached: triton.cdiv and next_power_of_2 are constexpr-function wrappers, ~2-3 us a
-    call on the host (4 of them were ~10 us a backward)."""
-    # 32 x 16: the tile's 8 running sums (8 x 32 x 16, outer_sum_tile) take 80-117 registers a
-    # thread (sm_90, AOT; gelu the most); 32 x 32 took 128-202
-    block_a = min(triton.next_power_of_2(C), 32)
-    block_b = min(triton.next_power_of_2(Cr), 16)
-    return ((2 if fc1 else 1) * triton.cdiv(C, block_a) * triton.cdiv(Cr, block_b),), block_a, block_b
-
-
 def _workspaces(N, Cr, a, dtype, device, pipelined=False, shares=True):
     """Split partials (N, n_cblk, n_split, 2, BLOCK_C), layer shares (N, n_cblk, Cr; not for the
     single-layer forward: shares=False), counters: the first two are scratch of one launch, cached
@@ -861,20 +818,7 @@ def _spin_cap(device):
     return 0 if device.type == "cuda" else 1
 
 
-def _on_x_device(launcher_fn):
-    """Run the launcher with its first tensor's GPU current (x, or dy: on x's device): triton
-    launches on the current device and its current stream (the JIT's rule, which _launch.py
-    keeps), and that need not be x's (a model on cuda:1 called without torch.cuda.set_device)."""
-    @functools.wraps(launcher_fn)
-    def on_device(t, *args, **kwargs):
-        if t.is_cuda and t.device.index != torch.cuda.current_device():
-            with torch.cuda.device(t.device):
-                return launcher_fn(t, *args, **kwargs)
-        return launcher_fn(t, *args, **kwargs)
-    return on_device
-
-
-@_on_x_device
+@on_x_device
 def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     """Variant "pipelined" (attnkernels/_variant.py) runs _se_pipelined, "batched" the two
     launches over groups of samples; any other the two-launch split forward (the default until a
@@ -889,7 +833,7 @@ def se_forward(x, w1, b1, w2, b2, act, gate, pool):
     return _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax, req, plan)
 
 
-@_on_x_device
+@on_x_device
 def se_inference(x, w1, b1, w2, b2, act, gate, pool):
     """-> y: the forward when no backward follows (attnkernels.se with nothing to differentiate).
     The per-(n, c) vectors the backward would need go to cached scratch instead of five fresh
@@ -938,7 +882,7 @@ def _forward(x, w1, b1, w2, b2, act, gate, pool, s, z, u, p, pmax, req, plan):
     return y, s, z, u, p, pmax
 
 
-@_on_x_device
+@on_x_device
 def se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool):
     """Variant "pipelined" runs the reduction and dx in one launch (_se_bwd_pipelined), then the
     weight gradients; any other: reduction, weight gradients, dx. No w1 (the single-layer form):

@@ -48,6 +48,8 @@ AK_INL float ak_exp(float v) { return expf(v); }
 AK_INL double ak_exp(double v) { return exp(v); }
 AK_INL float ak_erf(float v) { return erff(v); }
 AK_INL double ak_erf(double v) { return erf(v); }
+AK_INL float ak_sqrt(float v) { return sqrtf(v); }
+AK_INL double ak_sqrt(double v) { return sqrt(v); }
 AK_INL float neg_inf(float) { return -HUGE_VALF; }
 AK_INL double neg_inf(double) { return -HUGE_VAL; }
 
@@ -78,14 +80,51 @@ template <typename T> struct alignas(16) Vec {
   T v[N];
 };
 
-// w[0..VV) = p[0..VV): one 16-byte load when VV > 1 (p aligned), else one element.
+// VV consecutive elements aligned as one access of their size (VV a power of two, 16 bytes at most:
+// Elems<T, Vec<T>::N> is a 16-byte vector).
+template <typename T, int VV> struct alignas(sizeof(T) * VV) Elems {
+  T v[VV];
+};
+
+// w[0..VV) = p[0..VV): one access of VV elements when VV > 1 (p aligned to their size), else one
+// element.
 template <typename T, int VV> AK_INL void load_elems(const T* p, T* w) {
   if (VV > 1) {
-    const Vec<T> t = ak::load_vec(reinterpret_cast<const Vec<T>*>(p));
+    const Elems<T, VV> t = ak::load_vec(reinterpret_cast<const Elems<T, VV>*>(p));
     AK_PRAGMA_UNROLL(VV)
     for (int j = 0; j < VV; ++j) w[j] = t.v[j];
   } else {
     w[0] = p[0];
+  }
+}
+
+// dst[i] = f(src[i]) for the 16-byte vectors i in [u0, u1), `step` apart (a thread's share of an
+// elementwise pass): f(Vec<T>& v, int i) transforms vector i in place. U vectors a thread at a
+// time, all loaded before the first is transformed and stored: as far as the compiler knows dst
+// may alias src, so a load cannot pass the store before it, and one vector at a time left one
+// 16-byte load in flight per thread (SASS: LDG, STG, LDG). LAST: the last use of src and a dst not
+// read again soon (the evict-first hint).
+template <typename T, int U, bool LAST = false, typename F>
+AK_INL void map_vectors(const T* src, T* dst, int u0, int u1, int step, F&& f) {
+  const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(src);
+  Vec<T>* d4 = reinterpret_cast<Vec<T>*>(dst);
+  for (int i0 = u0; i0 < u1; i0 += U * step) {
+    Vec<T> ts[U];
+    AK_PRAGMA_UNROLL(U)
+    for (int j = 0; j < U; ++j) {
+      const int i = i0 + j * step;
+      if (i < u1) ts[j] = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
+    }
+    AK_PRAGMA_UNROLL(U)
+    for (int j = 0; j < U; ++j) {
+      const int i = i0 + j * step;
+      if (i >= u1) continue;
+      f(ts[j], i);
+      if (LAST)
+        ak::store_vec_stream(d4 + i, ts[j]);
+      else
+        ak::store_vec(d4 + i, ts[j]);
+    }
   }
 }
 

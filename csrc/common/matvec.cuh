@@ -115,5 +115,38 @@ AK_INL void coldots(const T* W, const A* v, int M, int K, A* red, F f) {
     coldots_v<T, A, 1>(W, v, M, K, red, f);
 }
 
+// The weight gradients of a two-layer channel MLP over a batch of N, z = W2 act(u) + b2 with
+// u = W1 p + b1 (W2: C x Cr, W1: Cr x C), from the per-sample vectors dz (N, C), h = act(u) and
+// du (N, Cr), p (N, C): dw2[c,j] = sum_n dz[n,c] h[n,j]; db2[c] = sum_n dz[n,c];
+// dw1[j,c] = sum_n du[n,j] p[n,c]; db1[j] = sum_n du[n,j] (the last two only when du is given:
+// a single-layer form has no W1). One thread per output, a blocked_sum over n: deterministic.
+// Blocks [0, nblocks) of the calling kernel (block b: b-th of them) share the outputs.
+AK_HD_INL long long mlp_wgrad_outputs(int C, int Cr, bool fc1) {
+  return (long long)C * Cr + C + (fc1 ? (long long)Cr * C + Cr : 0);
+}
+
+template <typename T, typename A>
+AK_INL void mlp_wgrad(int b, int nblocks, int N, int C, int Cr, const A* dz, const A* h, const A* du, const A* p,
+                      T* dw2, T* db2, T* dw1, T* db1) {
+  const long long n1 = (long long)Cr * C;
+  const long long total = mlp_wgrad_outputs(C, Cr, du != nullptr);
+  for (long long i = (long long)b * blockDim.x + threadIdx.x; i < total; i += (long long)nblocks * blockDim.x) {
+    if (i < n1) {  // dw2[c, j]
+      const int c = (int)(i / Cr), j = (int)(i - (long long)c * Cr);
+      dw2[i] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return dz[(size_t)n * C + c] * h[(size_t)n * Cr + j]; }));
+    } else if (i < n1 + C) {  // db2[c]
+      const int c = (int)(i - n1);
+      db2[c] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return dz[(size_t)n * C + c]; }));
+    } else if (i < 2 * n1 + C) {  // dw1[j, c]
+      const long long k = i - n1 - C;
+      const int j = (int)(k / C), c = (int)(k - (long long)j * C);
+      dw1[k] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return du[(size_t)n * Cr + j] * p[(size_t)n * C + c]; }));
+    } else {  // db1[j]
+      const int j = (int)(i - 2 * n1 - C);
+      db1[j] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return du[(size_t)n * Cr + j]; }));
+    }
+  }
+}
+
 }  // namespace AK_BACKEND_NS
 }  // namespace ak

@@ -20,6 +20,7 @@
 #include "../common/activations.cuh"
 #include "../common/device_utils.cuh"
 #include "../common/matvec.cuh"
+#include "../common/squeeze.cuh"
 
 namespace ak {
 namespace se {
@@ -30,10 +31,8 @@ enum { POOL_AVG = 0, POOL_AVGMAX = 1 };
 constexpr int kThreads = 256;       // squeeze / rescale / backward block size
 constexpr int kFusedThreads = 512;  // single-pass (slab in shared memory) block size
 constexpr int kHeader = 16;         // bytes at the start of dynamic smem (last-block flag)
-// Squeeze / reduction loops: 16-byte loads in flight per lane and stream (the backward reads two
-// streams, x and dy, so it takes half as many positions per step). The pipelined kernels keep to 80
-// registers (3 blocks per SM), where more loads in flight spill.
-constexpr int kStreamLoads = 4;
+// The pipelined kernels' squeeze / reduction loads in flight (kStreamLoads: common/squeeze.cuh):
+// they keep to 80 registers (3 blocks per SM), where more loads in flight spill.
 constexpr int kPipeStreamLoads = 2;
 constexpr int kFusedLoads = 8;  // the fused kernel's slab load: 16-byte loads in flight per thread
 // Pipelined kernels: at most this many persistent blocks per SM (the launch asks the occupancy
@@ -140,203 +139,6 @@ template <typename T> struct BwdParams {
   unsigned* gcnt;  // 3 per group, zero on entry and exit: samples reduced, dh tiles (+1: du out), dp tiles
 };
 
-// ------------------------------------------------------------------ squeeze building blocks
-// Accumulate one row segment (contiguous, len elements) into (a, b).
-// Forward: a += x, b = max(b, x). Backward: a += dy*x, b += (x == pm).
-template <typename T, bool BWD, bool MAXP, int U>
-AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_ok,
-                      typename Acc<T>::type pm, typename Acc<T>::type& a,
-                      typename Acc<T>::type& b) {
-  using A = typename Acc<T>::type;
-  constexpr int V = Vec<T>::N;
-  int head = 0, nvec = 0;
-  if (vec_ok) {
-    head = (int)(((16u - (unsigned)((uintptr_t)x & 15u)) & 15u) / sizeof(T));
-    if (head > len) head = len;
-    nvec = (len - head) / V;
-  }
-  auto elem = [&](A xv, A dv) {
-    if (BWD) {
-      a += dv * xv;
-      if (MAXP) b += (xv == pm) ? A(1) : A(0);
-    } else {
-      a += xv;
-      if (MAXP) b = nanmax(b, xv);
-    }
-  };
-  // The row's unaligned ends, up to V - 1 elements each (a short row, 7x7 or 14x14, is largely
-  // ends): a lane's first kEdgeLoads elements of each are loaded here, with the vectors in flight
-  // behind them, instead of one element per round trip; the same order of sums as before.
-  constexpr int kEdgeLoads = (U + 1) / 2;  // (with U: the register budget of the caller's kernel)
-  const int tail0 = head + nvec * V;
-  T hx[kEdgeLoads] = {}, hd[kEdgeLoads] = {}, tx[kEdgeLoads] = {}, td[kEdgeLoads] = {};
-  AK_PRAGMA_UNROLL(kEdgeLoads)
-  for (int q = 0; q < kEdgeLoads; ++q) {
-    const int i = gl + q * G, t = tail0 + gl + q * G;
-    if (i < head) {
-      hx[q] = x[i];
-      if (BWD) hd[q] = dy[i];
-    }
-    if (t < len) {
-      tx[q] = x[t];
-      if (BWD) td[q] = dy[t];
-    }
-  }
-  AK_PRAGMA_UNROLL(kEdgeLoads)
-  for (int q = 0; q < kEdgeLoads; ++q)
-    if (gl + q * G < head) elem(to_acc(hx[q]), BWD ? to_acc(hd[q]) : A(0));
-  for (int i = gl + kEdgeLoads * G; i < head; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
-  const Vec<T>* xv = reinterpret_cast<const Vec<T>*>(x + head);
-  const Vec<T>* dv = reinterpret_cast<const Vec<T>*>(BWD ? dy + head : x + head);
-  // U vectors a lane at a time, all loads issued before the first use, so that each
-  // lane has that many 16-byte loads in flight (a rolled loop, or one unrolled with an exit test
-  // after each body, waits for each load before issuing the next: the squeeze, a pure stream,
-  // was latency-bound). Same summation order as one vector at a time.
-  for (int v0 = gl; v0 < nvec; v0 += U * G) {
-    Vec<T> xx[U], dd[U];
-    AK_PRAGMA_UNROLL(U)
-    for (int j = 0; j < U; ++j) {
-      if (v0 + j * G < nvec) {
-        xx[j] = ak::load_vec(xv + v0 + j * G);
-        if (BWD) dd[j] = ak::load_vec(dv + v0 + j * G);
-      }
-    }
-    AK_PRAGMA_UNROLL(U)
-    for (int j = 0; j < U; ++j) {
-      if (v0 + j * G < nvec) {
-        AK_PRAGMA_UNROLL(V)
-        for (int k = 0; k < V; ++k) elem(to_acc(xx[j].v[k]), BWD ? to_acc(dd[j].v[k]) : A(0));
-      }
-    }
-  }
-  AK_PRAGMA_UNROLL(kEdgeLoads)
-  for (int q = 0; q < kEdgeLoads; ++q)
-    if (tail0 + gl + q * G < len) elem(to_acc(tx[q]), BWD ? to_acc(td[q]) : A(0));
-  for (int i = tail0 + gl + kEdgeLoads * G; i < len; i += G) elem(to_acc(x[i]), BWD ? to_acc(dy[i]) : A(0));
-}
-
-// NCHW: this block reduces units [u0, u1) of one sample; unit = (channel c, segment sg), u = c*S + sg.
-// Results go to out_a/out_b[sg*C + c].
-template <typename T, bool BWD, bool MAXP, int U = kStreamLoads>
-AK_INL void nchw_units(const T* xs, const T* dys, int C, int HW, int S, int seg_len, int u0, int u1,
-                       int G, bool vec_ok, const typename Acc<T>::type* pm_n,
-                       typename Acc<T>::type* out_a, typename Acc<T>::type* out_b) {
-  using A = typename Acc<T>::type;
-  const int tid = threadIdx.x, grp = tid / G, gl = tid % G, ngrp = blockDim.x / G;
-  for (int base = u0; base < u1; base += ngrp) {  // uniform trip count across the block
-    const int u = base + grp;
-    const bool active = u < u1;
-    A a = A(0), b = BWD ? A(0) : neg_inf(A(0));
-    int c = 0, sg = 0;
-    if (active) {
-      c = u / S;
-      sg = u - c * S;
-      const int h0 = sg * seg_len;
-      const int len = min(seg_len, HW - h0);
-      const size_t off = (size_t)c * HW + h0;
-      A pm = (BWD && MAXP) ? pm_n[c] : A(0);
-      row_accum<T, BWD, MAXP, U>(xs + off, BWD ? dys + off : nullptr, len, gl, G, vec_ok, pm, a, b);
-    }
-    a = group_sum(a, G);
-    if (MAXP) b = BWD ? group_sum(b, G) : group_max(b, G);
-    if (active && gl == 0) {
-      out_a[(size_t)sg * C + c] = a;
-      if (MAXP) out_b[(size_t)sg * C + c] = b;
-    }
-  }
-}
-
-// NHWC geometry: vector columns per tile (ctv) for `threads` threads; rows (pixels) per pass = threads/ctv.
-AK_HD_INL int nhwc_ctv(int C, int vc, int threads) {
-  int cv = C / vc;
-  return cv < threads ? cv : threads;
-}
-
-// NHWC: one tile of ctv vector columns (starting at vector column cv0), pixels [p0, p1) of a sample.
-// red: shared scratch of (threads/ctv)*ctv*VC accumulators, twice that with MAXP. Ends with
-// __syncthreads().
-template <typename T, bool BWD, bool MAXP, int VC, int U = kStreamLoads>
-AK_INL void nhwc_tile(const T* xs, const T* dys, int C, int p0, int p1, int cv0, int ctv,
-                      const typename Acc<T>::type* pm_n, typename Acc<T>::type* out_a,
-                      typename Acc<T>::type* out_b, typename Acc<T>::type* red) {
-  using A = typename Acc<T>::type;
-  const int tid = threadIdx.x;
-  const int TY = blockDim.x / ctv;
-  const int tx = tid % ctv, ty = tid / ctv;
-  const int cv = cv0 + tx;
-  const bool active = ty < TY && cv * VC < C;
-  A a[VC], b[VC], pm[VC];
-  AK_PRAGMA_UNROLL(VC)
-  for (int k = 0; k < VC; ++k) {
-    a[k] = A(0);
-    b[k] = BWD ? A(0) : neg_inf(A(0));
-    pm[k] = A(0);
-  }
-  if (active) {
-    if (BWD && MAXP) {
-      AK_PRAGMA_UNROLL(VC)
-      for (int k = 0; k < VC; ++k) pm[k] = pm_n[cv * VC + k];
-    }
-    // U pixels a thread at a time, loads first (see row_accum); same order of sums
-    for (int p0t = p0 + ty; p0t < p1; p0t += U * TY) {
-      T xx[U][VC], dd[U][VC];
-      AK_PRAGMA_UNROLL(U)
-      for (int j = 0; j < U; ++j) {
-        const int p = p0t + j * TY;
-        if (p < p1) {
-          const size_t off = (size_t)p * C + (size_t)cv * VC;
-          load_elems<T, VC>(xs + off, xx[j]);
-          if (BWD) load_elems<T, VC>(dys + off, dd[j]);
-        }
-      }
-      AK_PRAGMA_UNROLL(U)
-      for (int j = 0; j < U; ++j) {
-        if (p0t + j * TY < p1) {
-          AK_PRAGMA_UNROLL(VC)
-          for (int k = 0; k < VC; ++k) {
-            A xv = to_acc(xx[j][k]);
-            if (BWD) {
-              a[k] += to_acc(dd[j][k]) * xv;
-              if (MAXP) b[k] += (xv == pm[k]) ? A(1) : A(0);
-            } else {
-              a[k] += xv;
-              if (MAXP) b[k] = nanmax(b[k], xv);
-            }
-          }
-        }
-      }
-    }
-  }
-  const int stride = TY * ctv * VC;  // red's second half holds b
-  tree_combine(
-      ty, tx, TY, ctv,
-      [&](int slot) {
-        AK_PRAGMA_UNROLL(VC)
-        for (int k = 0; k < VC; ++k) {
-          red[slot * VC + k] = a[k];
-          if (MAXP) red[stride + slot * VC + k] = b[k];
-        }
-      },
-      [&](int slot) {
-        AK_PRAGMA_UNROLL(VC)
-        for (int k = 0; k < VC; ++k) {
-          a[k] += red[slot * VC + k];
-          if (MAXP) {
-            const A o = red[stride + slot * VC + k];
-            b[k] = BWD ? b[k] + o : nanmax(b[k], o);
-          }
-        }
-      });
-  if (ty == 0 && active) {
-    AK_PRAGMA_UNROLL(VC)
-    for (int k = 0; k < VC; ++k) {
-      out_a[cv * VC + k] = a[k];
-      if (MAXP) out_b[cv * VC + k] = b[k];
-    }
-  }
-  __syncthreads();
-}
-
 // ------------------------------------------------------------------ epilogue helpers
 // Forward epilogue of one sample: pool from S partials, fc1+act, fc2+gate for channels
 // [c_lo, c_hi) (c_hi < 0: all). On exit sp[c] = s[n,c] there. store_pu: write p, pmax, u out;
@@ -427,29 +229,6 @@ AK_NOINL void fwd_epilogue_call(const FwdParams<T>& P, int n, const typename Acc
                                 bool store_zs = true) {
   fwd_epilogue<T, POOL, R>(P, n, pa, pb, S, cg, sp, sh, c_lo, c_hi, store_pu, store_zs);
 }
-
-// Block reduction part shared by forward / backward squeeze kernels.
-template <typename T, bool BWD, bool MAXP, bool NHWC, int U = kStreamLoads>
-AK_INL void squeeze_block(const T* xs, const T* dys, int C, int HW, int b, int S, int G, int seg_len,
-                          int upb, int vc, int ctv, int ctiles, bool vec_ok,
-                          const typename Acc<T>::type* pm_n, typename Acc<T>::type* pa,
-                          typename Acc<T>::type* pb, typename Acc<T>::type* red) {
-  if (!NHWC) {
-    const int units = C * S;
-    const int u0 = b * upb;
-    const int u1 = min(units, u0 + upb);
-    nchw_units<T, BWD, MAXP, U>(xs, dys, C, HW, S, seg_len, u0, u1, G, vec_ok, pm_n, pa, pb);
-  } else {
-    const int tile = b % ctiles, split = b / ctiles;
-    const int p0 = split * seg_len, p1 = min(HW, p0 + seg_len);
-    const size_t o = (size_t)split * C;
-    if (vc > 1)
-      nhwc_tile<T, BWD, MAXP, Vec<T>::N, U>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
-    else
-      nhwc_tile<T, BWD, MAXP, 1, U>(xs, dys, C, p0, p1, tile * ctv, ctv, pm_n, pa + o, pb + o, red);
-  }
-}
-
 
 // ------------------------------------------------------------------ ticket-ordered (pipelined) kernels
 // Persistent blocks take work items in the order of an atomic ticket: per sample, `bps` reduce
@@ -588,51 +367,31 @@ __global__ void __launch_bounds__(kThreads, 2) se_squeeze_excite_kernel(const __
 // (NCHW: C*HW % V == 0, a vector may straddle channels; NHWC: C % V == 0), else an element.
 // sv[c - c_lo] is the gate of channel c. LAST: the last read of x and a y not read again here, so
 // both get the evict-first hint and leave L2 to the x still waiting for its rescale. U: vectors a
-// thread loads before it scales and stores them. With one at a time, SASS showed LDG, STG, LDG:
-// as far as the compiler knows, dst may alias src, so a load cannot pass the store before it.
-// That left one 16-byte load in flight per thread. The per-element arithmetic is unchanged.
+// thread loads before it scales and stores them (map_vectors).
 template <typename T, bool NHWC, bool LAST, int U = 1>
 AK_INL void scale_range(const T* src, T* dst, const typename Acc<T>::type* sv, int c_lo, int C, int HW,
                         int u0, int u1, int step, bool vec) {
   using A = typename Acc<T>::type;
   constexpr int V = Vec<T>::N;
   if (vec) {
-    const Vec<T>* s4 = reinterpret_cast<const Vec<T>*>(src);
-    Vec<T>* d4 = reinterpret_cast<Vec<T>*>(dst);
-    for (int i0 = u0; i0 < u1; i0 += U * step) {
-      Vec<T> ts[U];
-      AK_PRAGMA_UNROLL(U)
-      for (int j = 0; j < U; ++j) {
-        const int i = i0 + j * step;
-        if (i < u1) ts[j] = LAST ? ak::load_vec_last(s4 + i) : ak::load_vec(s4 + i);
-      }
-      AK_PRAGMA_UNROLL(U)
-      for (int j = 0; j < U; ++j) {
-        const int i = i0 + j * step;
-        if (i >= u1) continue;
-        Vec<T>& t = ts[j];
-        const int e = i * V;
-        if (!NHWC) {
-          const int c = e / HW;
-          if ((c + 1) * HW - e >= V) {  // the vector lies in one channel
-            const A sc = sv[c - c_lo];
-            AK_PRAGMA_UNROLL(V)
-            for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
-          } else {  // it straddles channels (HW % V != 0: rows of 7x7, 14x14 bf16, ...)
-            AK_PRAGMA_UNROLL(V)
-            for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[(e + k) / HW - c_lo]);
-          }
-        } else {
-          const int c0 = e % C - c_lo;
+    map_vectors<T, U, LAST>(src, dst, u0, u1, step, [&](Vec<T>& t, int i) {
+      const int e = i * V;
+      if (!NHWC) {
+        const int c = e / HW;
+        if ((c + 1) * HW - e >= V) {  // the vector lies in one channel
+          const A sc = sv[c - c_lo];
           AK_PRAGMA_UNROLL(V)
-          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
+          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sc);
+        } else {  // it straddles channels (HW % V != 0: rows of 7x7, 14x14 bf16, ...)
+          AK_PRAGMA_UNROLL(V)
+          for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[(e + k) / HW - c_lo]);
         }
-        if (LAST)
-          ak::store_vec_stream(d4 + i, t);
-        else
-          ak::store_vec(d4 + i, t);
+      } else {
+        const int c0 = e % C - c_lo;
+        AK_PRAGMA_UNROLL(V)
+        for (int k = 0; k < V; ++k) t.v[k] = Cvt<T>::from(to_acc(t.v[k]) * sv[c0 + k]);
       }
-    }
+    });
   } else {
     for (int e = u0; e < u1; e += step) {
       const int c = NHWC ? e % C : e / HW;
@@ -893,36 +652,11 @@ __global__ void __launch_bounds__(kThreads, 2) se_bwd_reduce_kernel(const __grid
   bwd_epilogue_call<T, POOL>(P, n, pa, pb, P.S, sdz, sdu, red);
 }
 
-// dw2[c,j] = sum_n dz[n,c] h[n,j]; db2[c] = sum_n dz[n,c]; dw1[j,c] = sum_n du[n,j] p[n,c];
-// db1[j] = sum_n du[n,j] (the last two not in the single-layer form: wgrad_outputs). One thread
-// per output, a blocked_sum over n: deterministic.
-AK_HD_INL long long wgrad_outputs(int C, int Cr, bool fc1) {
-  return (long long)C * Cr + C + (fc1 ? (long long)Cr * C + Cr : 0);
-}
-
+// dw2, db2, dw1, db1 from the per-sample vectors (matvec.cuh's mlp_wgrad: deterministic).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) se_wgrad_kernel(BwdParams<T> P) {
-  using A = typename Acc<T>::type;
-  const int C = P.C, Cr = P.Cr, N = P.N;
-  const long long n1 = (long long)Cr * C;
-  const long long total = wgrad_outputs(C, Cr, P.w1 != nullptr);
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    if (i < n1) {  // dw2[c, j]
-      const int c = (int)(i / Cr), j = (int)(i - (long long)c * Cr);
-      P.dw2[i] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.dz[(size_t)n * C + c] * P.h[(size_t)n * Cr + j]; }));
-    } else if (i < n1 + C) {  // db2[c]
-      const int c = (int)(i - n1);
-      P.db2[c] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.dz[(size_t)n * C + c]; }));
-    } else if (i < 2 * n1 + C) {  // dw1[j, c]
-      const long long k = i - n1 - C;
-      const int j = (int)(k / C), c = (int)(k - (long long)j * C);
-      P.dw1[k] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.du[(size_t)n * Cr + j] * P.p[(size_t)n * C + c]; }));
-    } else {  // db1[j]
-      const int j = (int)(i - 2 * n1 - C);
-      P.db1[j] = Cvt<T>::from(blocked_sum<A>(N, [&](int n) { return P.du[(size_t)n * Cr + j]; }));
-    }
-  }
+  mlp_wgrad<T, typename Acc<T>::type>(blockIdx.x, gridDim.x, P.N, P.C, P.Cr, P.dz, P.h, P.w1 ? P.du : nullptr, P.p,
+                                      P.dw2, P.db2, P.dw1, P.db1);
 }
 
 // dx over units [u0, u1) of sample n, `step` apart (units as in scale_range). s and pmax are read

@@ -27,53 +27,11 @@ inline bool pipelined_ok(const DevInfo& d) { return d.code_arch >= 90; }
 // The device's properties, asked through one of SE's kernels (for the arch of their image).
 inline DevInfo dev_info() { return dev_info_of(se_rescale_kernel<float>); }
 
-// Geometry of the squeeze (forward) / reduction (backward) pass.
-struct Geom {
-  int bps = 1, S = 1, G = 1, seg_len = 1, upb = 1, vc = 1, ctv = 1, ctiles = 1;
-  size_t red_elems = 0;  // NHWC cross-row reduction scratch (accumulators)
-};
-
+// Geometry of the squeeze (forward) / reduction (backward) pass (common/squeeze.cuh).
+using Geom = SqueezeGeom;
 template <typename T>
 Geom squeeze_geom(const Problem& pr, int sms, int bps_hint, bool vec_ok, int threads) {
-  constexpr int V = Vec<T>::N;
-  Geom g;
-  const long long E = (long long)pr.C * pr.HW;
-  long long target = bps_hint > 0 ? bps_hint
-                                  : std::min(cdiv(4LL * sms, pr.N), std::max(1LL, cdiv(E, 8192)));
-  target = std::max(1LL, target);
-  if (!pr.nhwc) {
-    const int nvrow = (int)cdiv(pr.HW, V);
-    g.G = std::min(32, pow2_at_least((int)std::max(1LL, cdiv(nvrow, 2))));
-    const int ngrp = threads / g.G;
-    long long S = 1;
-    if (target * ngrp > pr.C) {
-      S = cdiv(target * ngrp, pr.C);
-      S = std::min<long long>(S, std::max(1, pr.HW / (g.G * V * 2)));
-    }
-    long long seg = cdiv(cdiv(pr.HW, S), V) * V;
-    S = cdiv(pr.HW, seg);
-    g.S = (int)S;
-    g.seg_len = (int)seg;
-    const long long units = (long long)pr.C * S;
-    long long upb = cdiv(cdiv(units, target), ngrp) * ngrp;
-    upb = std::min(upb, units);
-    g.upb = (int)upb;
-    g.bps = (int)cdiv(units, upb);
-  } else {
-    g.vc = (pr.C % V == 0 && vec_ok) ? V : 1;
-    g.ctv = nhwc_ctv(pr.C, g.vc, threads);
-    const int TY = threads / g.ctv;
-    g.ctiles = (int)cdiv(pr.C / g.vc, g.ctv);
-    long long S = std::max(1LL, cdiv(target, g.ctiles));
-    S = std::min<long long>(S, std::max(1, pr.HW / (TY * 2)));
-    const long long seg = cdiv(pr.HW, S);
-    g.S = (int)cdiv(pr.HW, seg);
-    g.seg_len = (int)seg;
-    g.bps = g.ctiles * g.S;
-    // nhwc_tile's second half (maxes / tie counts) only with avgmax pooling
-    g.red_elems = TY > 1 ? (size_t)TY * g.ctv * g.vc * (pr.pool == POOL_AVGMAX ? 2 : 1) : 0;
-  }
-  return g;
+  return ak::squeeze_geom<T>(pr.N, pr.C, pr.HW, pr.nhwc, pr.pool == POOL_AVGMAX, sms, bps_hint, vec_ok, threads);
 }
 
 // Shared memory of the fused kernel with `cl` blocks per sample (see se_fused_kernel).
@@ -321,7 +279,7 @@ std::string forward_t(const Problem& pr, const FwdIO& io, int variant, int bps_h
 
 template <typename T, int POOL, bool NHWC>
 void launch_backward(BwdParams<T>& P, int var, int grid, const Geom& g, size_t smem, ak::Stream st) {
-  const long long total = wgrad_outputs(P.C, P.Cr, P.w1 != nullptr);
+  const long long total = mlp_wgrad_outputs(P.C, P.Cr, P.w1 != nullptr);
   const long long wblocks = std::min(cdiv(total, kThreads), 65535LL);
   auto k1 = se_bwd_reduce_kernel<T, POOL, NHWC>;
   long long blocks = (long long)P.N * g.bps;
