@@ -625,7 +625,9 @@ template <typename T> __global__ void __launch_bounds__(kGemmThreads) sca_hidden
 
 // The parameter gradients, one thread an element (every sum over the batch or over rows in a
 // fixed blocked order): dW_hc = dhc^T h, db_c = sum_n dhc, dW_hs, db_s likewise, du_c, dw_c, du_s
-// (their rows summed); the last block: dc_c = sum dzc, dc_s = sum dzs (0 up to rounding).
+// (their rows summed); the last block: dc_c = 0 * sum dzc, dc_s = 0 * sum dzs (a shift of every
+// logit leaves a softmax as it is: exactly 0, and NaN where a gradient was not finite, as eager's
+// sum of dz is then).
 template <typename T> __global__ void __launch_bounds__(kThreads) sca_bwd_weights_kernel(const Params<T> p) {
   using A = AccT<T>;
   AK_SHARED_ARRAY(A, wpart, kThreads / 32);
@@ -656,7 +658,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) sca_bwd_weight
     p.du_s[e] = Cvt<T>::from(colsum(p.rus, (long long)p.N * p.n_lb, ks, e));
     return;
   }
-  // the last block: the sums of dzc and dzs
+  // the last block: dc_c and dc_s
   auto total_of = [&](const A* z, long long cnt) {
     A s = A(0);
     for (long long i = t; i < cnt; i += kThreads) s += z[i];
@@ -670,11 +672,11 @@ template <typename T> __global__ void __launch_bounds__(kThreads) sca_bwd_weight
   };
   if (p.has_c) {
     const A s = total_of(p.dzc, (long long)p.N * p.C);
-    if (t == 0) p.dc_c[0] = Cvt<T>::from(s);
+    if (t == 0) p.dc_c[0] = Cvt<T>::from(A(0) * s);
   }
   if (p.has_s) {
     const A s = total_of(p.dzs, (long long)p.N * p.HW);
-    if (t == 0) p.dc_s[0] = Cvt<T>::from(s);
+    if (t == 0) p.dc_s[0] = Cvt<T>::from(A(0) * s);
   }
 }
 
