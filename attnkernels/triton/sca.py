@@ -1,6 +1,10 @@
 """SCA (SCA-CNN spatial and channel-wise attention) in Triton, and the backend contract that the
 CUDA backend (csrc/sca/, attnkernels/cuda/sca.py) implements too. Spec: attnkernels/reference/sca.py.
 
+Contract changes since the first version (b9dbd24):
+  - dc_c, dc_s: 0 * sum dz (exactly 0 when finite), not sum dz: eager's sum dz is rounding noise
+    around the true 0, which fp32 parity cannot hold a sum of cancelling terms to.
+
 Notation. V (N, C, H, W), HW = H*W, location l = h*W + w; h (N, d); k_c / k_s units of the channel /
 spatial branch (one `attn_units` in the module; the kernels allow them to differ). cs = C if scale
 else 1, ss = HW if scale else 1: the factors the attention weights are applied with. "acc dtype":
@@ -9,7 +13,7 @@ fp64 for fp64 V, else fp32 (attnkernels._alloc.acc_dtype).
     hs[n] = W_hs h[n] + b_s           (k_s)     spatial:  zs[n,l] = tanh(W_s U[n,:,l] + hs[n]) . u_s
     beta = softmax_c(zc), alpha = softmax_l(zs); v = mean_l of the channel branch's input.
 c_c and c_s shift every logit of their softmax alike, so no output depends on them: the kernels never
-read them (their gradients are sum dz, below).
+read them (their gradients are exactly 0, below).
 
 Backend contract (attnkernels.triton and attnkernels.cuda export both functions; the custom ops
 attnkernels::sca_forward / sca_backward in attnkernels/sca.py validate and normalize the inputs)
@@ -33,8 +37,9 @@ sca_backward(dX, V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v, beta, alpha, d
   dX: V's shape, dtype and memory format. dbeta (N, C) / dalpha (N, HW): gradients reaching the
   returned maps (acc dtype, contiguous) or None. dV like V; dh (N, d) in h's dtype; parameter
   gradients in V's dtype, shaped as the flat parameters (dc_c, dc_s: (1,)); an absent branch's
-  are empty (0,) tensors. dc_c = sum_{n,c} dzc, dc_s = sum_{n,l} dzs (0 up to rounding; NaN / inf
-  reach them as in eager).
+  are empty (0,) tensors. dc_c and dc_s are exactly 0 (a shift of every logit leaves the softmax
+  as it is; eager's sum of dz is 0 up to rounding), computed as 0 * sum dz so that a non-finite
+  gradient still makes them NaN, as it makes eager's non-finite.
 
 Forward kernels (Triton `_sca_<name>`, CUDA `sca_<name>_kernel`), launched in this order:
   "cs": hidden, channel(U=V), spatial(U=V*cs*beta), apply    "c": hidden, channel, apply
@@ -586,11 +591,11 @@ def _sca_bwd_weights(
         jm = j < k_s
         tl.store(dus_ptr + j, cast_to(sum_rows(rus_ptr, N * Rs, k_s, j, jm, ACC, BLOCK_ROWS, False),
                                       dus_ptr.dtype.element_ty), mask=jm)
-    else:
+    else:  # dc = 0 * sum dz: exactly 0 (shift invariance), NaN where a gradient was not finite
         if HAS_C:
-            tl.store(dcc_ptr, cast_to(_total(dzc_ptr, N, C, ACC, BLOCK_K, BLOCK_ROWS), dcc_ptr.dtype.element_ty))
+            tl.store(dcc_ptr, cast_to(0.0 * _total(dzc_ptr, N, C, ACC, BLOCK_K, BLOCK_ROWS), dcc_ptr.dtype.element_ty))
         if HAS_S:
-            tl.store(dcs_ptr, cast_to(_total(dzs_ptr, N, HW, ACC, BLOCK_K, BLOCK_ROWS), dcs_ptr.dtype.element_ty))
+            tl.store(dcs_ptr, cast_to(0.0 * _total(dzs_ptr, N, HW, ACC, BLOCK_K, BLOCK_ROWS), dcs_ptr.dtype.element_ty))
 
 
 @triton.jit
