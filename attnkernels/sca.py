@@ -230,9 +230,10 @@ def grads_with_graph_sca(inputs, dys, order: str, scale: bool):
 # functional
 # ---------------------------------------------------------------------------------------------
 def tf32_allowed() -> bool:
-    """Whether torch lets fp32 matrix products use TF32 (torch.backends.cuda.matmul.allow_tf32, or a
-    float32 matmul precision below "highest"): the kernels' fp32 products follow it."""
-    return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    """Whether torch lets fp32 matrix products use TF32: torch.backends.cuda.matmul.allow_tf32, which
+    torch.set_float32_matmul_precision("high" / "medium") also sets (and torch.compile guards on
+    it). The kernels' fp32 products follow it."""
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def sca(V: Tensor, h: Tensor,
@@ -255,9 +256,12 @@ def sca(V: Tensor, h: Tensor,
     only where torch allows it for matmuls (tf32_allowed). backend: None (the one in force, see
     attnkernels.set_backend) or a backend name.
     """
-    with tracer_quiet():
-        (w_c, b_c, W_hc, u_c, cc), (W_s, b_s, W_hs, u_s, cs_) = _check_sca_inputs(
-            V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order, scale, return_attention)
+    checked = (V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order, scale, return_attention)
+    if torch.jit.is_tracing():  # (tracer_quiet's warning filters are not for torch.compile to trace)
+        with tracer_quiet():
+            (w_c, b_c, W_hc, u_c, cc), (W_s, b_s, W_hs, u_s, cs_) = _check_sca_inputs(*checked)
+    else:
+        (w_c, b_c, W_hc, u_c, cc), (W_s, b_s, W_hs, u_s, cs_) = _check_sca_inputs(*checked)
     name = pick_backend(backend, V)
     if name == "reference":
         return reference.sca(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order=order, scale=scale,
