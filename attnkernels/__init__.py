@@ -2,12 +2,14 @@
 from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
 from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, se
+from .sca import SCA, sca
 from .convert import convert, convert_report
 from ._variant import force_variant
 
 __all__ = [
     "available_backends", "backend", "get_backend", "set_backend", "force_variant",
     "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "SENetSEModule",
+    "sca", "SCA",
     "convert",
     "convert_report",
 ]

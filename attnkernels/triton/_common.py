@@ -34,6 +34,26 @@ def cast_to(v, DST: tl.constexpr):
 
 
 @triton.jit
+def dot_acc(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b (tl.dot: tensor cores on a GPU). PREC: "ieee" or "tf32", the input precision of
+    fp32 operands (ignored for others). The interpreter's bf16 matmul is wrong (numpy has no
+    bf16): there the operands are upcast, which is exact."""
+    if _INTERPRET and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def tanh(v):
+    """tanh from one exp, sign(v) (1 - e) / (1 + e) with e = exp(-2|v|) <= 1 (no overflow; +-1
+    for large |v|, NaN stays NaN); absolute error a few ulp."""
+    e = tl.exp(-2.0 * tl.abs(v))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(v < 0.0, -t, t)
+
+
+@triton.jit
 def sigmoid(v):
     return 1.0 / (1.0 + tl.exp(-v))
 
@@ -223,7 +243,22 @@ def workspaces(device: torch.device, dtype: torch.dtype, *sizes: int, across_lau
             old[i] if i < len(old) and old[i].numel() >= n else
             _outside_graph_pools(device, lambda n=n: torch.empty(max(n, 1024), dtype=dtype, device=device))
             for i, n in enumerate(sizes)]
+    bufs = bufs[:len(sizes)]  # (the key's list may be longer: another call asked for more)
     if _poison_active():
         for b in bufs:
             _fill(b)
     return bufs
+
+
+def on_x_device(launcher_fn):
+    """Run the launcher with its first tensor's GPU current (the feature map, or its gradient: on
+    the map's device): triton launches on the current device and its current stream (the JIT's
+    rule, which _launch.py keeps), and that need not be the map's (a model on cuda:1 called
+    without torch.cuda.set_device)."""
+    @functools.wraps(launcher_fn)
+    def on_device(t, *args, **kwargs):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return launcher_fn(t, *args, **kwargs)
+        return launcher_fn(t, *args, **kwargs)
+    return on_device

@@ -48,6 +48,7 @@ from .._variant import request
 from ._launch import launcher
 from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
                       nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
+from ._common import on_x_device as _on_x_device
 from ._mlp import channel_layer, matvec, outer_sum_tile
 from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, split_totals, sum_rows,
                       tile_of, tile_ptrs)
@@ -859,19 +860,6 @@ def _spin_cap(device):
     tests that run the interpreter's programs interleaved, with tests/triton_interpreter.py:
     interleaved_programs, patch this to 0: there a wait is real.)"""
     return 0 if device.type == "cuda" else 1
-
-
-def _on_x_device(launcher_fn):
-    """Run the launcher with its first tensor's GPU current (x, or dy: on x's device): triton
-    launches on the current device and its current stream (the JIT's rule, which _launch.py
-    keeps), and that need not be x's (a model on cuda:1 called without torch.cuda.set_device)."""
-    @functools.wraps(launcher_fn)
-    def on_device(t, *args, **kwargs):
-        if t.is_cuda and t.device.index != torch.cuda.current_device():
-            with torch.cuda.device(t.device):
-                return launcher_fn(t, *args, **kwargs)
-        return launcher_fn(t, *args, **kwargs)
-    return on_device
 
 
 @_on_x_device
