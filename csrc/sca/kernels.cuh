@@ -125,7 +125,9 @@ template <typename T> struct GemmCfg {
 // outside the matrices), staged through shared memory BK at a time. a_kfast: consecutive kk of A
 // are adjacent in memory, so the staging walks kk fastest (coalesced); b_nfast likewise for n of
 // B. Every thread of the kGemmThreads block calls it; on return Out is complete and visible to the
-// block. smem: GemmCfg<T>::kBytes, 32-byte aligned (the staging buffers and Out share it).
+// block. smem: GemmCfg<T>::kBytes, 32-byte aligned (the staging buffers and Out share it): the
+// kernels that call it declare no static shared memory, so their dynamic shared memory starts the
+// block's shared window (cuemu checks every wmma pointer's alignment).
 template <typename T, typename LA, typename LB>
 AK_INL void gemm_tile(unsigned char* smem, int K, const LA& la, const LB& lb, bool a_kfast, bool b_nfast) {
   using Cfg = GemmCfg<T>;
