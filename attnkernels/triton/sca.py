@@ -4,6 +4,9 @@ CUDA backend (csrc/sca/, attnkernels/cuda/sca.py) implements too. Spec: attnkern
 Contract changes since the first version (b9dbd24):
   - dc_c, dc_s: 0 * sum dz (exactly 0 when finite), not sum dz: eager's sum dz is rounding noise
     around the true 0, which fp32 parity cannot hold a sum of cancelling terms to.
+  - the tanh slopes of the backward (channel_bwd's 1 - b^2, spatial_bwd's 1 - a^2) come from
+    e = exp(-2|x|) as 4e / (1 + e)^2, not from the rounded tanh: 1 - t^2 of a rounded t loses its
+    digits as tanh saturates (fp32 dw_c missed the 2x-the-reference bar by that alone).
 
 Notation. V (N, C, H, W), HW = H*W, location l = h*W + w; h (N, d); k_c / k_s units of the channel /
 spatial branch (one `attn_units` in the module; the kernels allow them to differ). cs = C if scale
@@ -70,6 +73,7 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
                exp(-2|.|), not from the rounded b); dv[n, c] = dB . w_c
                (N, C); rows (N, n_cb, k_c) of dhc = sum_c dB, du_c = sum_c dzc b, dw_c = sum_c dB v.
   spatial_bwd  grid (chunk sample, lb, kb): P recomputed as in spatial; dP = dzs u_s (1 - a^2)
+               (the slope as in channel_bwd)
                written to the dP scratch (chunk, HW, k_s) in V's dtype (fp32 / fp64 for those);
                rows (N, n_lb, k_s) of dhs = sum_l dP, du_s = sum_l dzs a (its kb slice).
   spatial_dw   grid (kb, cb): per sample n of the chunk, M_n = dP_n^T V_n (BK x BC, tensor cores,
