@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import reference
 from ._alloc import acc_dtype
-from ._dropin import FusedDropin, cast_params, hooked, weight_bias, weight_bias_attrs
+from ._dropin import FusedDropin, cast_params, weight_bias, weight_bias_attrs
 from ._fused_op import grads_with_graph, pick_backend, tracer_quiet
 from ._validate import check_choice, check_like, check_tensor, memory_format_of
 from .backend import get_impl
@@ -191,6 +191,9 @@ def _backward(ctx, dX, _dhc, _dhs, _dv, dbeta, dalpha):
     V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, hc, hs, v, beta, alpha = ctx.saved_tensors
     order, scale, tf32, backend = ctx.opts
     inputs = (V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s)
+    # an absent branch's map is an empty (0,) tensor, whose gradient (if any) is nothing to add
+    dbeta = dbeta if "c" in order else None
+    dalpha = dalpha if "s" in order else None
     if dX is None and dbeta is None and dalpha is None:
         return (None,) * 16
     if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, from the reference's graph
@@ -295,20 +298,14 @@ def _fused_sca_call(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, or
 
 torch.fx.wrap("_fused_sca_call")
 
-_BRANCH_MODULES = {"c": ("channel_in", "channel_hidden", "channel_score"),
-                   "s": ("spatial_in", "spatial_hidden", "spatial_score")}
-
-
 class SCA(FusedDropin, reference.SCA):
     """Drop-in for attnkernels.reference.SCA (same constructor, Linear submodules and state_dict):
-    forward(V, h, return_attention=False) runs the fused op unless hooks sit on its Linears
-    (pruning, weight norm, ...), else the eager forward."""
+    forward(V, h, return_attention=False) runs the fused op. (The reference reads its Linears'
+    parameters without calling them, so hooks on them run in neither; a parametrized weight, such
+    as weight norm's, is read through its attribute in both.)"""
 
     def fused_options(self):
-        """(order, "scale" | "noscale"), or None (eager: hooks on the Linears)."""
-        mods = [self._modules[name] for b in self.order for name in _BRANCH_MODULES[b]]
-        if hooked(*mods):
-            return None
+        """(order, "scale" | "noscale"): every configuration is fused."""
         return self.order, "scale" if self.scale else "noscale"
 
     def forward(self, V: Tensor, h: Tensor, return_attention: bool = False):
@@ -321,8 +318,6 @@ class SCA(FusedDropin, reference.SCA):
 
     @torch.jit.unused
     def _fused_sca(self, V: Tensor, h: Tensor, return_attention: bool):
-        if self.fused_options() is None:
-            return self._eager_forward(V, h, return_attention)
         if not isinstance(V, torch.fx.Proxy) and (V.dim() != 4 or V.shape[1] != self.channels
                                                   or h.dim() != 2 or h.shape[-1] != self.hidden_size):
             raise ValueError(f"expected V (N, {self.channels}, H, W) and h (N, {self.hidden_size}),"

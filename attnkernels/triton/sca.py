@@ -4,6 +4,9 @@ CUDA backend (csrc/sca/, attnkernels/cuda/sca.py) implements too. Spec: attnkern
 Contract changes since the first version (b9dbd24):
   - dc_c, dc_s: 0 * sum dz (exactly 0 when finite), not sum dz: eager's sum dz is rounding noise
     around the true 0, which fp32 parity cannot hold a sum of cancelling terms to.
+  - the tanh slopes of the backward (channel_bwd's 1 - b^2, spatial_bwd's 1 - a^2) come from
+    e = exp(-2|x|) as 4e / (1 + e)^2, not from the rounded tanh: 1 - t^2 of a rounded t loses its
+    digits as tanh saturates (fp32 dw_c missed the 2x-the-reference bar by that alone).
 
 Notation. V (N, C, H, W), HW = H*W, location l = h*W + w; h (N, d); k_c / k_s units of the channel /
 spatial branch (one `attn_units` in the module; the kernels allow them to differ). cs = C if scale
@@ -66,9 +69,11 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
                second run, after channel_bwd): loc rows of sum_c V * dv[c] * ss / HW only.
   softmax_bwd  grid (n): g = the sum of the given row groups (+ dbeta / dalpha), then
                dz = p * (g - sum_m p g) (p = beta or alpha): dzc (N, C) / dzs (N, HW).
-  channel_bwd  grid (n, cb): b = tanh(v w_c + hc), dB = dzc u_c (1 - b^2); dv[n, c] = dB . w_c
+  channel_bwd  grid (n, cb): b = tanh(v w_c + hc), dB = dzc u_c (1 - b^2) (the slope from
+               exp(-2|.|), not from the rounded b); dv[n, c] = dB . w_c
                (N, C); rows (N, n_cb, k_c) of dhc = sum_c dB, du_c = sum_c dzc b, dw_c = sum_c dB v.
   spatial_bwd  grid (chunk sample, lb, kb): P recomputed as in spatial; dP = dzs u_s (1 - a^2)
+               (the slope as in channel_bwd)
                written to the dP scratch (chunk, HW, k_s) in V's dtype (fp32 / fp64 for those);
                rows (N, n_lb, k_s) of dhs = sum_l dP, du_s = sum_l dzs a (its kb slice).
   spatial_dw   grid (kb, cb): per sample n of the chunk, M_n = dP_n^T V_n (BK x BC, tensor cores,
@@ -113,7 +118,7 @@ import triton
 import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
-from ._common import (arrival_counters, cast_to, dot_acc, nanmax, nanmax_over, on_x_device, tanh,
+from ._common import (arrival_counters, cast_to, dot_acc, nanmax, nanmax_over, on_x_device, tanh, tanh_and_slope,
                       target_programs, tl_acc_dtype, workspaces)
 from ._launch import launcher
 from ._mlp import matvec, outer_sum_tile
@@ -156,18 +161,18 @@ def _finish_softmax(p_ptr, ws_ptr, n_parts, size, BLOCK: tl.constexpr):
     s = tl.sum(S, axis=0)
     for j0 in range(0, size, BLOCK):
         j = j0 + i
-        z = tl.load(p_ptr + j, mask=j < size, other=0.0, cache_modifier=".cg")
+        z = tl.load(p_ptr + j, mask=j < size, other=float("-inf"), cache_modifier=".cg")
         tl.store(p_ptr + j, tl.exp(z - m) / s, mask=j < size)
 
 
 @triton.jit
 def _channel_units(vv, hc_ptr, w_ptr, u_ptr, j, jm):
-    """b = tanh(v[c] w_c[j] + hc[j]) for a (channel block) x (unit block) tile, and u_c[j] (0 past
-    the units)."""
+    """(v[c] w_c[j] + hc[j], w_c[j], u_c[j]) for a (channel block) x (unit block) tile: the
+    pre-activation of b = tanh(.), and the weights (0 past the units)."""
     w = tl.load(w_ptr + j, mask=jm, other=0.0).to(vv.dtype)
     hcv = tl.load(hc_ptr + j, mask=jm, other=0.0)
     u = tl.load(u_ptr + j, mask=jm, other=0.0).to(vv.dtype)
-    return tanh(vv[:, None] * w[None, :] + hcv[None, :]), w, u
+    return vv[:, None] * w[None, :] + hcv[None, :], w, u
 
 
 @triton.jit
@@ -245,8 +250,8 @@ def _sca_channel(
         z = tl.zeros([BLOCK_C], dtype=ACC)
         for j0 in range(0, k, BLOCK_K):
             j = j0 + tl.arange(0, BLOCK_K)
-            b, _, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
-            z += tl.sum(b * u[None, :], axis=1)
+            pre, _, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
+            z += tl.sum(tanh(pre) * u[None, :], axis=1)
         tl.store(beta_ptr + n * C + c, z, mask=cmask)
         _park_softmax(wsm_ptr + 2 * ncb, z, cmask)
         if arrive_last(counter_ptr + n, n_cblk):
@@ -387,9 +392,10 @@ def _sca_channel_bwd(dzc_ptr, v_ptr, hc_ptr, wc_ptr, uc_ptr, dv_ptr, rhc_ptr, ru
     for j0 in range(0, k, BLOCK_K):
         j = j0 + tl.arange(0, BLOCK_K)
         jm = j < k
-        b, w, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, jm)
+        pre, w, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, jm)
+        b, slope = tanh_and_slope(pre)
         b = tl.where(cm[:, None], b, 0.0)
-        dB = dz[:, None] * u[None, :] * (1.0 - b * b)  # (0 in the masked rows: dz = 0 there)
+        dB = dz[:, None] * u[None, :] * slope  # (0 in the masked rows: dz = 0 there)
         dv += tl.sum(dB * w[None, :], axis=1)
         tl.store(rhc_ptr + pid * k + j, tl.sum(dB, axis=0), mask=jm)
         tl.store(ruc_ptr + pid * k + j, tl.sum(dz[:, None] * b, axis=0), mask=jm)
@@ -419,10 +425,10 @@ def _sca_spatial_bwd(
     jm = j < k
     P = _project(v_ptr + n.to(tl.int64) * C * HW, beta_ptr + n * C, ws_w_ptr, l, lmask, j, jm, C, stride_c,
                  stride_hw, FOLD_BETA, CS, PREC, ACC, BLOCK_C)
-    a = tanh(P + tl.load(hs_ptr + n * k + j, mask=jm, other=0.0)[None, :])
+    a, slope = tanh_and_slope(P + tl.load(hs_ptr + n * k + j, mask=jm, other=0.0)[None, :])
     dz = tl.load(dzs_ptr + n * HW + l, mask=lmask, other=0.0)
     u = tl.load(us_ptr + j, mask=jm, other=0.0).to(ACC)
-    dP = dz[:, None] * u[None, :] * (1.0 - a * a)  # (0 in masked rows and columns)
+    dP = dz[:, None] * u[None, :] * slope  # (0 in masked rows and columns)
     tl.store(dp_ptr + (s * HW + l[:, None]).to(tl.int64) * k + j[None, :], cast_to(dP, dp_ptr.dtype.element_ty),
              mask=lmask[:, None] & jm[None, :])
     if ROWS:
