@@ -32,11 +32,16 @@ template <typename T> using AccT = typename Acc<T>::type;
 template <typename T> AK_INL T zero() { return Cvt<T>::from(AccT<T>(0)); }
 AK_INL float sca_tanh(float x) { return tanhf(x); }
 AK_INL double sca_tanh(double x) { return tanh(x); }
-// tanh's slope 1 - tanh(x)^2 as 4e / (1 + e)^2 with e = exp(-2|x|) (the contract's): accurate
+AK_INL float sca_expm1(float x) { return expm1f(x); }
+AK_INL double sca_expm1(double x) { return expm1(x); }
+// tanh(x), and its slope 1 - tanh(x)^2 into `slope`, from one em = expm1(-2|x|) (e = 1 + em):
+// t = sign(x) (-em) / (2 + em), slope = 4e / (1 + e)^2 (the contract's): the slope accurate
 // relative to itself as tanh saturates, where 1 - t^2 of a rounded t loses its digits.
-template <typename A> AK_INL A tanh_slope(A x) {
-  const A e = ak_exp(A(-2) * (x < A(0) ? -x : x));
-  return A(4) * e / ((A(1) + e) * (A(1) + e));
+template <typename A> AK_INL A tanh_and_slope(A x, A& slope) {
+  const A em = sca_expm1(A(-2) * (x < A(0) ? -x : x)), e = A(1) + em;
+  slope = A(4) * e / ((A(1) + e) * (A(1) + e));
+  const A t = -em / (A(2) + em);
+  return x < A(0) ? -t : t;
 }
 
 // Everything a kernel reads or writes (one struct, passed by value to every kernel). The saved
@@ -433,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) sca_softmax_bwd_kernel(const Params<
 }
 
 // The channel logits' backward for a (sample, block of kTile channels): b = tanh(v w_c + hc),
-// dB = dzc u_c (1 - b^2) (tanh_slope); dv[n, c] = dB . w_c, and the block's rows of dhc =
+// dB = dzc u_c (1 - b^2) (tanh_and_slope); dv[n, c] = dB . w_c, and the block's rows of dhc =
 // sum_c dB, du_c = sum_c dzc b, dw_c = sum_c dB v.
 template <typename T> __global__ void __launch_bounds__(kThreads) sca_channel_bwd_kernel(const Params<T> p) {
   using A = AccT<T>;
@@ -448,9 +453,10 @@ template <typename T> __global__ void __launch_bounds__(kThreads) sca_channel_bw
       A g = A(0), zbv = A(0);
       if (c < p.C && j < p.k_c) {
         const A dz = p.dzc[(long long)n * p.C + c];
-        const A pre = p.v[(long long)n * p.C + c] * to_acc(p.w_c[j]) + hcn[j];
-        g = dz * to_acc(p.u_c[j]) * tanh_slope(pre);
-        zbv = dz * sca_tanh(pre);
+        A slope;
+        const A b = tanh_and_slope(p.v[(long long)n * p.C + c] * to_acc(p.w_c[j]) + hcn[j], slope);
+        g = dz * to_acc(p.u_c[j]) * slope;
+        zbv = dz * b;
       }
       dB[ci * (kTile + 1) + jj] = g;
       zb[ci * (kTile + 1) + jj] = zbv;
@@ -473,7 +479,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) sca_channel_bw
   if (t < kTile && c0 + t < p.C) p.dv[(long long)n * p.C + c0 + t] = dv;
 }
 
-// dP = dzs u_s (1 - a^2) (tanh_slope), a = tanh(P + hs), for one (chunk sample s, location
+// dP = dzs u_s (1 - a^2), a = tanh(P + hs) (tanh_and_slope), for one (chunk sample s, location
 // block, unit block), P recomputed as the forward computes it, into the chunk's dP scratch (V's
 // dtype); rows: also the block's rows of dhs = sum_l dP and du_s = sum_l dzs a.
 template <typename T>
@@ -492,8 +498,9 @@ __global__ void __launch_bounds__(kGemmThreads) sca_spatial_bwd_kernel(const Par
     A sdp = A(0), sza = A(0);
     for (int m = 0; m < Cfg::BM && l0 + m < p.HW; ++m) {
       const int l = l0 + m;
-      const A pre = P[m * Cfg::LDO + t] + hsj, a = sca_tanh(pre), dz = p.dzs[(long long)n * p.HW + l];
-      const A g = dz * u * tanh_slope(pre);
+      A slope;
+      const A a = tanh_and_slope(P[m * Cfg::LDO + t] + hsj, slope), dz = p.dzs[(long long)n * p.HW + l];
+      const A g = dz * u * slope;
       p.dP[((long long)s * p.HW + l) * p.k_s + j] = Cvt<T>::from(g);
       sdp += g;
       sza += dz * a;
