@@ -3,6 +3,7 @@ from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
 from .bam import BAM, bam
 from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, se
+from .sca import SCA, sca
 from .convert import convert, convert_report
 from ._variant import force_variant
 
@@ -10,6 +11,7 @@ __all__ = [
     "available_backends", "backend", "get_backend", "set_backend", "force_variant",
     "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "SENetSEModule",
     "BAM", "bam",
+    "sca", "SCA",
     "convert",
     "convert_report",
 ]

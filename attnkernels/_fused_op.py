@@ -82,21 +82,27 @@ def twice_differentiable_gate(gate: str):
     return hardsigmoid_twice_differentiable if gate == "hardsigmoid" else gate
 
 
-def grads_with_graph(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]], dy: Tensor) -> tuple:
+def grads_with_graph(fn: Callable, inputs: Sequence[Optional[Tensor]], dy) -> tuple:
     """The gradients of fn(*inputs) (None for an input that is None or wants no gradient) as a
     differentiable function of the inputs and dy: what a backward with create_graph=True needs.
     fn runs the reference's eager graph in the accumulation dtype (fp32 for fp16/bf16, as the
     kernels accumulate), on the saved inputs cast to it: eager speed and memory, for this rare
-    path only. Floating inputs are cast; others (and None) pass as they are."""
+    path only. Floating inputs are cast; others (and None) pass as they are. dy: the gradient of
+    fn's output, or a tuple of gradients of fn's outputs (a tuple too; None: that output gets no
+    gradient, e.g. an attention map the caller did not use)."""
     wanted = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     out = [None] * len(inputs)
-    if not wanted:
+    multi = isinstance(dy, (tuple, list))
+    dys = list(dy) if multi else [dy]
+    if not wanted or all(g is None for g in dys):
         return tuple(out)
-    acc = acc_dtype(dy.dtype)
+    acc = acc_dtype(next(g for g in dys if g is not None).dtype)
     up = [t.to(acc) if isinstance(t, Tensor) and t.is_floating_point() else t for t in inputs]
     with torch.enable_grad():
         y = fn(*up)
-        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], dy.to(acc), create_graph=True)
+        pairs = [(o, g.to(acc)) for o, g in zip(y if multi else [y], dys) if g is not None and o is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True)
     for i, g in zip(wanted, grads):
         out[i] = g
     return tuple(out)

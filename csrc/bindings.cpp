@@ -10,10 +10,12 @@
 #include "common/binding_utils.h"
 #include "se/binding.h"
 #include "bam/binding.h"
+#include "sca/binding.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attnkernels hand-written kernels";
   m.attr("backends") = ak_binding::built_backends();
   ak_binding::register_se(m);
   ak_binding::register_bam(m);
+  ak_binding::register_sca(m);
 }

@@ -1,7 +1,8 @@
-"""Compile each op's nvcc translation unit (csrc/se/se_cuda.cu, csrc/bam/bam_cuda.cu) for sm_90 once
-with `nvcc -Xptxas -v -keep` and read what the GPU will run: every kernel without register spills,
-local-memory stack frames or compiler warnings, and (from the kept PTX) the memory instructions the
-kernels' tricks rely on. Skipped when nvcc is missing."""
+"""Compile each op's nvcc translation unit (csrc/<op>/<op>_cuda.cu) for sm_90 once with `nvcc
+-Xptxas -v -keep` and read what the GPU will run: every kernel without register spills, local-memory
+stack frames or compiler warnings, and (from the kept PTX) the instructions the kernels' tricks rely
+on (the 16-byte memory instructions of the streaming passes, SCA's tensor-core products). Skipped
+when nvcc is missing."""
 from __future__ import annotations
 
 import glob
@@ -25,12 +26,17 @@ def _nvcc():
 pytestmark = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 
 
+# torch's CUDAExtension compiles every .cu file with these: no implicit half / bfloat16 conversions
+_TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__")
+
+
 def _build(tmp_path_factory, op):
-    """(ptxas -v output, PTX text) of one sm_90 compile of op's TU, done once per run (xdist workers
-    share it)."""
+    """(ptxas -v output, PTX text) of one sm_90 compile of op's TU, as the extension compiles it,
+    done once per run (xdist workers share it)."""
     def compile_once(out_dir):
         cmd = [_nvcc(), "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-keep", "--keep-dir", str(out_dir),
-               "-c", os.path.join(ROOT, "csrc", op, f"{op}_cuda.cu"), "-o", str(out_dir / f"{op}_cuda.o")]
+               *_TORCH_NVCC_FLAGS, "-c", os.path.join(ROOT, "csrc", op, f"{op}_cuda.cu"), "-o", str(out_dir / f"{op}_cuda.o")]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-5000:]
@@ -39,6 +45,11 @@ def _build(tmp_path_factory, op):
         with open(ptx[0]) as f:
             return [out, f.read()]
     return tuple(once_per_run(tmp_path_factory, f"{op}_cuda_build", compile_once)[0])
+
+
+@pytest.fixture(scope="module")
+def sca_build(tmp_path_factory):
+    return _build(tmp_path_factory, "sca")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +86,45 @@ def test_se_kernels_no_spills(build):
     for kind in ("se_squeeze_excite_kernel", "se_rescale_kernel", "se_fused_kernel", "se_bwd_reduce_kernel",
                  "se_wgrad_kernel", "se_dx_kernel", "se_pipelined_kernel", "se_bwd_pipelined_kernel"):
         assert kind in names, kind
+
+
+SCA_KERNELS = ("sca_hidden_kernel", "sca_channel_kernel", "sca_spatial_kernel", "sca_apply_kernel",
+               "sca_bwd_reduce_kernel", "sca_softmax_bwd_kernel", "sca_channel_bwd_kernel", "sca_spatial_bwd_kernel",
+               "sca_spatial_dw_kernel", "sca_dx_kernel", "sca_hidden_bwd_kernel", "sca_bwd_weights_kernel")
+
+
+def test_sca_kernels_no_spills(sca_build):
+    """Every SCA kernel, in each of the four dtypes, without spills or a stack frame."""
+    out, _ = sca_build
+    assert "warning" not in out.lower(), [l for l in out.splitlines() if "warning" in l.lower()][:10]
+    kernels = re.findall(r"Compiling entry function '([^']+)' for 'sm_90'", out)
+    props = re.findall(r"Function properties for (\S+)\s+(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                       r"(\d+) bytes spill loads", out)
+    assert kernels and set(kernels) <= {name for name, *_ in props}, out[-3000:]
+    bad = [(name, v) for name, *v in props if any(int(x) for x in v)]
+    assert not bad, f"{len(bad)} functions spill or use a stack frame: {bad[:5]}"
+    for kind in SCA_KERNELS:
+        for dt in ("IfE", "IdE", "I6__halfE", "I13__nv_bfloat16E"):
+            assert any(kind in k and dt in k for k in kernels), (kind, dt)
+
+
+def test_sca_products_on_tensor_cores(sca_build):
+    """The kernels built on gemm_tile multiply fp16 / bf16 on the tensor cores (wmma.mma with
+    fp32 accumulators) and fp32 / fp64 with FMAs (no wmma: fp32 products are not TF32)."""
+    entries = _entries(sca_build[1])
+    gemm = ("sca_spatial_kernel", "sca_spatial_bwd_kernel", "sca_spatial_dw_kernel", "sca_dx_kernel")
+    for kind in gemm:
+        # (PTX names the f16 form by its D and C types only)
+        for dt, mma in (("I6__halfE", "wmma.mma.sync.aligned.row.row.m16n16k16.f32.f32"),
+                        ("I13__nv_bfloat16E", "wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32"),
+                        ("IfE", "fma.rn.f32"), ("IdE", "fma.rn.f64")):
+            bodies = [b for k, b in entries.items() if kind in k and dt in k]
+            assert len(bodies) == 1, (kind, dt)
+            assert mma in bodies[0], (kind, dt, mma)
+            if dt in ("IfE", "IdE"):
+                assert "wmma" not in bodies[0], (kind, dt)
+    others = [k for k in entries if "sca_" in k and not any(g in k for g in gemm)]
+    assert others and not any("wmma" in entries[k] for k in others)
 
 
 def _entries(ptx):

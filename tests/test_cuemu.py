@@ -1,6 +1,7 @@
 """Tests of csrc/cuemu (CUDA kernels run on the CPU): builds csrc/cuemu/tests/*.cpp with g++ once
-per session (plus a ucontext-fallback build and an nvcc compile check of csrc/common/cuda_compat.h,
-in parallel) and runs each case in a subprocess with a timeout, so a hang can never stall pytest."""
+per session (plus a ucontext-fallback build and an nvcc compile check of csrc/common/cuda_compat.h
+and the wmma calls, in parallel) and runs each case in a subprocess with a timeout, so a hang can
+never stall pytest."""
 import os
 import re
 import shutil
@@ -84,12 +85,12 @@ def raises(builds, case, *patterns, env=None):
 
 
 @pytest.mark.parametrize("case", ["block_reduce", "warp", "atomics", "dyn_smem", "sync_votes", "fp16",
-                                  "multi_tu", "spin", "vec_ok", "launch_config"])
+                                  "multi_tu", "spin", "vec_ok", "launch_config", "wmma"])
 def test_correct_kernels(builds, case):
     ok(builds, case)
 
 
-@pytest.mark.parametrize("case", ["block_reduce", "warp", "sync_votes"])
+@pytest.mark.parametrize("case", ["block_reduce", "warp", "sync_votes", "wmma"])
 def test_random_schedule_keeps_correct_kernels_correct(builds, case):
     for seed in (1, 2):
         ok(builds, case, {"CUEMU_SCHEDULE": f"random:{seed}"})
@@ -192,6 +193,25 @@ def test_warp_collective_vs_barrier_deadlock(builds):
     raises(builds, "deadlock_warp", r"deadlock", r"__shfl_sync", r"__syncthreads")
 
 
+@pytest.mark.parametrize("case, patterns", [
+    ("wmma_lane_exits", [r"lane 5 exited while lane 0 waits for it in nvcuda::wmma::mma_sync"]),
+    ("wmma_lane_at_barrier", [r"nvcuda::wmma::load_matrix_sync .* waits for lane 3 which is blocked in __syncthreads",
+                              "deadlock"]),
+    ("wmma_other_pointer", [r"load_matrix_sync: every lane of the warp must pass the same matrix: lane 7"]),
+    ("wmma_misaligned", [r"load_matrix_sync: pointer 0x[0-9a-f]+ is not 256-bit \(32-byte\) aligned"]),
+    ("wmma_bad_ldm", [r"ldm 12 must be a multiple of 8 elements"]),
+    ("wmma_copies_differ", [r"mma_sync: lane 0's matrix_a fragment has x\[0\] != x\[8\]"]),
+    ("wmma_mismatch", [r"mismatched warp collectives: .*store_matrix_sync .* waits in nvcuda::wmma::mma_sync"]),
+    ("wmma_partial_warp", [r"load_matrix_sync: member mask 0xffffffff names lane 16 which does not exist"]),
+])
+def test_wmma_misuse_raises(builds, case, patterns):
+    """The warp matrix operations are warp collectives with the GPU's requirements: a lane missing
+    (exited, or at a barrier), a lane passing another matrix, a misaligned pointer or ldm, a
+    partial warp, lanes calling different operations, and a fragment changed element by element
+    against the unspecified mapping each raise a cuemu::Error naming the call."""
+    raises(builds, case, *patterns, r"k_wmma_bad")
+
+
 def test_partial_barrier_default_and_strict(builds):
     ok(builds, "partial_barrier")
     raises(builds, "partial_barrier", r"reached by 32 of 128 threads", r"CUEMU_STRICT", env={"CUEMU_STRICT": "1"})
@@ -234,13 +254,14 @@ def test_performance(builds):
     assert ms < 3000, out  # ~100 ms on one core; generous for loaded CI machines
 
 
-@pytest.mark.parametrize("case", ["block_reduce", "warp", "deadlock_barriers", "throw", "dyn_smem", "assert"])
+@pytest.mark.parametrize("case", ["block_reduce", "warp", "deadlock_barriers", "throw", "dyn_smem", "assert", "wmma",
+                                  "wmma_lane_exits"])
 def test_ucontext_fallback(builds, case):
     rc, log = builds["results"]["ucontext"]
     assert rc == 0, log
     rc, out = run(builds, case, exe="selftest_uc")
     assert rc in (0, 3) and ("PASS" in out or "ERROR: cuemu:" in out), out
-    assert (rc == 3) == (case in ("deadlock_barriers", "throw", "assert")), out
+    assert (rc == 3) == (case in ("deadlock_barriers", "throw", "assert", "wmma_lane_exits")), out
 
 
 def test_cuda_compat_emulated(builds):

@@ -14,17 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import sm90_code_here
+from utils import cuda_devices, sm90_code_here
 
 cuda_mod = pytest.importorskip("attnkernels.cuda")
 
-DEVICES = []
-if cuda_mod.unavailable_reason("cuda-emu") is None:
-    DEVICES.append("cpu")
-if cuda_mod.unavailable_reason("cuda") is None and torch.cuda.is_available():
-    DEVICES.append("cuda")
-if not DEVICES:
-    pytest.skip(f"no cuda/cuda-emu extension: {cuda_mod.unavailable_reason('cuda-emu')}", allow_module_level=True)
+DEVICES = cuda_devices()
 
 ACTS = ("relu", "silu", "hardswish", "gelu", "identity")
 GATES = ("sigmoid", "hardsigmoid")

@@ -56,6 +56,21 @@ def sm90_code_here(device):
     return device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 9
 
 
+def cuda_devices():
+    """The devices attnkernels.cuda's kernels run on here: "cpu" (the cuda-emu build) and "cuda"
+    (the nvcc build, with a GPU); the calling test module is skipped when there is neither."""
+    import pytest
+    cuda_mod = pytest.importorskip("attnkernels.cuda")
+    devices = []
+    if cuda_mod.unavailable_reason("cuda-emu") is None:
+        devices.append("cpu")
+    if cuda_mod.unavailable_reason("cuda") is None and torch.cuda.is_available():
+        devices.append("cuda")
+    if not devices:
+        pytest.skip(f"no cuda/cuda-emu extension: {cuda_mod.unavailable_reason('cuda-emu')}", allow_module_level=True)
+    return devices
+
+
 def to64(t):
     return None if t is None else t.detach().to(torch.float64)
 

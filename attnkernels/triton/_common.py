@@ -34,6 +34,35 @@ def cast_to(v, DST: tl.constexpr):
 
 
 @triton.jit
+def dot_acc(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b (tl.dot: tensor cores on a GPU). PREC: "ieee" or "tf32", the input precision of
+    fp32 operands (ignored for others). The interpreter's bf16 matmul is wrong (numpy has no
+    bf16): there the operands are upcast, which is exact."""
+    if _INTERPRET and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def tanh(v):
+    """tanh from one exp, sign(v) (1 - e) / (1 + e) with e = exp(-2|v|) <= 1 (no overflow; +-1
+    for large |v|, NaN stays NaN); absolute error a few ulp."""
+    e = tl.exp(-2.0 * tl.abs(v))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(v < 0.0, -t, t)
+
+
+@triton.jit
+def tanh_and_slope(v):
+    """(tanh(v), 1 - tanh(v)^2), the slope as 4e / (1 + e)^2 from the same e: accurate relative to
+    itself as tanh saturates, where 1 - t^2 from a rounded t (autograd's) loses its digits."""
+    e = tl.exp(-2.0 * tl.abs(v))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(v < 0.0, -t, t), 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
 def sigmoid(v):
     return 1.0 / (1.0 + tl.exp(-v))
 

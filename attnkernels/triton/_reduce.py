@@ -117,8 +117,9 @@ def combine_splits(ws_ptr, counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.con
 
 @triton.jit
 def pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.constexpr,
-                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """(sum, max) over [hw_lo, hw_hi) of one sample's channels c (base: the sample's x)."""
+                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, w_ptr=None):
+    """(sum, max) over [hw_lo, hw_hi) of one sample's channels c (base: the sample's x). w_ptr: the
+    sum weighs location hw by w_ptr[hw] (SCA's "sc" order pools the alpha-weighted features)."""
     acc_sum = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
     acc_max = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), dtype=ACC)
     # STREAM_STAGES: the compiler prefetches the next tiles (cp.async into shared memory) while
@@ -126,7 +127,11 @@ def pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.
     for hw0 in tl.range(hw_lo, hw_hi, BLOCK_HW, num_stages=STREAM_STAGES):
         ptrs, m = tile_ptrs(base, c, hw0 + tl.arange(0, BLOCK_HW), cmask, hw_hi, stride_c, stride_hw)
         v = tl.load(ptrs, mask=m, other=0.0).to(ACC)
-        acc_sum += v
+        if w_ptr is not None:
+            hw = hw0 + tl.arange(0, BLOCK_HW)
+            acc_sum += v * tl.load(w_ptr + hw, mask=hw < hw_hi, other=0.0).to(ACC)[None, :]
+        else:
+            acc_sum += v
         if POOL_MAX:
             acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
     return tl.sum(acc_sum, axis=1), nanmax_over(acc_max, 1)

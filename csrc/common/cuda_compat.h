@@ -31,6 +31,8 @@
 //   ak::ld_volatile(ptr), ak::spin_pause(iter)                          inter-block spin-waits: the wait
 //                                       loop body; emu: throws if the launch failed or after
 //                                       CUEMU_SPIN_TIMEOUT_S (a wait on a block that never runs)
+//   nvcuda::wmma                        the warp matrix API (m16n16k16, __half / __nv_bfloat16 in,
+//                                       float accumulators): <mma.h> / cuemu/wmma.h
 // Never include torch headers from here: nvcc builds need only <cuda_runtime.h>.
 #pragma once
 
@@ -47,6 +49,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <cooperative_groups.h>
+#include <mma.h>  // nvcuda::wmma (tensor cores); cuemu has its own (cuemu/wmma.h)
 
 #define AK_EMU 0
 #define AK_BACKEND_NS cuda

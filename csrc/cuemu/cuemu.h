@@ -81,8 +81,9 @@
 #define __grid_constant__
 #endif
 
-// 5. Device built-ins and intrinsics.
+// 5. Device built-ins and intrinsics; the warp matrix API (nvcuda::wmma).
 #include "device.h"
+#include "wmma.h"
 
 // 6. Device-side assert: raise a cuemu::Error (reported by launch) instead of abort()ing the
 //    process. Note: a later #include <cassert>/<assert.h> restores the libc assert. Disabled by

@@ -114,7 +114,8 @@ enum class St : uint8_t { Runnable, WaitBarrier, WaitWarp, Done };
 enum class BarKind : uint8_t { Sync, Count, And, Or };
 enum class WOp : uint8_t {
   ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp, MatchAny, MatchAll,
-  RedAddU, RedMinU, RedMaxU, RedMinI, RedMaxI, RedAnd, RedOr, RedXor
+  RedAddU, RedMinU, RedMaxU, RedMinI, RedMaxI, RedAnd, RedOr, RedXor,
+  WmmaLoad, WmmaStore, WmmaMma
 };
 
 inline const char* wop_name(WOp op) {
@@ -135,6 +136,9 @@ inline const char* wop_name(WOp op) {
     case WOp::RedAnd: return "__reduce_and_sync";
     case WOp::RedOr: return "__reduce_or_sync";
     case WOp::RedXor: return "__reduce_xor_sync";
+    case WOp::WmmaLoad: return "nvcuda::wmma::load_matrix_sync";
+    case WOp::WmmaStore: return "nvcuda::wmma::store_matrix_sync";
+    case WOp::WmmaMma: return "nvcuda::wmma::mma_sync";
   }
   return "?";
 }
@@ -149,7 +153,16 @@ inline const char* bar_name(BarKind k) {
   return "?";
 }
 
-struct FiberAbort {};  // thrown at a sync point to unwind a fiber of an aborted block
+struct FiberAbort {};
+
+class BlockRunner;
+// A warp collective whose lanes exchange more than one value (the wmma operations, wmma.h): each
+// lane passes a pointer to its descriptor (on its own stack: it stays valid while the lane waits);
+// the last lane to arrive runs `complete` with every lane's descriptor (lanes[l], null outside
+// the mask) before any of them resumes.
+struct WarpCall {
+  void (*complete)(const WarpCall* const* lanes, unsigned mask, BlockRunner* R);
+};  // thrown at a sync point to unwind a fiber of an aborted block
 
 struct ThreadCtx {
   FiberCtx ctx;
@@ -529,10 +542,15 @@ class BlockRunner {
   }
 
   [[noreturn, gnu::noinline, gnu::cold]] void mismatch(const ThreadCtx* t, const ThreadCtx& o) const {
-    fail("mismatched warp collectives: this lane calls " + std::string(wop_name(t->op)) + " (mask " +
-         hex32(t->wmask) + ", " + std::to_string(t->wsize) + "-byte) at " + loc(t->wfile, t->wline) + " but lane " +
-         std::to_string(o.lane) + " waits in " + wop_name(o.op) + " (mask " + hex32(o.wmask) + ", " +
-         std::to_string(o.wsize) + "-byte) at " + loc(o.wfile, o.wline));
+    // wsize of a wmma operation is a code of its overload (fragment types and layouts)
+    auto what = [](const ThreadCtx& x) {
+      const bool wmma = x.op == WOp::WmmaLoad || x.op == WOp::WmmaStore || x.op == WOp::WmmaMma;
+      return std::string(wop_name(x.op)) + " (mask " + hex32(x.wmask) + ", " +
+             (wmma ? "fragment types " + std::to_string(x.wsize) : std::to_string(x.wsize) + "-byte") + ") at " +
+             loc(x.wfile, x.wline);
+    };
+    fail("mismatched warp collectives: this lane calls " + what(*t) + " but lane " + std::to_string(o.lane) +
+         " waits in " + what(o));
   }
 
   [[noreturn, gnu::noinline, gnu::cold]] void bad_src_lane(ThreadCtx& x, unsigned l, int j, unsigned mask) {
@@ -583,6 +601,13 @@ class BlockRunner {
       }
       case WOp::SyncWarp:
         break;
+      case WOp::WmmaLoad: case WOp::WmmaStore: case WOp::WmmaMma: {
+        const WarpCall* d[32] = {};
+        lanes([&](unsigned l, ThreadCtx& x) { d[l] = reinterpret_cast<const WarpCall*>(x.wval); });
+        cur_ = t;
+        d[t->lane]->complete(d, mask, this);
+        break;
+      }
       case WOp::MatchAny: {
         lanes([&](unsigned, ThreadCtx& x) {
           unsigned m = 0;

@@ -11,6 +11,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/cuda_compat.h"
@@ -354,6 +355,94 @@ __global__ void k_static_poison(int* bad) {
   if (threadIdx.x < 64) s[threadIdx.x] = threadIdx.x;
 }
 
+
+// ---- tensor cores (nvcuda::wmma, cuemu/wmma.h)
+namespace wm = nvcuda::wmma;
+// D (M x N) = 2 * (A (M x K) B (K x N) + C (M x N)), one warp per 16x16 tile of D (blockDim.x = 32 *
+// tiles along N, gridDim.x = tiles along M). A and B lie in memory as their fragments' layouts say
+// (row major: consecutive columns adjacent), C row major, D column major; the factor 2 is applied
+// element-wise to the accumulator fragment (x[i], the same for every element).
+template <typename T, typename LA, typename LB>
+__global__ void k_wmma_gemm(const T* a, const T* b, const float* c, float* d, int M, int N, int K) {
+  const int tm = blockIdx.x, tn = threadIdx.x / 32;
+  const bool ra = std::is_same<LA, wm::row_major>::value, rb = std::is_same<LB, wm::row_major>::value;
+  wm::fragment<wm::matrix_a, 16, 16, 16, T, LA> fa;
+  wm::fragment<wm::matrix_b, 16, 16, 16, T, LB> fb;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+  wm::load_matrix_sync(acc, c + (size_t)tm * 16 * N + tn * 16, N, wm::mem_row_major);
+  for (int k = 0; k < K; k += 16) {
+    wm::load_matrix_sync(fa, ra ? a + (size_t)tm * 16 * K + k : a + (size_t)k * M + tm * 16, ra ? K : M);
+    wm::load_matrix_sync(fb, rb ? b + (size_t)k * N + tn * 16 : b + (size_t)tn * 16 * K + k, rb ? N : K);
+    wm::mma_sync(acc, fa, fb, acc);
+  }
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= 2.f;
+  wm::store_matrix_sync(d + (size_t)tn * 16 * M + tm * 16, acc, M, wm::mem_col_major);
+}
+// The same through shared memory with a __half accumulator: the tile is staged in dynamic shared
+// memory, multiplied with a zero C (fill_fragment), stored row major to shared memory and copied out
+// after __syncwarp (another lane's elements).
+__global__ void k_wmma_half_acc(const __half* a, const __half* b, __half* d) {
+  AK_DYNAMIC_SHARED(__half, sm);  // A (16x16), B (16x16), D (16x16)
+  for (int i = threadIdx.x; i < 256; i += 32) {
+    sm[i] = a[i];
+    sm[256 + i] = b[i];
+  }
+  __syncwarp();
+  wm::fragment<wm::matrix_a, 16, 16, 16, __half, wm::row_major> fa;
+  wm::fragment<wm::matrix_b, 16, 16, 16, __half, wm::row_major> fb;
+  wm::fragment<wm::accumulator, 16, 16, 16, __half> acc;
+  wm::fill_fragment(acc, __float2half(0.f));
+  wm::load_matrix_sync(fa, sm, 16);
+  wm::load_matrix_sync(fb, sm + 256, 16);
+  wm::mma_sync(acc, fa, fb, acc);
+  wm::store_matrix_sync(sm + 512, acc, 16, wm::mem_row_major);
+  __syncwarp();
+  for (int i = threadIdx.x; i < 256; i += 32) d[255 - i] = sm[512 + 255 - i];
+}
+// Products of two fp16 (bf16) values are exact in fp32: every element of A and B is 1 + e.
+template <typename T>
+__global__ void k_wmma_exact(const T* ab, float* d) {
+  wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
+  wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::col_major> fb;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+  wm::fill_fragment(acc, 0.f);
+  wm::load_matrix_sync(fa, ab, 16);
+  wm::load_matrix_sync(fb, ab, 16);
+  wm::mma_sync(acc, fa, fb, acc);
+  wm::store_matrix_sync(d, acc, 16, wm::mem_row_major);
+}
+// Misuse: each raises. kind 0: lane 5 exits before mma_sync; 1: lane 3 waits at __syncthreads
+// instead of loading; 2: lane 7 passes another pointer; 3: a misaligned pointer; 4: ldm 12 (not a
+// multiple of 8 halves); 5: lane 0 changes one element of its fp16 A fragment (a copy differs);
+// 6: odd lanes store while even lanes multiply.
+__global__ void k_wmma_bad(const __half* ab, float* d, int kind) {
+  const int lane = threadIdx.x % 32;
+  wm::fragment<wm::matrix_a, 16, 16, 16, __half, wm::row_major> fa;
+  wm::fragment<wm::matrix_b, 16, 16, 16, __half, wm::col_major> fb;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+  wm::fill_fragment(acc, 0.f);
+  if (kind == 1 && threadIdx.x == 3) {
+    __syncthreads();
+    return;
+  }
+  const __half* p = ab;
+  unsigned ldm = 16;
+  if (kind == 2 && lane == 7) p = ab + 16;
+  if (kind == 3) p = ab + 1;
+  if (kind == 4) ldm = 12;
+  wm::load_matrix_sync(fa, p, ldm);
+  wm::load_matrix_sync(fb, ab, 16);
+  if (kind == 5 && lane == 0) fa.x[0] = __float2half(3.f);
+  if (kind == 0 && lane == 5) return;
+  if (kind == 6 && lane % 2) {
+    wm::store_matrix_sync(d, acc, 16, wm::mem_row_major);
+    return;
+  }
+  wm::mma_sync(acc, fa, fb, acc);
+  wm::store_matrix_sync(d, acc, 16, wm::mem_row_major);
+  __syncthreads();
+}
+
 // ------------------------------------------------------------------ cases
 static int c_block_reduce() {
   const int n = 1 << 20, T = 256, B = (n + T * 4 - 1) / (T * 4);
@@ -617,6 +706,115 @@ static int c_static_poison() {
   return bad ? 1 : 0;
 }
 
+
+// wmma pointers must be 32-byte aligned (malloc gives 16)
+template <typename T>
+struct Aligned32 {
+  using value_type = T;
+  Aligned32() = default;
+  template <typename U>
+  Aligned32(const Aligned32<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(std::aligned_alloc(32, (n * sizeof(T) + 31) / 32 * 32)); }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const Aligned32<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned32<U>&) const { return false; }
+};
+template <typename T>
+using avec = std::vector<T, Aligned32<T>>;
+
+// Random multiples of 1/8 in [-2, 2]: every product and partial sum is exact in fp32, so the
+// result must equal the float64 matmul exactly, whatever the summation order: checks the element
+// mapping, every layout and the accumulate.
+template <typename T, typename LA, typename LB>
+static int wmma_gemm_case(const char* name) {
+  const int M = 32, N = 48, K = 64;
+  const bool ra = std::is_same<LA, wm::row_major>::value, rb = std::is_same<LB, wm::row_major>::value;
+  avec<float> A(M * K), B(K * N), C(M * N);
+  unsigned s = 12345;
+  auto rnd = [&s]() {
+    s = s * 1103515245u + 12345u;
+    return (float)((int)((s >> 16) % 33) - 16) / 8.f;
+  };
+  for (auto& v : A) v = rnd();
+  for (auto& v : B) v = rnd();
+  for (auto& v : C) v = rnd();
+  avec<T> a(M * K), b(K * N);
+  for (int i = 0; i < M; ++i)
+    for (int k = 0; k < K; ++k) a[ra ? i * K + k : k * M + i] = T(A[i * K + k]);
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < N; ++j) b[rb ? k * N + j : j * K + k] = T(B[k * N + j]);
+  avec<float> d(M * N, -1.f);
+  auto kern = k_wmma_gemm<T, LA, LB>;
+  ak::launch(kern, dim3(M / 16), dim3(32 * (N / 16)), 0, S, static_cast<const T*>(a.data()),
+             static_cast<const T*>(b.data()), static_cast<const float*>(C.data()), d.data(), M, N, K);
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double ref = C[i * N + j];
+      for (int k = 0; k < K; ++k) ref += (double)A[i * K + k] * B[k * N + j];
+      if (d[j * M + i] != (float)(2 * ref)) {
+        std::printf("FAIL %s d[%d][%d]=%g ref=%g\n", name, i, j, d[j * M + i], 2 * ref);
+        return 1;
+      }
+    }
+  return 0;
+}
+
+static int c_wmma() {
+  static_assert(wm::fragment<wm::matrix_a, 16, 16, 16, __half, wm::row_major>::num_elements == 16, "fp16 A");
+  static_assert(wm::fragment<wm::matrix_b, 16, 16, 16, __half, wm::col_major>::num_elements == 16, "fp16 B");
+  static_assert(wm::fragment<wm::matrix_a, 16, 16, 16, __nv_bfloat16, wm::row_major>::num_elements == 8, "bf16 A");
+  static_assert(wm::fragment<wm::accumulator, 16, 16, 16, float>::num_elements == 8, "f32 acc");
+  static_assert(wm::fragment<wm::accumulator, 16, 16, 16, __half>::num_elements == 8, "f16 acc");
+  int bad = 0;
+  bad += wmma_gemm_case<__half, wm::row_major, wm::col_major>("fp16 row col");
+  bad += wmma_gemm_case<__half, wm::col_major, wm::row_major>("fp16 col row");
+  bad += wmma_gemm_case<__half, wm::row_major, wm::row_major>("fp16 row row");
+  bad += wmma_gemm_case<__half, wm::col_major, wm::col_major>("fp16 col col");
+  bad += wmma_gemm_case<__nv_bfloat16, wm::row_major, wm::col_major>("bf16 row col");
+  bad += wmma_gemm_case<__nv_bfloat16, wm::col_major, wm::row_major>("bf16 col row");
+  CHECK(bad == 0);
+  // __half accumulator through shared memory: small integers, exact
+  avec<__half> a(256), b(256), d(256, __float2half(-1.f));
+  for (int i = 0; i < 256; ++i) {
+    a[i] = __float2half((float)(i % 7 - 3));
+    b[i] = __float2half((float)(i % 5 - 2));
+  }
+  ak::launch(k_wmma_half_acc, dim3(1), dim3(32), 3 * 256 * sizeof(__half), S, static_cast<const __half*>(a.data()),
+             static_cast<const __half*>(b.data()), d.data());
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float ref = 0;
+      for (int k = 0; k < 16; ++k) ref += __half2float(a[i * 16 + k]) * __half2float(b[k * 16 + j]);
+      CHECK(__half2float(d[i * 16 + j]) == ref);
+    }
+  // exact products: (1 + 2^-10)^2 = 1 + 2^-9 + 2^-20 (fp16), (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 (bf16),
+  // 16 of them summed exactly in fp32; a product rounded to the input type would lose the last term
+  avec<__half> h(256, __float2half(1.f + 1.f / 1024));
+  avec<__nv_bfloat16> bh(256, __float2bfloat16(1.f + 1.f / 128));
+  avec<float> dh(256), db(256);
+  auto kh = k_wmma_exact<__half>;
+  auto kb = k_wmma_exact<__nv_bfloat16>;
+  ak::launch(kh, dim3(1), dim3(32), 0, S, static_cast<const __half*>(h.data()), dh.data());
+  ak::launch(kb, dim3(1), dim3(32), 0, S, static_cast<const __nv_bfloat16*>(bh.data()), db.data());
+  for (int i = 0; i < 256; ++i) {
+    CHECK(dh[i] == 16.f + std::ldexp(1.f, -5) + std::ldexp(1.f, -16));
+    CHECK(db[i] == 16.f + std::ldexp(1.f, -2) + std::ldexp(1.f, -10));
+  }
+  std::printf("PASS wmma\n");
+  return 0;
+}
+
+static int c_wmma_bad(int kind, int threads) {
+  alignas(32) static __half ab[512];
+  alignas(32) static float d[256];
+  for (int i = 0; i < 512; ++i) ab[i] = __float2half(1.f);
+  ak::launch(k_wmma_bad, dim3(1), dim3(threads), 0, S, static_cast<const __half*>(ab), d, kind);
+  std::printf("FAIL no error raised\n");
+  return 1;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s <case>\n", argv[0]);
@@ -661,6 +859,15 @@ int main(int argc, char** argv) {
          return 1;
        }},
       {"static_poison", c_static_poison},
+      {"wmma", c_wmma},
+      {"wmma_lane_exits", [] { return c_wmma_bad(0, 32); }},
+      {"wmma_lane_at_barrier", [] { return c_wmma_bad(1, 64); }},
+      {"wmma_other_pointer", [] { return c_wmma_bad(2, 32); }},
+      {"wmma_misaligned", [] { return c_wmma_bad(3, 32); }},
+      {"wmma_bad_ldm", [] { return c_wmma_bad(4, 32); }},
+      {"wmma_copies_differ", [] { return c_wmma_bad(5, 32); }},
+      {"wmma_mismatch", [] { return c_wmma_bad(6, 32); }},
+      {"wmma_partial_warp", [] { return c_wmma_bad(7, 48); }},
       {"multi_tu", c_multi_tu},
       {"bad_shfl_src", [] { return run_expect_error(k_bad_shfl_src, dim3(1), dim3(32), buf.data()); }},
       {"bad_shfl_exited", [] { return run_expect_error(k_bad_shfl_exited, dim3(1), dim3(32), buf.data()); }},
