@@ -357,7 +357,7 @@ def test_sca_triton_backward_in_chunks(order, monkeypatch):
     tsca = _chunked(monkeypatch, 1)
     case = make_case((3, 10, 4, 5, 12, 4), torch.float32, channels_last=order == "sc", seed=41)
     assert tsca._plan(tuple(case[0].shape), case[0].is_contiguous(), 12 * ("c" in order), 12, 4,
-                      case[0].device)["chunk"] == 1
+                      case[0].device, case[0].dtype)["chunk"] == 1
     run_and_check("triton", case, order, scale=True, return_attention=True)
     tsca._plan.cache_clear()
 

@@ -250,7 +250,7 @@ def _sca_channel(
         z = tl.zeros([BLOCK_C], dtype=ACC)
         for j0 in range(0, k, BLOCK_K):
             j = j0 + tl.arange(0, BLOCK_K)
-            pre, _, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
+            pre, w, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
             z += tl.sum(tanh(pre) * u[None, :], axis=1)
         tl.store(beta_ptr + n * C + c, z, mask=cmask)
         _park_softmax(wsm_ptr + 2 * ncb, z, cmask)
@@ -622,8 +622,15 @@ _INT32_MAX = 2**31 - 1
 np2 = triton.next_power_of_2
 
 
+def gemm_tiles(dtype: torch.dtype):
+    """(BLOCK_L, BLOCK_C, BLOCK_K) of the product kernels: tl.dot takes 16 or more along each
+    dimension; the operand and accumulator tiles of a program stay in registers (sm_90, 4 warps,
+    tests/test_sca_triton_compile.py: fp32's 64 x 64 operands spilled, fp64's 64-wide tiles too)."""
+    return {torch.float64: (32, 16, 32), torch.float32: (64, 32, 64)}.get(dtype, (64, 64, 64))
+
+
 @functools.lru_cache(maxsize=1024)
-def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device):
+def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device, dtype: torch.dtype):
     """Tile sizes and grid extents of every SCA kernel for one shape and layout (a dict; cached:
     shared by every call of the shape, so read-only by convention)."""
     N, C, H, W = shape
@@ -640,12 +647,12 @@ def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device):
     n_split = max(1, min(hw_blocks, target_programs(device) // max(1, N * n_cblk)))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
-    # the products' tiles: tl.dot takes 16 or more along each dimension (masked past C, HW, k_s)
-    gl, gc, gk = (max(16, min(np2(x), 64)) for x in (HW, C, max(k_s, 1)))
+    # the products' tiles (masked past HW, C, k_s)
+    gl, gc, gk = (max(16, min(np2(x), t)) for x, t in zip((HW, C, max(k_s, 1)), gemm_tiles(dtype)))
     bk_c = max(1, min(np2(max(k_c, 1)), _TILE // block_c))      # units per step of the channel logits
     bc_cb = min(np2(C), 64)                                     # channel_bwd's channel block
     bk_h = min(np2(max(k_c, k_s, 1)), 64)                       # hidden's unit block
-    bd = min(np2(max(d, 1)), 128)
+    bd = min(np2(max(d, 1)), _TILE // bk_h)                     # (a weight tile of 2048 or fewer)
     p = dict(N=N, C=C, HW=HW, d=d, k_c=k_c, k_s=k_s, stride_c=stride_c, stride_hw=stride_hw,
              block_c=block_c, block_hw=block_hw, n_cblk=n_cblk, hw_blocks=hw_blocks, n_split=n_split,
              hw_per_split=hw_per_split, gl=gl, gc=gc, gk=gk, n_lb=triton.cdiv(HW, gl), n_gcb=triton.cdiv(C, gc),
@@ -677,7 +684,7 @@ def sca_forward(V, h, w_c, b_c, W_hc, u_c, W_s, b_s, W_hs, u_s, order, scale, tf
     has_c, has_s = "c" in order, "s" in order
     k_c = W_hc.shape[0] if has_c else 0
     k_s = W_s.shape[0] if has_s else 0
-    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, h.shape[1], V.device)
+    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, h.shape[1], V.device, V.dtype)
     HW, acc, accd = p["HW"], acc_dtype(V.dtype), tl_acc_dtype(V.dtype)
     cs, ss = (C, HW) if scale else (1, 1)
     hc, v, beta = _vecs(acc, V.device, has_c, (N, k_c), (N, C), (N, C))
@@ -734,7 +741,7 @@ def sca_backward(dX, V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v, beta, alph
     k_c = W_hc.shape[0] if has_c else 0
     k_s = W_s.shape[0] if has_s else 0
     d = h.shape[1]
-    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, d, V.device)
+    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, d, V.device, V.dtype)
     HW, acc, accd, dev, wdt = p["HW"], acc_dtype(V.dtype), tl_acc_dtype(V.dtype), V.device, V.dtype
     cs, ss = (C, HW) if scale else (1, 1)
     prec = _prec(V, tf32)
