@@ -56,34 +56,12 @@ FEATURE_PTRS = {
 DIV16 = {"C", "k", "k_c", "k_s", "stride_hw"}
 
 
-def compile_kernel(fn, dtype, constexprs):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    acc = "*fp64" if dtype == "*fp64" else "*fp32"
-    signature, attrs = {}, {}
-    for i, p in enumerate(fn.params):
-        name = p.name
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = (dtype if name in FEATURE_PTRS[fn.__name__] else
-                               "*i32" if name == "counter_ptr" else acc)
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "i32"
-            if name in DIV16:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-
-
 def main():
     try:
         import triton.language as tl
         from triton.compiler import ASTSource  # noqa: F401
         import attnkernels.triton.sca as sca
-        from test_triton_compile import cuobjdump_path, resource_usage
+        from test_triton_compile import compile_kernel, cuobjdump_path, resource_usage
     except ImportError as e:
         print(f"no ahead-of-time triton compile here: {e}")
         sys.exit(3)
@@ -125,7 +103,8 @@ def main():
                                                                       CH_ALPHA=False, MODE_DV=True, BLOCK_C=4,
                                                                       BLOCK_HW=512))
             for name, (fn, flags) in kernels.items():
-                k = compile_kernel(fn, dtype, {**acc, **flags})
+                k = compile_kernel(fn, dtype, {**acc, **flags}, vectors="*fp64" if dtype == "*fp64" else "*fp32",
+                                   x_like=FEATURE_PTRS[fn.__name__], div16=DIV16)
                 count += 1
                 key = f"{name} {order} {dtype}"
                 if cuobjdump:

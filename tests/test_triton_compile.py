@@ -65,7 +65,9 @@ X_LIKE = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "w1_ptr", "w2_ptr", "b1_ptr", "b
 DIV16 = {"C", "HW", "stride_c", "stride_hw", "hw_per_split", "Cr"}
 
 
-def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
+def compile_kernel(fn, dtype, constexprs, vectors="*fp32", x_like=X_LIKE, div16=DIV16):
+    """fn compiled for sm_90: pointers named in x_like of x's dtype, other pointers `vectors`
+    (counter_ptr int32), integers in div16 marked divisible by 16."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -75,11 +77,11 @@ def compile_kernel(fn, dtype, constexprs, vectors="*fp32"):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = dtype if name in X_LIKE else ("*i32" if name == "counter_ptr" else vectors)
+            signature[name] = dtype if name in x_like else ("*i32" if name == "counter_ptr" else vectors)
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = "i32"
-            if name in DIV16:
+            if name in div16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
