@@ -73,9 +73,9 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
                exp(-2|.|), not from the rounded b); dv[n, c] = dB . w_c
                (N, C); rows (N, n_cb, k_c) of dhc = sum_c dB, du_c = sum_c dzc b, dw_c = sum_c dB v.
   spatial_bwd  grid (chunk sample, lb, kb): P recomputed as in spatial; dP = dzs u_s (1 - a^2)
-               (the slope as in channel_bwd)
-               written to the dP scratch (chunk, HW, k_s) in V's dtype (fp32 / fp64 for those);
-               rows (N, n_lb, k_s) of dhs = sum_l dP, du_s = sum_l dzs a (its kb slice).
+               (the slope as in channel_bwd) written to the dP scratch (chunk, HW, k_s) in V's
+               dtype (a tensor-core operand); rows (N, n_lb, k_s) of dhs = sum_l dP and
+               du_s = sum_l dzs a (its kb slice; from the unrounded dP).
   spatial_dw   grid (kb, cb): per sample n of the chunk, M_n = dP_n^T V_n (BK x BC, tensor cores,
                over the sample's locations); dW_s tile += M_n * (cs*beta_n[c] for "cs"), samples
                in order, chunks in launch order (an acc-dtype (k_s, C) accumulator when there are
@@ -99,12 +99,15 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
           rows), per chunk [spatial_bwd, spatial_dw, dx], hidden_bwd, weights
   Deterministic: no float atomics; every partial is parked and summed in a fixed order (arrival
   counters, as SE's, only pick which program combines the forward's split partials and softmax).
+  Tile sizes and the row counts they imply (n_cb, n_lb, n_kb) are each backend's own; only the
+  functions' arguments, results and the saved tensors are shared.
 
 dW_s (the reduction over N*HW) and its cost. dP is a GEMM operand of two products (dW_s = sum
 dP^T V', and G = dP W_s for dV) whose reduction runs over k_s (G) and over (n, l) (dW_s), so it
 goes through a scratch of S samples' dP, S = min(N, max(1, DP_BUDGET // (HW * k_s))), DP_BUDGET
-= 2^22 elements (8 MiB bf16, 16 MiB fp32): bounded, never (N, HW, k) for large N; the samples run
-in chunks of S. Cost: spatial_bwd, spatial_dw and dx are three GEMMs of the forward's size
+= 2^22 elements (8 MiB bf16, 16 MiB fp32; cached per stream like the other scratch): bounded
+whatever N (a batch whose whole dP fits, N HW k_s <= 2^22, takes one chunk of all N; a larger
+one never has more than the budget); the samples run in chunks of S. Cost: spatial_bwd, spatial_dw and dx are three GEMMs of the forward's size
 (2 N HW C k_s flops each), plus a fourth ("cs" with more than one chunk: dP recomputed for dx,
 since dx needs dv, which needs every chunk's g2 rows). Rejected: per-(k block, c block) programs
 recomputing P (P needs all of C: n_cb times the forward GEMM), and an (N, HW, k) dP.
