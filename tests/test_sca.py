@@ -144,6 +144,18 @@ def test_sca_odd_shapes(kernel_backend, shape):
         run_and_check(kernel_backend, case, order, scale=i % 3 == 0, return_attention=i % 2 == 1)
 
 
+@pytest.mark.parametrize("d", [0, 5])
+def test_sca_branches_of_different_widths(kernel_backend, d):
+    """The functional takes the channel and spatial branches' units separately (k_c = 3, k_s = 19),
+    and an empty hidden state (d = 0: the hidden projections are the biases)."""
+    V, h, p = make_case((2, 6, 4, 3, 19, max(d, 1)), torch.float64, seed=91)
+    g = torch.Generator().manual_seed(92)
+    p.update(w_c=p["w_c"][:3], b_c=p["b_c"][:3], W_hc=rand((3, d), torch.float64, DEVICE, g),
+             u_c=p["u_c"][:, :3], W_hs=p["W_hs"][:, :d])
+    h = h[:, :d]
+    run_and_check(kernel_backend, (V, h, p), "cs", scale=True, return_attention=True)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_sca_large_logits(kernel_backend, order):
     """Logits of order 1e4 (u_c, u_s scaled up; tanh saturated): the softmaxes subtract their
