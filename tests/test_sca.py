@@ -323,6 +323,11 @@ def test_sca_raw_ops_reject_inputs_the_kernels_do_not_take(kernel_backend):
     bad[0] = args[0][:, :, :, :2]  # V not contiguous
     with pytest.raises(ValueError, match="contiguous"):
         torch.ops.attnkernels.sca_forward(*bad)
+    X, hc, hs, v, beta, alpha = torch.ops.attnkernels.sca_forward(*args)
+    V, h, w_c, _, W_hc, u_c, _, W_s, _, W_hs, u_s = args[:11]
+    with pytest.raises(ValueError, match=r"alpha must be a contiguous \(2, 12\)"):
+        torch.ops.attnkernels.sca_backward(torch.randn_like(X), V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v,
+                                           beta, alpha[:, :6], None, None, "cs", True, False, kernel_backend)
 
 
 def test_sca_empty_batch(kernel_backend):
