@@ -157,9 +157,18 @@ def sca_backward(dX: Tensor, V: Tensor, h: Tensor, w_c: Optional[Tensor], W_hc: 
         raise ValueError("dX must have V's shape, dtype and memory format")
     N, C, H, W = V.shape
     acc = acc_dtype(V.dtype)
-    for name, t, shape in (("dbeta", dbeta, (N, C)), ("dalpha", dalpha, (N, H * W))):
-        if t is not None and (tuple(t.shape) != shape or t.dtype != acc or not t.is_contiguous()):
-            raise ValueError(f"{name} must be a contiguous {shape} tensor of dtype {acc}")
+    has_c, has_s = "c" in order, "s" in order
+    k_c, k_s = W_hc.shape[0] if has_c else 0, W_s.shape[0] if has_s else 0
+    for name, t, shape, present, optional in (
+            ("hc", hc, (N, k_c), has_c, False), ("hs", hs, (N, k_s), has_s, False), ("v", v, (N, C), has_c, False),
+            ("beta", beta, (N, C), has_c, False), ("alpha", alpha, (N, H * W), has_s, False),
+            ("dbeta", dbeta, (N, C), has_c, True), ("dalpha", dalpha, (N, H * W), has_s, True)):
+        if t is None and optional:
+            continue
+        want = shape if present else (0,)
+        if t is None or tuple(t.shape) != want or t.dtype != acc or t.device != V.device or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {want} tensor of dtype {acc} on V's device "
+                             f"(sca_forward's, for order {order!r})")
     return get_impl(backend).sca_backward(dX, V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v, beta, alpha,
                                           dbeta, dalpha, order, scale, tf32)
 

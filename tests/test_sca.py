@@ -144,6 +144,18 @@ def test_sca_odd_shapes(kernel_backend, shape):
         run_and_check(kernel_backend, case, order, scale=i % 3 == 0, return_attention=i % 2 == 1)
 
 
+@pytest.mark.parametrize("d", [0, 5])
+def test_sca_branches_of_different_widths(kernel_backend, d):
+    """The functional takes the channel and spatial branches' units separately (k_c = 3, k_s = 19),
+    and an empty hidden state (d = 0: the hidden projections are the biases)."""
+    V, h, p = make_case((2, 6, 4, 3, 19, max(d, 1)), torch.float64, seed=91)
+    g = torch.Generator().manual_seed(92)
+    p.update(w_c=p["w_c"][:3], b_c=p["b_c"][:3], W_hc=rand((3, d), torch.float64, DEVICE, g),
+             u_c=p["u_c"][:, :3], W_hs=p["W_hs"][:, :d])
+    h = h[:, :d]
+    run_and_check(kernel_backend, (V, h, p), "cs", scale=True, return_attention=True)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_sca_large_logits(kernel_backend, order):
     """Logits of order 1e4 (u_c, u_s scaled up; tanh saturated): the softmaxes subtract their
@@ -311,6 +323,11 @@ def test_sca_raw_ops_reject_inputs_the_kernels_do_not_take(kernel_backend):
     bad[0] = args[0][:, :, :, :2]  # V not contiguous
     with pytest.raises(ValueError, match="contiguous"):
         torch.ops.attnkernels.sca_forward(*bad)
+    X, hc, hs, v, beta, alpha = torch.ops.attnkernels.sca_forward(*args)
+    V, h, w_c, _, W_hc, u_c, _, W_s, _, W_hs, u_s = args[:11]
+    with pytest.raises(ValueError, match=r"alpha must be a contiguous \(2, 12\)"):
+        torch.ops.attnkernels.sca_backward(torch.randn_like(X), V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v,
+                                           beta, alpha[:, :6], None, None, "cs", True, False, kernel_backend)
 
 
 def test_sca_empty_batch(kernel_backend):
@@ -357,7 +374,7 @@ def test_sca_triton_backward_in_chunks(order, monkeypatch):
     tsca = _chunked(monkeypatch, 1)
     case = make_case((3, 10, 4, 5, 12, 4), torch.float32, channels_last=order == "sc", seed=41)
     assert tsca._plan(tuple(case[0].shape), case[0].is_contiguous(), 12 * ("c" in order), 12, 4,
-                      case[0].device)["chunk"] == 1
+                      case[0].device, case[0].dtype)["chunk"] == 1
     run_and_check("triton", case, order, scale=True, return_attention=True)
     tsca._plan.cache_clear()
 

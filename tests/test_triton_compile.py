@@ -65,9 +65,10 @@ X_LIKE = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "w1_ptr", "w2_ptr", "b1_ptr", "b
 DIV16 = {"C", "HW", "stride_c", "stride_hw", "hw_per_split", "Cr"}
 
 
-def compile_kernel(fn, dtype, constexprs, vectors="*fp32", x_like=X_LIKE, scalars=None):
+def compile_kernel(fn, dtype, constexprs, vectors="*fp32", x_like=X_LIKE, scalars=None, div16=DIV16):
     """fn compiled for sm_90: pointers named in x_like of `dtype`, counter_ptr int32, the other
-    pointers `vectors`; scalars: {name: type} of the non-int32 scalars (else int32)."""
+    pointers `vectors`; scalars: {name: type} of the non-int32 scalars (else int32); integers in
+    div16 marked divisible by 16."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -83,7 +84,7 @@ def compile_kernel(fn, dtype, constexprs, vectors="*fp32", x_like=X_LIKE, scalar
             signature[name] = scalars[name]
         else:
             signature[name] = "i32"
-            if name in DIV16:
+            if name in div16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -73,9 +73,9 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
                exp(-2|.|), not from the rounded b); dv[n, c] = dB . w_c
                (N, C); rows (N, n_cb, k_c) of dhc = sum_c dB, du_c = sum_c dzc b, dw_c = sum_c dB v.
   spatial_bwd  grid (chunk sample, lb, kb): P recomputed as in spatial; dP = dzs u_s (1 - a^2)
-               (the slope as in channel_bwd)
-               written to the dP scratch (chunk, HW, k_s) in V's dtype (fp32 / fp64 for those);
-               rows (N, n_lb, k_s) of dhs = sum_l dP, du_s = sum_l dzs a (its kb slice).
+               (the slope as in channel_bwd) written to the dP scratch (chunk, HW, k_s) in V's
+               dtype (a tensor-core operand); rows (N, n_lb, k_s) of dhs = sum_l dP and
+               du_s = sum_l dzs a (its kb slice; from the unrounded dP).
   spatial_dw   grid (kb, cb): per sample n of the chunk, M_n = dP_n^T V_n (BK x BC, tensor cores,
                over the sample's locations); dW_s tile += M_n * (cs*beta_n[c] for "cs"), samples
                in order, chunks in launch order (an acc-dtype (k_s, C) accumulator when there are
@@ -99,12 +99,15 @@ Backward (T = dX * V elementwise; "rows" are per-block partial sums, later added
           rows), per chunk [spatial_bwd, spatial_dw, dx], hidden_bwd, weights
   Deterministic: no float atomics; every partial is parked and summed in a fixed order (arrival
   counters, as SE's, only pick which program combines the forward's split partials and softmax).
+  Tile sizes and the row counts they imply (n_cb, n_lb, n_kb) are each backend's own; only the
+  functions' arguments, results and the saved tensors are shared.
 
 dW_s (the reduction over N*HW) and its cost. dP is a GEMM operand of two products (dW_s = sum
 dP^T V', and G = dP W_s for dV) whose reduction runs over k_s (G) and over (n, l) (dW_s), so it
 goes through a scratch of S samples' dP, S = min(N, max(1, DP_BUDGET // (HW * k_s))), DP_BUDGET
-= 2^22 elements (8 MiB bf16, 16 MiB fp32): bounded, never (N, HW, k) for large N; the samples run
-in chunks of S. Cost: spatial_bwd, spatial_dw and dx are three GEMMs of the forward's size
+= 2^22 elements (8 MiB bf16, 16 MiB fp32; cached per stream like the other scratch): bounded
+whatever N (a batch whose whole dP fits, N HW k_s <= 2^22, takes one chunk of all N; a larger
+one never has more than the budget); the samples run in chunks of S. Cost: spatial_bwd, spatial_dw and dx are three GEMMs of the forward's size
 (2 N HW C k_s flops each), plus a fourth ("cs" with more than one chunk: dP recomputed for dx,
 since dx needs dv, which needs every chunk's g2 rows). Rejected: per-(k block, c block) programs
 recomputing P (P needs all of C: n_cb times the forward GEMM), and an (N, HW, k) dP.
@@ -250,7 +253,7 @@ def _sca_channel(
         z = tl.zeros([BLOCK_C], dtype=ACC)
         for j0 in range(0, k, BLOCK_K):
             j = j0 + tl.arange(0, BLOCK_K)
-            pre, _, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
+            pre, w, u = _channel_units(vv, hc_ptr + n * k, wc_ptr, uc_ptr, j, j < k)
             z += tl.sum(tanh(pre) * u[None, :], axis=1)
         tl.store(beta_ptr + n * C + c, z, mask=cmask)
         _park_softmax(wsm_ptr + 2 * ncb, z, cmask)
@@ -622,8 +625,15 @@ _INT32_MAX = 2**31 - 1
 np2 = triton.next_power_of_2
 
 
+def gemm_tiles(dtype: torch.dtype):
+    """(BLOCK_L, BLOCK_C, BLOCK_K) of the product kernels: tl.dot takes 16 or more along each
+    dimension; the operand and accumulator tiles of a program stay in registers (sm_90, 4 warps,
+    tests/test_sca_triton_compile.py: fp32's 64 x 64 operands spilled, fp64's 64-wide tiles too)."""
+    return {torch.float64: (32, 16, 32), torch.float32: (64, 32, 64)}.get(dtype, (64, 64, 64))
+
+
 @functools.lru_cache(maxsize=1024)
-def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device):
+def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device, dtype: torch.dtype):
     """Tile sizes and grid extents of every SCA kernel for one shape and layout (a dict; cached:
     shared by every call of the shape, so read-only by convention)."""
     N, C, H, W = shape
@@ -640,12 +650,12 @@ def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device):
     n_split = max(1, min(hw_blocks, target_programs(device) // max(1, N * n_cblk)))
     hw_per_split = triton.cdiv(hw_blocks, n_split) * block_hw
     n_split = triton.cdiv(HW, hw_per_split)
-    # the products' tiles: tl.dot takes 16 or more along each dimension (masked past C, HW, k_s)
-    gl, gc, gk = (max(16, min(np2(x), 64)) for x in (HW, C, max(k_s, 1)))
+    # the products' tiles (masked past HW, C, k_s)
+    gl, gc, gk = (max(16, min(np2(x), t)) for x, t in zip((HW, C, max(k_s, 1)), gemm_tiles(dtype)))
     bk_c = max(1, min(np2(max(k_c, 1)), _TILE // block_c))      # units per step of the channel logits
     bc_cb = min(np2(C), 64)                                     # channel_bwd's channel block
     bk_h = min(np2(max(k_c, k_s, 1)), 64)                       # hidden's unit block
-    bd = min(np2(max(d, 1)), 128)
+    bd = min(np2(max(d, 1)), _TILE // bk_h)                     # (a weight tile of 2048 or fewer)
     p = dict(N=N, C=C, HW=HW, d=d, k_c=k_c, k_s=k_s, stride_c=stride_c, stride_hw=stride_hw,
              block_c=block_c, block_hw=block_hw, n_cblk=n_cblk, hw_blocks=hw_blocks, n_split=n_split,
              hw_per_split=hw_per_split, gl=gl, gc=gc, gk=gk, n_lb=triton.cdiv(HW, gl), n_gcb=triton.cdiv(C, gc),
@@ -677,7 +687,7 @@ def sca_forward(V, h, w_c, b_c, W_hc, u_c, W_s, b_s, W_hs, u_s, order, scale, tf
     has_c, has_s = "c" in order, "s" in order
     k_c = W_hc.shape[0] if has_c else 0
     k_s = W_s.shape[0] if has_s else 0
-    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, h.shape[1], V.device)
+    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, h.shape[1], V.device, V.dtype)
     HW, acc, accd = p["HW"], acc_dtype(V.dtype), tl_acc_dtype(V.dtype)
     cs, ss = (C, HW) if scale else (1, 1)
     hc, v, beta = _vecs(acc, V.device, has_c, (N, k_c), (N, C), (N, C))
@@ -734,7 +744,7 @@ def sca_backward(dX, V, h, w_c, W_hc, u_c, W_s, W_hs, u_s, hc, hs, v, beta, alph
     k_c = W_hc.shape[0] if has_c else 0
     k_s = W_s.shape[0] if has_s else 0
     d = h.shape[1]
-    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, d, V.device)
+    p = _plan(tuple(V.shape), V.is_contiguous(), k_c, k_s, d, V.device, V.dtype)
     HW, acc, accd, dev, wdt = p["HW"], acc_dtype(V.dtype), tl_acc_dtype(V.dtype), V.device, V.dtype
     cs, ss = (C, HW) if scale else (1, 1)
     prec = _prec(V, tf32)
