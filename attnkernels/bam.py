@@ -337,7 +337,8 @@ class BAM(FusedDropin, reference.BAM):
         return None if self._channel_modules() is None else (self.combine,)
 
     def _fused_call(self, x: Tensor, opts) -> Tensor:
-        fc0, bn, fc1 = self._channel_modules()
+        mods = self.channel_att._modules["gate_c"]._modules  # (as fused_options() just checked them)
+        fc0, bn, fc1 = mods["gate_c_fc_0"], mods["gate_c_bn_1"], mods["gate_c_fc_final"]
         if (not isinstance(x, torch.fx.Proxy) and x.shape[0] == 1
                 and (bn.training or (bn.running_mean is None and bn.running_var is None))):
             # batch statistics of one sample: the eager forward raises BatchNorm1d's error, with

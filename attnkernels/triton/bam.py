@@ -54,57 +54,51 @@ from ._reduce import STREAM_STAGES, arrive_last, combine_splits, pool_tile, sum_
 # --------------------------------------------------------------------------------------------
 # BatchNorm1d over the batch
 # --------------------------------------------------------------------------------------------
+# The batch statistics and the BatchNorm's backward run in float64 whatever x's dtype: N x Cr values,
+# a few per sample, in one program (torch's CPU BatchNorm accumulates in float64 too). In training
+# the backward's batch terms multiply rounding errors by invstd (large for a channel whose batch
+# variance is near eps) and cancel: sum_n du (db0) is exactly 0 in exact arithmetic, and in float64
+# the cancellation leaves only du's final rounding (with two samples, exact symmetry: 0).
 @triton.jit
-def _store_bstat(bstat_ptr, r, rmask, Cr, mean, var, eps_hi, eps_lo, ACC: tl.constexpr):
-    """bstat[:, r] = [mean, 1 / sqrt(var + eps), var]. eps arrives as two float32 scalars (Triton
-    passes a Python float as float32) whose sum is the float64 eps. The square root rounded as
-    IEEE's (tl.sqrt is approximate in float32; in float64 it is the IEEE one)."""
-    tl.store(bstat_ptr + r, mean, mask=rmask)
-    if ACC == tl.float64:
-        std = tl.sqrt(var + eps_hi + eps_lo)
-    else:
-        std = tl.sqrt_rn(var + eps_hi + eps_lo)
-    tl.store(bstat_ptr + Cr + r, 1.0 / std, mask=rmask)
-    tl.store(bstat_ptr + 2 * Cr + r, var, mask=rmask)
+def _store_bstat(bstat_ptr, r, rmask, Cr, mean, var, eps_hi, eps_lo):
+    """bstat[:, r] = [mean, 1 / sqrt(var + eps), var] from float64 mean and var, rounded once to
+    bstat's dtype. eps arrives as two float32 scalars (Triton passes a Python float as float32)
+    whose sum is the float64 eps; tl.sqrt of float64 is IEEE's."""
+    out = bstat_ptr.dtype.element_ty
+    tl.store(bstat_ptr + r, mean.to(out), mask=rmask)
+    tl.store(bstat_ptr + Cr + r, (1.0 / tl.sqrt(var + eps_hi + eps_lo)).to(out), mask=rmask)
+    tl.store(bstat_ptr + 2 * Cr + r, var.to(out), mask=rmask)
 
 
 @triton.jit
 def _bn_statistics(u_ptr, mean_ptr, var_ptr, bstat_ptr, N, Cr, eps_hi, eps_lo, BATCH: tl.constexpr,
-                   ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """bstat of the BatchNorm: BATCH, the batch's mean and biased variance of u (N, Cr) per channel;
-    else the running mean and variance. The batch's by the corrected two-pass algorithm (Chan,
-    Golub and LeVeque): a first mean, then the sums of the deviations from it and of their
-    squares, which correct the mean and the variance for the first mean's rounding (torch sums in
-    float64 on the CPU; the backward's xhat = (u - mean) * invstd must sum to ~0 over the batch:
-    with a variance near eps, the batch terms amplify its error). Each pass over n in a fixed
-    blocked order; u was written by other programs of the launch: .cg."""
+                   BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """bstat of the BatchNorm: BATCH, the batch's mean and biased variance of u (N, Cr) per channel
+    (float64, two passes, each over n in a fixed blocked order; u was written by other programs of
+    the launch: .cg); else the running mean and variance."""
     for r0 in range(0, Cr, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         rmask = r < Cr
         if BATCH:
-            mean = sum_rows(u_ptr, N, Cr, r, rmask, ACC, BLOCK_ROWS, False) / N
-            s1 = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=ACC)
-            s2 = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=ACC)
+            mean = sum_rows(u_ptr, N, Cr, r, rmask, tl.float64, BLOCK_ROWS, False) / N
+            sq = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=tl.float64)
             for n0 in range(0, N, BLOCK_ROWS):
                 ns = n0 + tl.arange(0, BLOCK_ROWS)
                 m = (ns < N)[:, None] & rmask[None, :]
                 d = tl.load(u_ptr + ns[:, None] * Cr + r[None, :], mask=m, other=0.0, cache_modifier=".cg")
-                d = tl.where(m, d - mean[None, :], 0.0)
-                s1 += d
-                s2 += d * d
-            shift = tl.sum(s1, axis=0) / N
-            mean += shift
-            var = tl.maximum(tl.sum(s2, axis=0) / N - shift * shift, 0.0)
+                d = tl.where(m, d.to(tl.float64) - mean[None, :], 0.0)
+                sq += d * d
+            var = tl.sum(sq, axis=0) / N
         else:
-            mean = tl.load(mean_ptr + r, mask=rmask, other=0.0)
-            var = tl.load(var_ptr + r, mask=rmask, other=1.0)
-        _store_bstat(bstat_ptr, r, rmask, Cr, mean, var, eps_hi, eps_lo, ACC)
+            mean = tl.load(mean_ptr + r, mask=rmask, other=0.0).to(tl.float64)
+            var = tl.load(var_ptr + r, mask=rmask, other=1.0).to(tl.float64)
+        _store_bstat(bstat_ptr, r, rmask, Cr, mean, var, eps_hi, eps_lo)
 
 
 @triton.jit
 def _bn_out(u, bstat_ptr, bnw_ptr, bnb_ptr, r, rmask, Cr, HAS_AFFINE: tl.constexpr, center=0.0):
-    """(the BatchNorm's output, its normalized input xhat) for values u of channels r; center: a
-    correction of the mean (_bn_relu_bwd)."""
+    """(the BatchNorm's output, its normalized input xhat) for values u of channels r (in u's
+    dtype or wider); center: a correction of the mean (_bn_relu_bwd)."""
     xhat = (u - tl.load(bstat_ptr + r, mask=rmask, other=0.0) - center) * tl.load(bstat_ptr + Cr + r, mask=rmask,
                                                                                    other=0.0)
     t = xhat
@@ -116,55 +110,55 @@ def _bn_out(u, bstat_ptr, bnw_ptr, bnb_ptr, r, rmask, Cr, HAS_AFFINE: tl.constex
 @triton.jit
 def _bn_relu_rows_bwd(u_ptr, dh_ptr, bstat_ptr, bnw_ptr, bnb_ptr, n0, r, rmask, N, Cr, center,
                       HAS_AFFINE: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """Rows [n0, n0 + BLOCK_ROWS) of channels r of (N, Cr): (offsets, mask, t = bn(u), xhat,
-    dt = relu'(t) * dh, 0 outside the mask); dh was written by other programs of the launch: .cg."""
+    """Rows [n0, n0 + BLOCK_ROWS) of channels r of (N, Cr), in float64: (offsets, mask, t = bn(u),
+    xhat, dt = relu'(t) * dh, 0 outside the mask); dh was written by other programs of the
+    launch: .cg."""
     ns = n0 + tl.arange(0, BLOCK_ROWS)
     m = (ns < N)[:, None] & rmask[None, :]
     off = ns[:, None] * Cr + r[None, :]
-    t, xhat = _bn_out(tl.load(u_ptr + off, mask=m, other=0.0), bstat_ptr, bnw_ptr, bnb_ptr, r[None, :],
-                      rmask[None, :], Cr, HAS_AFFINE, center)
-    dt = activation_bwd(t, tl.load(dh_ptr + off, mask=m, other=0.0, cache_modifier=".cg"), "relu")
-    return off, m, t, xhat, tl.where(m, dt, 0.0)
+    u = tl.load(u_ptr + off, mask=m, other=0.0).to(tl.float64)
+    t, xhat = _bn_out(u, bstat_ptr, bnw_ptr, bnb_ptr, r[None, :], rmask[None, :], Cr, HAS_AFFINE, center)
+    dh = tl.load(dh_ptr + off, mask=m, other=0.0, cache_modifier=".cg").to(tl.float64)
+    return off, m, t, xhat, tl.where(m, activation_bwd(t, dh, "relu"), 0.0)
 
 
 @triton.jit
 def _bn_relu_bwd(u_ptr, dh_ptr, bstat_ptr, bnw_ptr, bnb_ptr, h_ptr, du_ptr, dbnw_ptr, dbnb_ptr, N, Cr,
-                 HAS_AFFINE: tl.constexpr, BATCH: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_ROWS: tl.constexpr):
-    """The backward of relu(bn(u)) for the whole batch, from dh (written by other programs of the
-    launch: .cg): dt = relu'(dh), dbn_b = sum_n dt, dbn_w = sum_n dt * xhat and du = invstd * w *
-    (dt - mean_n dt - xhat * mean_n(dt * xhat)) (training: the batch statistics' terms; eval:
-    du = invstd * w * dt), as torch's batch_norm_backward; also h = relu(bn(u)), which the weight
-    gradients read. Sums over n in a fixed blocked order. In training, xhat is centered on the
-    mean of u - mean first: the mean in bstat is rounded to the accumulation dtype, so
-    sum_n (u - mean) is not 0, and with a variance near eps the batch terms amplify that into
-    sum_n du (db0), whose true value is 0 (the exact mean's rounding cancels in the deviations)."""
+                 HAS_AFFINE: tl.constexpr, BATCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """The backward of relu(bn(u)) for the whole batch, from dh: dt = relu'(dh), dbn_b = sum_n dt,
+    dbn_w = sum_n dt * xhat and du = invstd * w * (dt - mean_n dt - xhat * mean_n(dt * xhat))
+    (training: the batch statistics' terms; eval: du = invstd * w * dt), as torch's
+    batch_norm_backward; also h = relu(bn(u)), which the weight gradients read. In float64 (see
+    above), sums over n in a fixed blocked order. In training, xhat is centered on the mean of
+    u - mean first: bstat's mean is rounded, so sum_n (u - mean) is not 0, and the batch terms
+    would amplify that into sum_n du."""
+    acc = h_ptr.dtype.element_ty
     for r0 in range(0, Cr, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         rmask = r < Cr
-        center = tl.zeros([1, BLOCK_R], dtype=ACC)
+        center = tl.zeros([1, BLOCK_R], dtype=tl.float64)
         if BATCH:
-            s_c = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=ACC)
-            mean = tl.load(bstat_ptr + r, mask=rmask, other=0.0)
+            s_c = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=tl.float64)
+            mean = tl.load(bstat_ptr + r, mask=rmask, other=0.0).to(tl.float64)
             for n0 in range(0, N, BLOCK_ROWS):
                 ns = n0 + tl.arange(0, BLOCK_ROWS)
                 m = (ns < N)[:, None] & rmask[None, :]
-                s_c += tl.where(m, tl.load(u_ptr + ns[:, None] * Cr + r[None, :], mask=m, other=0.0)
-                                - mean[None, :], 0.0)
+                u = tl.load(u_ptr + ns[:, None] * Cr + r[None, :], mask=m, other=0.0).to(tl.float64)
+                s_c += tl.where(m, u - mean[None, :], 0.0)
             center = (tl.sum(s_c, axis=0) / N)[None, :]
-        s_dt = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=ACC)
-        s_dtx = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=ACC)
+        s_dt = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=tl.float64)
+        s_dtx = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=tl.float64)
         for n0 in range(0, N, BLOCK_ROWS):
             off, m, t, xhat, dt = _bn_relu_rows_bwd(u_ptr, dh_ptr, bstat_ptr, bnw_ptr, bnb_ptr, n0, r, rmask, N, Cr,
                                                     center, HAS_AFFINE, BLOCK_ROWS)
-            tl.store(h_ptr + off, activation(t, "relu"), mask=m)
+            tl.store(h_ptr + off, activation(t, "relu").to(acc), mask=m)
             s_dt += dt
             s_dtx += dt * xhat
         sum_dt = tl.sum(s_dt, axis=0)
         sum_dtx = tl.sum(s_dtx, axis=0)
-        tl.store(dbnb_ptr + r, sum_dt, mask=rmask)
-        tl.store(dbnw_ptr + r, sum_dtx, mask=rmask)
-        scale = tl.load(bstat_ptr + Cr + r, mask=rmask, other=0.0)
+        tl.store(dbnb_ptr + r, sum_dt.to(acc), mask=rmask)
+        tl.store(dbnw_ptr + r, sum_dtx.to(acc), mask=rmask)
+        scale = tl.load(bstat_ptr + Cr + r, mask=rmask, other=0.0).to(tl.float64)
         if HAS_AFFINE:
             scale *= tl.load(bnw_ptr + r, mask=rmask, other=0.0)
         for n0 in range(0, N, BLOCK_ROWS):
@@ -172,7 +166,7 @@ def _bn_relu_bwd(u_ptr, dh_ptr, bstat_ptr, bnw_ptr, bnb_ptr, h_ptr, du_ptr, dbnw
                                                     center, HAS_AFFINE, BLOCK_ROWS)
             if BATCH:
                 dt = dt - (sum_dt / N)[None, :] - xhat * (sum_dtx / N)[None, :]
-            tl.store(du_ptr + off, dt * scale[None, :], mask=m)
+            tl.store(du_ptr + off, (dt * scale[None, :]).to(acc), mask=m)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +192,8 @@ def _bam_channel_pool(
         if arrive_last(counter_ptr + n, n_cblk):  # the sample's last block: u = the shares + b0
             finish_layer(n, wsu_ptr, b0_ptr, u_ptr, n_cblk, Cr, HAS_B0, ACC, BLOCK_R, BLOCK_ROWS)
             if arrive_last(counter_ptr + N + N * n_cblk, N):  # the last sample: the BatchNorm's statistics
-                _bn_statistics(u_ptr, mean_ptr, var_ptr, bstat_ptr, N, Cr, eps_hi, eps_lo, BATCH, ACC,
-                               BLOCK_R, BLOCK_ROWS)
+                _bn_statistics(u_ptr, mean_ptr, var_ptr, bstat_ptr, N, Cr, eps_hi, eps_lo, BATCH, BLOCK_R,
+                               BLOCK_ROWS)
 
 
 @triton.jit
@@ -301,7 +295,7 @@ def _bam_bwd_reduce(
             finish_layer(n, wsu_ptr, wsu_ptr, dh_ptr, n_cblk, Cr, False, ACC, BLOCK_R, BLOCK_ROWS)
             if arrive_last(counter_ptr + N + N * n_cblk + N * n_split, N):  # the last sample
                 _bn_relu_bwd(u_ptr, dh_ptr, bstat_ptr, bnw_ptr, bnb_ptr, h_ptr, du_ptr, dbnw_ptr, dbnb_ptr, N, Cr,
-                             HAS_AFFINE, BATCH, ACC, BLOCK_R, BLOCK_ROWS)
+                             HAS_AFFINE, BATCH, BLOCK_R, BLOCK_ROWS)
 
 
 @triton.jit
