@@ -55,7 +55,16 @@ def _step(ref, ours, backend, x, fused=True, block=None):
     for y, d in ((ya, dy), (yb, dy), (y64, dy.double())):
         y.backward(d)
     assert_matches(xa.grad, xb.grad, x64.grad, "dx")
+    grads64 = dict(zip((n for n, _ in ours.named_parameters()), (p.grad for p in ref64.parameters())))
     for (name, pa), pb, p64 in zip(ours.named_parameters(), ref.parameters(), ref64.parameters()):
+        w64 = grads64.get(name[:-len("bias")] + "weight") if name.endswith("bias") else None
+        if w64 is not None and p64.grad.abs().max() <= 1e-9 * w64.abs().max():
+            # a bias in front of a BatchNorm in training: its gradient is 0 in exact arithmetic, and
+            # both fp32 paths return rounding noise; bound it by fp32's precision at the size of the
+            # gradients of the layer's weight, whose sums it shares
+            bound = 1e-5 * float(w64.abs().max()) if pa.dtype == torch.float32 else 1e-10 * float(w64.abs().max())
+            assert pa.grad.abs().max() <= bound, (name, float(pa.grad.abs().max()), bound)
+            continue
         assert_matches(pa.grad, pb.grad, p64.grad, name)
     assert_same_state(ours, ref, **TOL)
     ours.zero_grad()
