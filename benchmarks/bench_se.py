@@ -233,17 +233,6 @@ def _variant(impl="cuda"):
         return "n/a"
 
 
-def _fp32_reference(tv, mode, s):
-    """y (fwd) or dx (fwdbwd) of the torchvision module in fp32 on the upcast inputs."""
-    tv32 = copy.deepcopy(tv).float()
-    x32 = s[0].detach().float().requires_grad_(mode != "fwd")
-    with torch.no_grad() if mode == "fwd" else contextlib.nullcontext():
-        y32 = tv32(x32)
-    if mode == "fwd":
-        return y32
-    return torch.autograd.grad(y32, x32, s[1].float())[0]
-
-
 def run_config(cfg, impls, modes, args, copy_gbps, writer):
     suite, N, C, Hs, Cr, act, gate, dt_name, lay = cfg
     W = Hs
@@ -283,7 +272,7 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
         if sets is None:
             continue
         guard = H.Guard(dtype, "y" if mode == "fwd" else "dx",
-                        fp32=lambda: _fp32_reference(tv, mode, sets[0]))
+                        fp32=lambda: H.fp32_reference(tv, mode, sets[0][:1], sets[0][-1]))
         rows = []
         for impl in impls:
             row = dict(suite=suite, N=N, C=C, H=Hs, W=W, Cr=Cr, act=act, gate=gate, dtype=dt_name,
@@ -370,30 +359,20 @@ def plot(rows, impls, path, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.print_gpu_tag:
-        print(gpu_tag())
-        return 0
-    rc = H.setup_device(args, PROG)
-    if rc is not None:
-        return rc
-    configs = build_configs(args)
-    if not configs:
-        print("bench_se.py: the selection is empty", file=sys.stderr)
-        return 2
 
-    impls, _ = H.select_impls(args, ["eager"], ["compile"], prog=PROG)
-    if args.triton_variants and H.kernel_unavailable("triton") is None:
-        impls += _variant_columns(args.triton_variants, "triton", ("split", "pipelined", "batched"))
-    if args.cuda_variants and H.kernel_unavailable("cuda") is None:
-        impls += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused", "batched"))
-    modes = _csv_list(args.modes, MODES, "mode") if args.modes else list(MODES)
+    def variant_columns(impls):
+        cols = []
+        if args.triton_variants and H.kernel_unavailable("triton") is None:
+            cols += _variant_columns(args.triton_variants, "triton", ("split", "pipelined", "batched"))
+        if args.cuda_variants and H.kernel_unavailable("cuda") is None:
+            cols += _variant_columns(args.cuda_variants, "cuda", ("split", "pipelined", "fused", "batched"))
+        return cols
 
-    stem, meta = H.start(args, "bench_se", "se", impls, modes, len(configs))
-    rows = H.run_configs(configs, lambda cfg, writer: run_config(cfg, impls, modes, args, meta["copy_gbps"], writer),
-                         stem, CSV_FIELDS, args.budget_s, meta, "bench_se")
-    H.finish(stem, markdown(rows, impls, meta),
-             lambda path: plot(rows, impls, path, f"SE on {gpu_tag(meta['gpu'])}"), args.no_plot)
-    return 0
+    return H.run_benchmark(
+        args, PROG, "se", configs=lambda: build_configs(args), baselines=["eager"], op=None, fields=CSV_FIELDS,
+        run_config=lambda cfg, impls, modes, gbps, w: run_config(cfg, impls, modes, args, gbps, w),
+        markdown=markdown, more_impls=variant_columns,
+        plot=lambda rows, impls, path, meta: plot(rows, impls, path, f"SE on {gpu_tag(meta['gpu'])}"))
 
 
 if __name__ == "__main__":

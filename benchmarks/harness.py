@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import datetime as _dt
 import importlib
@@ -48,6 +49,9 @@ TOL = {torch.float32: dict(rtol=2e-3, atol=2e-3), torch.float16: dict(rtol=1e-2,
        torch.bfloat16: dict(rtol=4e-2, atol=4e-2)}
 KERNEL_IMPLS = ("triton", "cuda")
 NAN = float("nan")
+# the measurement columns of a module benchmark's rows (run_modules), after its config columns
+MEASURE_FIELDS = ["family", "mode", "impl", "ms", "gbps", "pct_copy", "x_eager", "x_compile", "peak_mb", "check",
+                  "n_sets", "bytes", "compile_s", "graph_ms", "graph_pct_copy", "note"]
 
 # The device everything runs on: "cuda", or "cpu" with --cpu-smoke (set_device / setup_device).
 DEV = "cuda"
@@ -201,18 +205,56 @@ def select_impls(args, baselines, compiled, op=None, prog="bench"):
     return impls, skipped
 
 
+def grid_configs(args, shapes, batches, quick, prog, std_batches=None, smoke=None):
+    """The run's configs [(shape, N, dtype name, layout)], shapes outermost: --cpu-smoke: `smoke`
+    ([(shape, N)], fp32 unless --dtypes, both layouts); --quick: `quick` ([(shape, N)]), bf16,
+    both layouts; default: every shape at std_batches (default: the largest batch), bf16, both
+    layouts; --full: every shape x `batches` x fp32/bf16/fp16 x both layouts. --batches,
+    --dtypes and --layouts replace the batches, dtypes and layouts (with --quick/--cpu-smoke,
+    --batches keeps the listed pairs whose batch is given)."""
+    dtypes, layouts = ["bf16"], list(LAYOUTS)
+    if args.cpu_smoke or getattr(args, "quick", False):
+        pairs = list(smoke if args.cpu_smoke else quick)
+        if args.cpu_smoke:
+            dtypes = ["fp32"]
+        if args.batches:
+            keep = set(int_list(args.batches))
+            pairs = [p for p in pairs if p[1] in keep]
+    else:
+        bs = (int_list(args.batches) if args.batches else list(batches) if getattr(args, "full", False)
+              else list(std_batches or [max(batches)]))
+        pairs = [(sh, n) for sh in shapes for n in bs]
+        if getattr(args, "full", False):
+            dtypes = list(DTYPES)
+    if args.dtypes:
+        dtypes = csv_list(args.dtypes, DTYPES, "dtype", prog)
+    if args.layouts:
+        layouts = csv_list(args.layouts, LAYOUTS, "layout", prog)
+    out = []
+    for sh, n in pairs:
+        for dt in dtypes:
+            for lay in layouts:
+                if (sh, n, dt, lay) not in out:
+                    out.append((sh, n, dt, lay))
+    return out
+
+
+def add_preset_args(p, quick_help):
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help=quick_help)
+    preset.add_argument("--full", action="store_true", help="every shape/batch/dtype/layout")
+
+
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
 def do_bench(fn, warmup, rep):
     """Median ms. triton.testing.do_bench (3.6 and 3.8 both take return_mode); falls back to
     quantiles, then to a plain CUDA-event loop if triton is unusable."""
-    if DEV != "cuda":  # --cpu-smoke: wall clock, a few calls
-        fn()
+    if DEV != "cuda":  # --cpu-smoke: the wall clock of one call (the callers warm up first)
         t0 = time.perf_counter()
-        for _ in range(3):
-            fn()
-        return (time.perf_counter() - t0) / 3 * 1e3
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     try:
         import triton.testing as tt
         try:
@@ -410,6 +452,36 @@ class Guard:
         return check(first_tensor(out).detach(), self.ref, self.ref32, self.dtype, self.what)
 
 
+def scale_params_(module, seed):
+    """Weights (every parameter of 2 or more dims: Linear and conv weights) normal with std
+    1.5 / sqrt(fan in), biases normal(0, 0.3), BatchNorm weights left at 1: unit-scale
+    activations, so that no gate of the block saturates (a saturated gate hides errors)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                continue
+            for name, p in m.named_parameters(recurse=False):
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(p[0].numel())))
+                elif name == "bias":
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module
+
+
+def fp32_reference(module, mode, inputs, dy=None):
+    """A copy of `module` in fp32 on the upcast inputs: its (first) output (fwd), or the gradient
+    of that output along dy with respect to inputs[0] (fwdbwd). The guard's fp32 computation."""
+    m32 = copy.deepcopy(module).float()
+    xs = [t.detach().float() for t in inputs]
+    xs[0].requires_grad_(mode != "fwd")
+    with torch.no_grad() if mode == "fwd" else contextlib.nullcontext():
+        y32 = first_tensor(m32(*xs))
+    if mode == "fwd":
+        return y32
+    return torch.autograd.grad(y32, xs[0], dy.float())[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # one impl of one config
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +536,105 @@ def measure(body, sets, args, *, label, compiled=False, graph=False, guard=None,
         if os.environ.get("BENCH_TRACEBACK") or os.environ.get("BENCH_SE_TRACEBACK"):
             traceback.print_exc()
     return r
+
+
+@dataclass
+class Impl:
+    """One column of a module benchmark: `module` run on `backend` (None: whatever it runs by
+    itself), compiled (torch.compile of it) or not; module None: unavailable, `note` says why."""
+    name: str
+    module: Optional[torch.nn.Module]
+    backend: Optional[str] = None
+    compiled: bool = False
+    note: str = ""
+
+
+def module_impls(eager, fused, args, kernels, compile_name="compile", eager_name="eager"):
+    """[eager, its torch.compile (unless --no-compile), the fused module on each kernel impl]:
+    `fused` None (its front end not merged yet) makes the kernel columns notes."""
+    out = [Impl(eager_name, eager)]
+    if compile_name and not args.no_compile:
+        try:
+            torch._dynamo.reset()
+            out.append(Impl(compile_name, torch.compile(copy.deepcopy(eager), dynamic=False), compiled=True))
+        except Exception as e:
+            out.append(Impl(compile_name, None, note=f"compile failed: {type(e).__name__}: {e}"[:200]))
+    for k in kernels:
+        out.append(Impl(k, fused, kernel_backend(k)) if fused is not None
+                   else Impl(k, None, note="the op's front end is not in attnkernels yet"))
+    return out
+
+
+def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, dtype, fmt,
+                byte_factor, extra_inputs=None, extra_bytes=None, flops=None, speedup_cols=None):
+    """Benchmarks modules y = m(x, *extra) on fresh x (N, C, H, W) in `fmt`: for each mode ("fwd":
+    eval mode, no grad; "fwdbwd": train mode, torch.autograd.grad of y (the first output) along a
+    fresh dy shaped like x with respect to the inputs and the parameters), each family {name:
+    [Impl, ...]} in turn, its first impl the baseline of its correctness guard (y or dx) and of
+    x_eager, "compile" that of x_compile. extra_inputs(gen, mode) -> more input tensors (fresh per
+    set; requiring grad in fwdbwd where they should get one). The rows (`row` plus family, mode,
+    impl and the measurements; bytes = byte_factor[mode] * |x| + extra_bytes[mode]; with `flops`
+    {mode: count}, tflops) go to writer. speedup_cols {column: impl name}: more speedup columns
+    (that impl's time over the row's)."""
+    N, C, Hh, W = shape
+    xbytes = N * C * Hh * W * torch.empty(0, dtype=dtype).element_size()
+    for mode in modes:
+        per_call = xbytes * (2 if mode == "fwd" else 4)  # tensors touched per call: x,y (+dy,dx)
+
+        def make_set(g, mode=mode):
+            x = randn(shape, dtype, g, fmt, requires_grad=mode == "fwdbwd")
+            ins = (x,) + tuple(extra_inputs(g, mode) if extra_inputs else ())
+            return ins if mode == "fwd" else ins + (randn(shape, dtype, g, fmt),)
+
+        sets = make_sets(make_set, per_call, f"{label} {mode}")
+        if sets is None:
+            continue
+        n_in = len(sets[0]) - (mode == "fwdbwd")
+        for family, impls in families.items():
+            base = impls[0].module
+            if base is not None:
+                base.train(mode == "fwdbwd")
+            guard = Guard(dtype, "y" if mode == "fwd" else "dx",
+                          fp32=lambda: fp32_reference(base, mode, sets[0][:n_in], sets[0][-1]))
+            rows = []
+            for impl in impls:
+                r = dict(row, family=family, mode=mode, impl=impl.name, n_sets=len(sets),
+                         bytes=byte_factor[mode] * xbytes + (extra_bytes or {}).get(mode, 0))
+                rows.append(r)
+                if impl.module is None:
+                    res = Result(note=impl.note or "unavailable")
+                else:
+                    m = impl.module
+                    m.train(mode == "fwdbwd")
+                    if mode == "fwd":
+                        body = lambda s, m=m: call_fwd(m, *s[:n_in])  # noqa: E731
+                    else:
+                        params = [p for p in m.parameters() if p.requires_grad]
+                        body = lambda s, m=m, p=params: call_fwdbwd(  # noqa: E731
+                            m, s[:n_in], s[-1], [t for t in s[:n_in] if t.requires_grad] + p)
+                    res = measure(body, sets, args, label=f"{label} {family} {mode} {impl.name}",
+                                  compiled=impl.compiled, graph=mode == "fwd" and not impl.compiled,
+                                  guard=guard.baseline if impl is impls[0] else guard, backend=impl.backend)
+                r.update(ms=res.ms, peak_mb=res.peak_mb, compile_s=res.compile_s, graph_ms=res.graph_ms,
+                         check=res.check, note=res.note if impl.module is None
+                         else "; ".join(n for n in (impl.note, res.note) if n))
+                r["gbps"], r["pct_copy"] = rates(r["bytes"], res.ms, copy_gbps)
+                r["graph_pct_copy"] = rates(r["bytes"], res.graph_ms, copy_gbps)[1]
+                if flops:
+                    r["tflops"] = flops[mode] / (res.ms * 1e-3) / 1e12 if res.ms == res.ms else NAN
+            speedups(rows, eager=impls[0].name)
+            for col, name in (speedup_cols or {}).items():
+                t = next((x["ms"] for x in rows if x["impl"] == name), NAN)
+                for x in rows:
+                    x[col] = t / x["ms"] if x["ms"] == x["ms"] else NAN
+            for r in rows:
+                writer(r)
+                log(f"   {family:9s} {mode:7s} {r['impl']:9s} {fmt_num(r['ms'], 4):>9s} ms  "
+                    f"{fmt_num(r['gbps'], 0):>6s} GB/s  {fmt_num(r['pct_copy'], 0):>4s}% copy  "
+                    f"x{fmt_num(r['x_eager'], 2)} vs {impls[0].name}  peak {fmt_num(r['peak_mb'], 1)} MB  "
+                    f"{r['check']} {r['note']}")
+        del sets
+    empty_cache()
 
 
 def rates(nbytes, ms, copy_gbps):
@@ -588,10 +759,10 @@ def md_header(title, meta, byte_model):
     return out
 
 
-def summary_rows(rows, impls, key_of, key_cells, kernel_impls=KERNEL_IMPLS, extra=None):
+def summary_rows(rows, impls, key_of, key_cells, kernel_impls=KERNEL_IMPLS, extra=None, ms_field="ms"):
     """One line per config x mode (key_of(row), in first-seen order): key_cells(key), each impl's
-    ms, then the fastest kernel impl, its speedup over eager and compile and its % of copy
-    bandwidth, then extra(key, by) cells (by: (key, impl) -> row)."""
+    ms (row[ms_field]), then the fastest kernel impl, its speedup over eager and compile and its %
+    of copy bandwidth, then extra(key, by) cells (by: (key, impl) -> row)."""
     configs, by = [], {}
     for r in rows:
         k = key_of(r)
@@ -603,7 +774,7 @@ def summary_rows(rows, impls, key_of, key_cells, kernel_impls=KERNEL_IMPLS, extr
         cells = list(key_cells(k))
         for i in impls:
             r = by.get((k, i))
-            cells.append(fmt_num(r["ms"], 4) if r else "n/a")
+            cells.append(fmt_num(r[ms_field], 4) if r else "n/a")
         best = None
         for i in impls:
             r = by.get((k, i))
@@ -621,6 +792,69 @@ def summary_rows(rows, impls, key_of, key_cells, kernel_impls=KERNEL_IMPLS, extr
 
 
 SUMMARY_TAIL = ["best", "× eager", "× compile", "% copy BW"]
+
+
+def report_markdown(title, rows, impls, meta, byte_model, key_head, key_of, key_cells, notes=(),
+                    extra_cols=(), ms_field="ms", ms_label="ms"):
+    """The summary (one line per key_of(row): a config x mode (x family); each impl's
+    row[ms_field], headed "<impl> <ms_label>") and the detail table (one line per row).
+    extra_cols: [(head, row -> cell)] more detail columns."""
+    out = md_header(title, meta, byte_model)
+    head = list(key_head) + [f"{i} {ms_label}" for i in impls] + SUMMARY_TAIL + ["peak MB: first / best"]
+
+    def peaks(k, by):
+        first = by.get((k, impls[0]))
+        best = min((by[(k, i)] for i in impls if (k, i) in by and i in KERNEL_IMPLS
+                    and by[(k, i)]["ms"] == by[(k, i)]["ms"]), key=lambda r: r["ms"], default=None)
+        return [f"{fmt_num(first['peak_mb'], 1) if first else 'n/a'} / "
+                f"{fmt_num(best['peak_mb'], 1) if best else 'n/a'}"]
+
+    out += md_table(head, summary_rows(rows, impls, key_of, key_cells, extra=peaks, ms_field=ms_field))
+    out += ["", "### Detail", ""]
+    dhead = list(key_head) + ["impl", "ms", "GB/s", "% copy", "× eager", "× compile", "peak MB",
+                              "check", "compile s", "graph ms"] + [h for h, _ in extra_cols] + ["note"]
+    out += md_table(dhead, [list(key_cells(key_of(r))) + [
+        r["impl"], fmt_num(r["ms"], 4), fmt_num(r.get("gbps", NAN), 0), fmt_num(r.get("pct_copy", NAN), 0),
+        fmt_num(r["x_eager"], 2), fmt_num(r["x_compile"], 2), fmt_num(r["peak_mb"], 1), str(r["check"]),
+        fmt_num(r.get("compile_s", NAN), 1), fmt_num(r.get("graph_ms", NAN), 4)]
+        + [f(r) for _, f in extra_cols] + [str(r["note"])] for r in rows])
+    out += ["", mismatch_line(rows), *notes]
+    return "\n".join(out) + "\n"
+
+
+def run_benchmark(args, prog, name, *, configs, baselines, op, run_config, fields, markdown, plot=None,
+                  fused_missing=None, more_impls=None):
+    """A benchmark's main, after its arguments: --print-gpu-tag, the device, the impl columns
+    (select_impls: the `baselines`, "compile", the kernel impls with the op; more_impls(impls) ->
+    more columns), the modes, the run (run_config(cfg, impls, modes, copy_gbps, writer) for each of
+    configs(), called once the device is set), the CSV (`fields`), markdown(rows, impls, meta) and
+    plot(rows, impls, path, meta) -> bool. fused_missing() -> True when the op's drop-in is not in
+    attnkernels (logged: its kernel columns are notes; called once the device is set, as all that
+    imports attnkernels: --cpu-smoke switches the Triton interpreter on first). Returns the exit
+    status."""
+    if args.print_gpu_tag:
+        print(gpu_tag())
+        return 0
+    rc = setup_device(args, prog)
+    if rc is not None:
+        return rc
+    cfgs = configs()
+    if not cfgs:
+        print(f"{prog}: the selection is empty", file=sys.stderr)
+        return 2
+    impls, _ = select_impls(args, baselines, ["compile"], op=op, prog=prog)
+    if more_impls is not None:
+        impls += more_impls(impls)
+    if fused_missing is not None and fused_missing():
+        log(f"{prog}: attnkernels has no {op.upper()} drop-in yet: the kernel columns are notes")
+    modes = csv_list(args.modes, MODES, "mode", prog) if args.modes else list(MODES)
+    tag = prog.removesuffix(".py")  # the progress lines' prefix ("bench_se: N rows in ...": gpu_check.sh reads it)
+    stem, meta = start(args, tag, name, impls, modes, len(cfgs))
+    rows = run_configs(cfgs, lambda cfg, w: run_config(cfg, impls, modes, meta["copy_gbps"], w), stem, fields,
+                       args.budget_s, meta, tag)
+    finish(stem, markdown(rows, impls, meta),
+           (lambda path: plot(rows, impls, path, meta)) if plot is not None else None, args.no_plot)
+    return 0
 
 
 def mismatch_line(rows):

@@ -6,59 +6,24 @@ without DataParallel's `module.` prefix, as a file or a dict) loading strict and
 outputs, a training step with the same outputs, gradients and running statistics; both stems,
 inputs other than 224x224, depth 18 and 50."""
 import copy
-import importlib
 import os
 import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+import official_code
 from attnkernels import models
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "attention_module")
 MIRROR = "/work/.mirror/Jongchan+attention-module/repo"
-FILES = ("model_resnet", "cbam", "bam")
-PKG = "official_attention_module"
-
-# bam.py as committed does not run: its ChannelGate stores an undefined name, and it pools the
-# channel branch with an H x H window (wrong on non-square maps). A user's copy fixes both.
-BAM_FIXES = [
-    ("        self.gate_activation = gate_activation\n", ""),
-    ("F.avg_pool2d( in_tensor, in_tensor.size(2), stride=in_tensor.size(2) )",
-     "F.avg_pool2d( in_tensor, (in_tensor.size(2), in_tensor.size(3)), "
-     "stride=(in_tensor.size(2), in_tensor.size(3)) )"),
-]
-
-
-def _source(name):
-    with open(os.path.join(DATA, f"{name}.py.txt")) as f:
-        return f.read()
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    """The official MODELS package (model_resnet, cbam, bam) imported from the source text."""
-    root = tmp_path_factory.mktemp("official")
-    pkg = root / PKG
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    for name in FILES:
-        text = _source(name)
-        if name == "bam":
-            for old, new in BAM_FIXES:
-                assert text.count(old) == 1, old
-                text = text.replace(old, new)
-        (pkg / f"{name}.py").write_text(text)
-    sys.path.insert(0, str(root))
-    try:
-        yield importlib.import_module(f"{PKG}.model_resnet")
-    finally:
-        sys.path.remove(str(root))
-        for k in [k for k in sys.modules if k == PKG or k.startswith(PKG + ".")]:
-            del sys.modules[k]
+def official():
+    """The official MODELS/model_resnet.py module (built from the source text; bam.py fixed)."""
+    return official_code.load().model_resnet
 
 
 def _official_net(official, *args):
@@ -108,10 +73,10 @@ def test_vendored_source_is_the_official_code():
     """tests/data/attention_module holds the repository's files unchanged."""
     if not os.path.isdir(MIRROR):
         pytest.skip("the mirror of Jongchan/attention-module is not on this machine")
-    for name in FILES:
+    for name in official_code.FILES:
         text = subprocess.run(["git", "-C", MIRROR, "show", f"HEAD:MODELS/{name}.py"], capture_output=True,
                               text=True, check=True).stdout
-        assert text == _source(name), name
+        assert text == official_code.source(name), name
 
 
 @pytest.mark.parametrize("network_type,depth,att_type", [
