@@ -155,19 +155,20 @@ def test_checkpoint_without_num_batches_tracked_loads():
 
 @pytest.mark.parametrize("att_type", ["BAM", "CBAM"])
 def test_training_step_matches_official(official, att_type):
-    """CIFAR stem at 32x32 (the official head pools the 4x4 map globally), train mode, fp64: the
-    same logits, parameter gradients and running statistics (BatchNorm momentum 0.1, the CBAM
-    spatial BN's 0.01) after a step. (The biases of the convs and Linears that feed a
+    """Train mode, fp64, ImageNet stem at 64x64 (the official head's AvgPool2d(7) replaced by the
+    global pool): the same logits, parameter gradients and running statistics (BatchNorm momentum
+    0.1, the CBAM spatial BN's 0.01) after a step. (The biases of the convs and Linears that feed a
     batch-statistics BN have a zero gradient, rounding noise: the tolerance is relative to the
     largest gradient.)"""
     torch.manual_seed(3)
-    theirs = _liven(_official_net(official, "CIFAR100", 18, 100, att_type)).train().double()
-    ours = models.ResidualNet("CIFAR100", 18, 100, att_type).double()
+    theirs = _liven(_global_pool(_official_net(official, "ImageNet", 18, 100, att_type)), shape=(2, 3, 64, 64))
+    theirs = theirs.train().double()
+    ours = models.ResidualNet("ImageNet", 18, 100, att_type).double()
     models.load_official_checkpoint(ours, theirs.state_dict())
     ours.train()
     before = {n: b.clone() for n, b in ours.named_buffers()}
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64)
     target = torch.randint(0, 100, (2,), generator=g)
     outs = []
     for m in (ours, theirs):
@@ -187,7 +188,7 @@ def test_training_step_matches_official(official, att_type):
 
 
 @pytest.mark.parametrize("depth,att_type,shape", [
-    (50, "CBAM", (2, 3, 48, 64)), (50, "BAM", (1, 3, 33, 33)), (18, "CBAM", (1, 3, 97, 131)),
+    (50, "CBAM", (2, 3, 48, 64)), (18, "BAM", (1, 3, 33, 33)), (18, "CBAM", (1, 3, 97, 131)),
     (18, "BAM", (2, 3, 64, 40))])
 def test_any_input_size(official, depth, att_type, shape):
     """ImageNet stem at sizes other than 224 (non-square, odd, batch 1): ours computes what the
