@@ -25,6 +25,11 @@ DEV_REQUIREMENTS = [
     "pybind11",
     "numpy",
     "matplotlib",
+    # ONNX export of the drop-ins, run in onnxruntime (tests/test_se_modules.py: *onnx*); the
+    # default (torch.export-based) exporter needs onnxscript
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
 ]
 
 # The oldest stack supported (`torch>=2.11`; the GPU machine runs it): `make test-min` runs the

@@ -8,14 +8,18 @@
 #     racecheck  compute-sanitizer --tool racecheck over it running alongside (background)
 #   5 bench      benchmarks/host_overhead.py (host time per call), then
 #                benchmarks/bench_se.py --quick --triton-variants pipelined,batched --cuda-variants split,pipelined,fused,batched
+#                then the other ops' benchmarks, short: bench_cbam.py, bench_bam.py, bench_sca.py,
+#                sca_decoder.py, each --quick --no-compile with a time budget of its own (OPS_BENCH_S
+#                seconds for the four together, taken from the SE benchmark's share)
 #   6 report     benchmarks/results/<gpu>-<date>.md (status + key line of each step + the
-#                benchmark table); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
+#                benchmark tables); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
 # Every step runs even when an earlier one failed; the exit status is 1 if any step failed,
 # timed out or was skipped. The whole run stays inside GPU_CHECK_BUDGET_S (default 530 s):
 # each step's timeout is min(its nominal timeout, time left minus a reserve for later steps).
 # Environment: PYTHON (python3), CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (9.0),
 # GPU_CHECK_BUDGET_S (530), GPU_CHECK_STEPS (env,build,pytest,sanitize,bench), BENCH_RESERVE_S
-# (150: seconds kept for the benchmark when sizing the earlier steps).
+# (150: seconds kept for the benchmarks when sizing the earlier steps), OPS_BENCH_S (80: of those,
+# the seconds for the CBAM / BAM / SCA / decoder benchmarks; 0 skips them).
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -205,7 +209,8 @@ if want bench; then
   key=$(grep -E '^  (ak.se no_grad|module no_grad|module fwd\+bwd|eager fwd no_grad|eager fwd\+bwd) ' "$STEP_LOG" \
     | sed 's/  */ /g; s/^ //' | oneline)
   record host "host time per call (host_overhead.py)" "$STEP_STATUS" "$STEP_SECS" "$key"
-  t=$(timeout_for 240 10)
+  OPS_S=${OPS_BENCH_S:-80}
+  t=$(timeout_for 240 $((10 + OPS_S)))
   budget=$((t - 60)); [ "$budget" -ge 20 ] || budget=20
   run_step 05-bench "bench_se.py --quick" "$t" \
     "$PYTHON" benchmarks/bench_se.py --quick --triton-variants pipelined,batched --cuda-variants split,pipelined,fused,batched --out "$DIR" --name bench-se --budget-s "$budget"
@@ -215,6 +220,24 @@ if want bench; then
     "$(grep -m1 '^Correctness guard' "$STEP_LOG" | oneline)")
   [ "$STEP_STATUS" = OK ] || key=$(joinkey "$key" "$(tail -n 2 "$STEP_LOG" | oneline)")
   record bench "benchmark (bench_se.py --quick)" "$STEP_STATUS" "$STEP_SECS" "$key"
+  # the other ops, short: eager vs the kernels (no torch.compile: its compiles alone would take
+  # the budget), each script starting no new config after its share of OPS_BENCH_S; a column
+  # whose op is not in attnkernels yet is skipped with a note
+  if [ "$OPS_S" -gt 0 ]; then
+    for op in cbam bam sca sca_decoder; do
+      script=bench_$op.py; [ "$op" = sca_decoder ] && script=sca_decoder.py
+      t=$(timeout_for $((OPS_S / 4 + 30)) 5)
+      share=$((OPS_S / 4 - 5)); [ "$share" -ge 5 ] || share=5
+      run_step "05-bench-$op" "$script --quick --no-compile" "$t" \
+        "$PYTHON" "benchmarks/$script" --quick --no-compile --out "$DIR" --name "bench-$op" --budget-s "$share"
+      key=$(joinkey "$(grep -m1 -E ' [0-9]+ rows in ' "$STEP_LOG" | oneline)" \
+        "$(grep -m1 -E 'time budget' "$STEP_LOG" | oneline)" \
+        "$(grep -E 'skipped:|has no .* yet' "$STEP_LOG" | head -n 2 | oneline)" \
+        "$(grep -m1 '^Correctness guard' "$STEP_LOG" | oneline)")
+      [ "$STEP_STATUS" = OK ] || key=$(joinkey "$key" "$(tail -n 2 "$STEP_LOG" | oneline)")
+      record "bench-$op" "benchmark ($script --quick --no-compile)" "$STEP_STATUS" "$STEP_SECS" "$key"
+    done
+  fi
 fi
 
 # ---- 6 report -----------------------------------------------------------------------------
@@ -257,6 +280,10 @@ TOTAL=$(( $(date +%s) - START ))
   else
     echo "## SE benchmark"; echo; echo "not produced (see $DIR/05-bench.log)"
   fi
+  for op in cbam bam sca sca_decoder; do
+    # the summaries only: each table's detail stays in its own .md (logs directory)
+    [ -f "$DIR/bench-$op.md" ] && { echo; awk '/^### Detail/{exit} {print}' "$DIR/bench-$op.md"; }
+  done
 } > "$REPORT" 2>/dev/null
 echo
 echo "== report: $REPORT"
@@ -267,8 +294,13 @@ if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   [ -f "$BENCH.csv" ] && cp "$BENCH.csv" "$OUT/$TAG-bench-se.csv"
   [ -f "$BENCH.png" ] && cp "$BENCH.png" "$OUT/$TAG-bench-se.png"
   [ -f "$DIR/host-overhead.csv" ] && cp "$DIR/host-overhead.csv" "$OUT/$TAG-host-overhead.csv"
-  # one file of log tails: the device tool brings back at most 8 files from $OUT
-  for l in 02-build 03-pytest 04-memcheck 04-racecheck 05-host 05-bench; do
+  # the other ops' CSVs in one file (the device tool brings back at most 8 files from $OUT)
+  for op in cbam bam sca sca_decoder; do
+    [ -f "$DIR/bench-$op.csv" ] && { echo "==== bench-$op.csv"; cat "$DIR/bench-$op.csv"; }
+  done > "$OUT/$TAG-bench-ops.csv.txt"
+  [ -s "$OUT/$TAG-bench-ops.csv.txt" ] || rm -f "$OUT/$TAG-bench-ops.csv.txt"
+  # one file of log tails
+  for l in 02-build 03-pytest 04-memcheck 04-racecheck 05-host 05-bench 05-bench-cbam 05-bench-bam 05-bench-sca 05-bench-sca_decoder; do
     [ -f "$DIR/$l.log" ] && { echo "==== $l.log (last 400 lines)"; tail -n 400 "$DIR/$l.log"; }
   done > "$OUT/$TAG-logs.txt"
   echo "copied the report, the benchmark CSV/PNG, the host-overhead CSV and the log tails to \$OUT ($(ls "$OUT" | wc -l) files)"

@@ -6,9 +6,14 @@
     python3 benchmarks/main.py --demo          # the model demo (CPU, or CUDA tensors on a GPU)
 
 Demo: torchvision mobilenet_v3_large and efficientnet_b0, and timm's efficientnet_b0 and
-ese_vovnet19b_dw (ESE blocks) when timm is installed (random init, eval), SE blocks swapped
-by attnkernels.convert, run on each backend available for the device, outputs checked against
-the unconverted model (max |diff|, PASS/FAIL; exit status 1 on any FAIL).
+ese_vovnet19b_dw (ESE blocks) and resnet26 with CBAM in every block (timm's CbamModule) when timm
+is installed, and the official ResNet-50+BAM and ResNet-18+CBAM (attnkernels.models.ResidualNet,
+the official module layout) (random init, eval), attention blocks swapped by attnkernels.convert,
+run on each backend available for the device, outputs checked against the unconverted model (max
+|diff|, PASS/FAIL; exit status 1 on any FAIL). A model whose blocks convert() does not swap yet
+(an op whose fused front end is missing) says so and still runs, unconverted.
+The other benchmarks (bench_cbam.py, bench_bam.py, bench_sca.py, sca_decoder.py) run from their
+own scripts (benchmarks/README.md).
 """
 import os
 import sys
@@ -34,6 +39,9 @@ from attnkernels.convert import convert_report  # noqa: E402
 # thread on the CPU, so on the CPU they get a smaller image to keep the demo to a few minutes.
 CPU_RUNS = [("reference", (2, 3, 224, 224)), ("triton", (1, 3, 96, 96)),
             ("cuda-emu", (2, 3, 224, 224))]
+# the ResNets with CBAM / BAM blocks (wide maps, more work per block) get smaller images still
+CPU_RUNS_RESNET = [("reference", (2, 3, 224, 224)), ("triton", (1, 3, 64, 64)),
+                   ("cuda-emu", (1, 3, 128, 128))]
 CUDA_RUNS = [("reference", (2, 3, 224, 224)), ("triton", (2, 3, 224, 224)),
              ("cuda", (2, 3, 224, 224))]
 
@@ -67,41 +75,66 @@ def calibrate_bn(model, device):
     return model.eval()
 
 
+def _live_spatial_gates(model):
+    """The official initialization zeroes each CBAM spatial gate's BatchNorm weight (its gate is
+    then the constant sigmoid(0) until trained); a trained model's are not zero: set them to 1 so
+    the comparison covers the spatial gates."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("SpatialGate.spatial.bn.weight"):
+                p.fill_(1.0)
+    return model
+
+
 def _models(torchvision):
-    """(name, factory) of the demo's models: torchvision's (SqueezeExcitation blocks) and, when
-    timm is installed, its efficientnet_b0 (SE blocks of its own class) and ese_vovnet19b_dw
-    (EffectiveSEModule: the fused op's single-layer form)."""
-    models = [(arch, lambda arch=arch: getattr(torchvision.models, arch)(weights=None))
+    """(name, factory, CPU runs) of the demo's models: torchvision's (SqueezeExcitation blocks),
+    when timm is installed its efficientnet_b0 (SE blocks of its own class), ese_vovnet19b_dw
+    (EffectiveSEModule: the fused op's single-layer form) and resnet26 with CbamModule blocks,
+    and the official ResidualNet with BAM / CBAM (attnkernels.models)."""
+    from attnkernels.models import ResidualNet
+    models = [(arch, lambda arch=arch: getattr(torchvision.models, arch)(weights=None), CPU_RUNS)
               for arch in ("mobilenet_v3_large", "efficientnet_b0")]
     try:
         import timm
-        models.append(("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0", pretrained=False)))
-        models.append(("timm ese_vovnet19b_dw", lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False)))
+        models.append(("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0", pretrained=False),
+                       CPU_RUNS))
+        models.append(("timm ese_vovnet19b_dw", lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False),
+                       CPU_RUNS))
+        # zero_init_last=False: timm zeroes each block's last BN weight by default, which makes every
+        # residual branch, CBAM included, output 0 (the comparison would be vacuous)
+        models.append(("timm resnet26 + cbam", lambda: timm.create_model(
+            "resnet26", pretrained=False, block_args=dict(attn_layer="cbam"), zero_init_last=False),
+            CPU_RUNS_RESNET))
     except ImportError:
         pass
+    models.append(("official ResNet-50 + BAM", lambda: ResidualNet("ImageNet", 50, 1000, "BAM"), CPU_RUNS_RESNET))
+    models.append(("official ResNet-18 + CBAM", lambda: _live_spatial_gates(ResidualNet("ImageNet", 18, 1000, "CBAM")),
+                   CPU_RUNS_RESNET))
     return models
 
 
 def demo(device):
     import torchvision
 
-    runs = CUDA_RUNS if device.type == "cuda" else CPU_RUNS
     avail = ak.available_backends(device)
     print(f"attnkernels {ak.__version__}; torch {torch.__version__}; torchvision "
           f"{torchvision.__version__}; device {device}; backends here: {avail}")
     if device.type == "cpu":
         print("(on the CPU, Triton runs under TRITON_INTERPRET=1, which is slow, so its runs use a "
-              "1x3x96x96 image; reference and cuda-emu (the CUDA kernels compiled against an "
-              "emulator) use 2x3x224x224)")
+              "1x3x96x96 image (1x3x64x64 for the ResNets with CBAM/BAM); reference and cuda-emu (the "
+              "CUDA kernels compiled against an emulator) use 2x3x224x224 (cuda-emu 1x3x128x128 for "
+              "those ResNets))")
     rows, failed = [], False
-    for arch, make in _models(torchvision):
+    for arch, make, cpu_runs in _models(torchvision):
+        runs = CUDA_RUNS if device.type == "cuda" else cpu_runs
         torch.manual_seed(0)
         orig = calibrate_bn(make().to(device), device)
         model = ak.convert(orig, inplace=False)
         rep = convert_report(model)
-        print(f"\n{arch}: {sum(rep['swapped'].values())} SE blocks swapped {rep['swapped']}; "
+        print(f"\n{arch}: {sum(rep['swapped'].values())} attention blocks swapped {rep['swapped']}; "
               f"fused configs {rep['by_config']}; eager fallbacks {rep['eager_fallback']}; "
-              f"default backend on {rep['device']}: {rep['backend']}")
+              f"default backend on {rep['device']}: {rep['backend']}"
+              + ("" if rep["swapped"] else " (convert() swaps none of its blocks yet: it runs unconverted)"))
         for be, shape in runs:
             if be != "reference" and be not in avail:
                 rows.append((arch, be, "x".join(map(str, shape)), "-", "-", "-", "skipped (unavailable)"))

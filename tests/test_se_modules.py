@@ -1,5 +1,6 @@
 """The fused SE modules are drop-ins: same state_dict as torchvision/timm, same outputs and
 gradients, on every kernel backend."""
+import copy
 import sys
 from unittest import mock
 
@@ -354,19 +355,63 @@ def test_module_export_for_onnx_runs_aten_ops(kernel_backend, monkeypatch):
     torch.testing.assert_close(ep.module()(x), m(x), rtol=1e-5, atol=1e-6)
 
 
+def _onnx_export_and_run(m, x, path, dynamo, others=()):
+    """Exports m at x with a dynamic batch (either exporter), runs the file in onnxruntime (CPU)
+    on x and on each of `others`, and checks the outputs against m's eager outputs. Returns the
+    exported graph's op types."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.onnx.export(m, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for xi in (x, *others):
+        (got,) = sess.run(None, {"x": xi.detach().cpu().numpy()})
+        with torch.no_grad():
+            want = m(xi).cpu()
+        assert got.shape == tuple(want.shape)
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
+    return {n.op_type for n in model.graph.node}
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("dynamo", [True, False], ids=["export", "tracer"])
 def test_module_onnx_export(kernel_backend, dynamo, tmp_path):
-    """torch.onnx.export of a drop-in, with either exporter (needs onnx, and onnxscript for the
-    default one; neither is a dependency of the package, so this skips without them)."""
-    onnx = pytest.importorskip("onnx")
-    if dynamo:
-        pytest.importorskip("onnxscript")
+    """torch.onnx.export of a drop-in, with either exporter (needs onnx and onnxruntime, and
+    onnxscript for the default one: dev requirements, not dependencies of the package, so this
+    skips without them), with a kernel backend in force: the file holds the block's ONNX ops,
+    and onnxruntime computes the module's outputs from it, at the export's batch and another."""
     m = DROP_INS["timm_se_module"]().to(DEVICE).eval()
+    g = torch.Generator().manual_seed(0)
+    x, x3 = (torch.randn(shape, generator=g).to(DEVICE) for shape in ((2, 16, 5, 5), (3, 16, 5, 5)))
     with ak.backend(kernel_backend):
-        torch.onnx.export(m, (torch.randn(2, 16, 5, 5, device=DEVICE),), str(tmp_path / "se.onnx"), dynamo=dynamo)
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "se.onnx")).graph.node}
+        ops = _onnx_export_and_run(m, x, tmp_path / "se.onnx", dynamo, others=(x3,))
     assert {"ReduceMean", "ReduceMax", "Sigmoid", "Mul"} <= ops, ops
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_converted_model_onnx_runs_in_onnxruntime(tmp_path):
+    """A converted torchvision mobilenet_v3_small (nine fused SE blocks) exports and runs in
+    onnxruntime with the unconverted model's logits. (The TorchScript-based exporter: the
+    torch.export-based one, run on a drop-in by test_module_onnx_export, takes ~30 s of CPU on a
+    whole model.)"""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    with torch.no_grad():  # BN statistics of a random batch: O(1) activations, live SE gates
+        for bn in (mod for mod in model.modules() if isinstance(mod, nn.BatchNorm2d)):
+            bn.momentum = None
+        model.train()(torch.randn(4, 3, 64, 64))
+    model = model.to(DEVICE).eval()
+    orig = copy.deepcopy(model)
+    ak.convert(model)
+    assert sum(isinstance(mod, ak.SqueezeExcitation) for mod in model.modules()) == 9
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    _onnx_export_and_run(model, x, tmp_path / "mbv3.onnx", dynamo=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), orig(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit")
