@@ -9,9 +9,11 @@
 // csrc/common/binding_utils.h. It never includes the emulation headers.
 #include "common/binding_utils.h"
 #include "se/binding.h"
+#include "cbam/binding.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attnkernels hand-written kernels";
   m.attr("backends") = ak_binding::built_backends();
   ak_binding::register_se(m);
+  ak_binding::register_cbam(m);
 }
