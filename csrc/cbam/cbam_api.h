@@ -1,8 +1,8 @@
 // Plain C++ interface between the torch binding (csrc/cbam/binding.h) and the CBAM launch code
 // (csrc/cbam/launch.h), compiled once per backend into the same extension: ak::cbam::cuda (nvcc,
 // cbam_cuda.cu) and ak::cbam::emu (g++ against csrc/cuemu, cbam_emu.cpp). No CUDA, emulation or
-// torch header here. The contract (inputs, outputs, passes): /work/plan/CBAM.md; the Python side
-// is attnkernels/cuda/cbam.py (the option strings' codes).
+// torch header here. The inputs and outputs are the backend contract's (attnkernels/cbam.py);
+// attnkernels/cuda/cbam.py maps the option strings to the codes below.
 #pragma once
 #include <cstddef>
 
