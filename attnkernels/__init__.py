@@ -1,6 +1,7 @@
 """attnkernels: fused CUDA and Triton kernels for the attention blocks of CNNs."""
 from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
+from .cbam import CBAM, CbamModule, LightCbamModule, cbam
 from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, se
 from .convert import convert, convert_report
 from ._variant import force_variant
@@ -8,6 +9,7 @@ from ._variant import force_variant
 __all__ = [
     "available_backends", "backend", "get_backend", "set_backend", "force_variant",
     "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "SENetSEModule",
+    "cbam", "CBAM", "CbamModule", "LightCbamModule",
     "convert",
     "convert_report",
 ]

@@ -14,6 +14,11 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.SqueezeExcite
   timm.models.senet.SEModule (timm's legacy SENets: legacy_seresnet*, legacy_senet154, ...)
       -> attnkernels.SENetSEModule
+  timm.layers.cbam.CbamModule / LightCbamModule (timm's attn_layer="cbam" / "lcbam")
+      -> attnkernels.CbamModule / LightCbamModule
+and, recognized by class name and submodule layout (code users copy into their projects):
+  the official CBAM (Jongchan/attention-module MODELS/cbam.py: CBAM with ChannelGate.mlp and
+  SpatialGate.spatial.conv / .bn) -> attnkernels.CBAM
 
 The replacement is built with the constructor arguments read off the old module (channels,
 squeeze channels, bias, add_maxpool), reusing the old activation / gate / norm module
@@ -43,7 +48,7 @@ __all__ = ["convert", "convert_report", "convertible_types"]
 # builder(old) -> new module} (exact class matches), and optionally recognizers() -> [(test(module)
 # -> bool, builder)] for blocks known by class name and submodule layout (code that users copy
 # into their projects, such as the official CBAM / BAM, has no importable class to match).
-_OPS = ("se",)
+_OPS = ("se", "cbam")
 
 
 def convertible_types() -> dict:
@@ -83,8 +88,8 @@ def _swap_one(old: nn.Module, build) -> nn.Module:
 
 
 def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
-    """Swap every torchvision SqueezeExcitation / timm SEModule / EffectiveSEModule / timm
-    EfficientNet-block SqueezeExcite / timm legacy-SENet SEModule in `model` for attnkernels' fused drop-in and return the model (a deep copy
+    """Swap every block the module docstring lists (SE and CBAM blocks of torchvision, timm and
+    the official CBAM code) in `model` for attnkernels' fused drop-in and return the model (a deep copy
     when inplace=False). If `model` itself is such a block, the returned module is its
     replacement. A block that cannot be converted (e.g. an unexpected layout) is left as is
     with a warning. The number swapped per class is

@@ -2,6 +2,7 @@
 
 Under TRITON_INTERPRET=1 (set before this package is imported) the kernels run on CPU tensors.
 """
+from .cbam import cbam_backward, cbam_forward  # noqa: F401
 from .se import se_backward, se_forward, se_inference  # noqa: F401
 
 

@@ -20,6 +20,17 @@ def matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC:
 
 
 @triton.jit
+def store_share(out_ptr, w_ptr, stride_out, stride_in, v, c, cmask, n_out, ACC: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """out[r] = sum_c W[r, c] * v[c] over this program's channels c, for all n_out outputs r (W[r, c]
+    at r * stride_out + c * stride_in): a channel block's share of a layer of width n_out, which
+    the sample's last block sums (v must be 0 at masked channels)."""
+    for r0 in range(0, n_out, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        tl.store(out_ptr + r, matvec(w_ptr, stride_out, stride_in, v, c, cmask, r, r < n_out, ACC), mask=r < n_out)
+
+
+@triton.jit
 def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
                    APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
                    CG: tl.constexpr = False):
@@ -42,9 +53,11 @@ def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.c
 @triton.jit
 def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
                     ACT_ON_B: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = sum_n a_vec[n, a] for one
-    (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample vectors.
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BIAS_SCALE: tl.constexpr = 1):
+    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = BIAS_SCALE * sum_n a_vec[n, a]
+    for one (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample
+    vectors (BIAS_SCALE: a bias added that many times per sample, as CBAM's fc2 bias is once
+    per pool).
     Summed over n like a blocked sum (the CUDA kernel's blocked_sum): in each block of 64
     samples, 8 running sums (sample k of every 8) are added by tl.sum's tree; blocks are added in
     order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
@@ -74,4 +87,26 @@ def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
     tl.store(out_ptr + ia[:, None] * B + ib[None, :], cast_to(acc, out_ptr.dtype.element_ty),
              mask=ma[:, None] & mb[None, :])
     if tb == 0:
+        if BIAS_SCALE != 1:
+            bias = bias * BIAS_SCALE
         tl.store(dbias_ptr + ia, cast_to(bias, dbias_ptr.dtype.element_ty), mask=ma)
+
+
+@triton.jit
+def mlp_weight_grad_tile(pid, dz_ptr, hid_ptr, du_ptr, in_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, N1, C, Cr,
+                         ACT_ON_HID: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr,
+                         BLOCK_B: tl.constexpr, B2_SCALE: tl.constexpr = 1):
+    """Tile pid of the weight gradients of an excitation MLP z = W2 f(hid) + b2, hid = W1 in + b1,
+    from its saved per-sample vectors: dW2's tiles first, (C, Cr) = sum_n dz[n] f(hid[n])^T
+    (f = act if ACT_ON_HID, else hid holds f's output already) and db2 = B2_SCALE sum_n dz; then
+    dW1's, (Cr, C) = sum over the N1 rows k of du[k] in[k]^T and db1 = sum_k du[k]. A grid of
+    the dW2 tiles alone leaves dW1 out."""
+    tiles_c = tl.cdiv(C, BLOCK_A)
+    tiles_r = tl.cdiv(Cr, BLOCK_B)
+    if pid < tiles_c * tiles_r:
+        outer_sum_tile(dz_ptr, hid_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
+                       ACT_ON_HID, ACT, ACC, BLOCK_A, BLOCK_B, B2_SCALE)
+    else:
+        k = pid - tiles_c * tiles_r
+        outer_sum_tile(du_ptr, in_ptr, dw1_ptr, db1_ptr, N1, Cr, C, k // tiles_c, k % tiles_c,
+                       False, ACT, ACC, BLOCK_B, BLOCK_A)

@@ -130,3 +130,33 @@ def pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.
         if POOL_MAX:
             acc_max = nanmax(acc_max, tl.where(m, v, float("-inf")))
     return tl.sum(acc_sum, axis=1), nanmax_over(acc_max, 1)
+
+
+@triton.jit
+def pooled_tile(pid, x_ptr, ws_ptr, counter_ptr, N, C, HW, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
+                POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_HW: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """The global pool of tile pid of the reduction grid: (last, n, cb, c, cmask, sum, max), the
+    sum and (if POOL_MAX) the max of x over HW for sample n's channels c. With SPLIT the tile's
+    partials are combined across the HW splits (combine_splits, counter N + n * n_cblk + cb):
+    last is True in the last split of (n, cb) to arrive, which holds the totals."""
+    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
+    cmask = c < C
+    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
+                             POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
+    last, psum, pmax = tile_totals(ws_ptr, counter_ptr, N, n * n_cblk + cb, sp, n_split, psum, pmax, True,
+                                   POOL_MAX, SPLIT, ACC, BLOCK_C, BLOCK_ROWS)
+    return last, n, cb, c, cmask, psum, pmax
+
+
+@triton.jit
+def tile_totals(ws_ptr, counter_ptr, N, ncb, sp, n_split, a, b, B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr,
+                SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """(last, a, b) of tile (n, cb) = ncb of the reduction grid after its HW splits: with SPLIT,
+    combine_splits on counter N + ncb (the first N counters serve the samples); without, the
+    tile's own (a, b) and last = True."""
+    last = True
+    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
+        last, a, b = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, a, b, B_IS_MAX, HAS_B, ACC,
+                                    BLOCK_C, BLOCK_ROWS)
+    return last, a, b

@@ -48,9 +48,9 @@ from .._variant import request
 from ._launch import launcher
 from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
                       nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
-from ._mlp import channel_layer, matvec, outer_sum_tile
-from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, split_totals, sum_rows,
-                      tile_of, tile_ptrs)
+from ._mlp import channel_layer, mlp_weight_grad_tile, store_share
+from ._reduce import (STREAM_STAGES, arrive_last, park, pool_stream, pooled_tile, split_totals, sum_rows,
+                      tile_of, tile_ptrs, tile_totals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,15 +79,10 @@ def _squeeze_tile(
     """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
     FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
-    n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
-    cmask = c < C
-    psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
-                              POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
+    last, n, cb, c, cmask, psum, pmax = pooled_tile(pid, x_ptr, ws_ptr, counter_ptr, N, C, HW, n_cblk, n_split,
+                                                    hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, SPLIT,
+                                                    BLOCK_C, BLOCK_HW, BLOCK_ROWS)
     ncb = n * n_cblk + cb
-    last = True
-    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
-        last, psum, pmax = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, psum, pmax,
-                                           True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
     if last:
         pv = psum / HW
         if POOL_MAX:
@@ -95,12 +90,8 @@ def _squeeze_tile(
             pv = 0.5 * pv + 0.5 * pmax
         tl.store(p_ptr + n * C + c, pv, mask=cmask)
         if FC1:
-            pv = tl.where(cmask, pv, 0.0)
             # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
-            for r0 in range(0, Cr, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
-                tl.store(wsu_ptr + ncb * Cr + r, matvec(w1_ptr, C, 1, pv, c, cmask, r, r < Cr, ACC),
-                         mask=r < Cr)
+            store_share(wsu_ptr + ncb * Cr, w1_ptr, C, 1, tl.where(cmask, pv, 0.0), c, cmask, Cr, ACC, BLOCK_R)
         else:
             tl.store(u_ptr + n * C + c, pv, mask=cmask)
         if arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
@@ -341,21 +332,15 @@ def _bwd_reduce_tile(
     ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                            POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
-    last = True
-    if SPLIT:
-        last, ds, ties = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
-                                         False, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    last, ds, ties = tile_totals(ws_ptr, counter_ptr, N, ncb, sp, n_split, ds, ties, False, POOL_MAX, SPLIT, ACC,
+                                 BLOCK_C, BLOCK_ROWS)
     if last:
         dz = gate_bwd(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), ds, GATE)
         tl.store(dz_ptr + n * C + c, dz, mask=cmask)
         if POOL_MAX:
             tl.store(ties_ptr + n * C + c, ties, mask=cmask)
-        dz = tl.where(cmask, dz, 0.0)
         # this block's share of dh = W2^T dz: wsu[n, cb, :] = W2[cb, :]^T dz[cb]
-        for r0 in range(0, Cr, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            tl.store(wsu_ptr + ncb * Cr + r, matvec(w2_ptr, 1, Cr, dz, c, cmask, r, r < Cr, ACC),
-                     mask=r < Cr)
+        store_share(wsu_ptr + ncb * Cr, w2_ptr, 1, Cr, tl.where(cmask, dz, 0.0), c, cmask, Cr, ACC, BLOCK_R)
         if arrive_last(counter_ptr + n, n_cblk):
             _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
@@ -386,17 +371,10 @@ def _se_bwd_reduce(
 @triton.jit
 def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """dW2's tiles, then (when the grid has them: not in the single-layer form) dW1's."""
-    pid = tl.program_id(0)
-    tiles_c = tl.cdiv(C, BLOCK_A)
-    tiles_r = tl.cdiv(Cr, BLOCK_B)
-    if pid < tiles_c * tiles_r:  # dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz
-        outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
-                        True, ACT, ACC, BLOCK_A, BLOCK_B)
-    else:  # dW1 (Cr, C) = du^T p, db1 = sum_n du
-        q = pid - tiles_c * tiles_r
-        outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
-                        False, ACT, ACC, BLOCK_B, BLOCK_A)
+    """dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz, then (when the grid has them: not in the
+    single-layer form) dW1 (Cr, C) = du^T p, db1 = sum_n du."""
+    mlp_weight_grad_tile(tl.program_id(0), dz_ptr, u_ptr, du_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr,
+                         N, N, C, Cr, True, ACT, ACC, BLOCK_A, BLOCK_B)
 
 
 @triton.jit
