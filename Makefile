@@ -70,7 +70,7 @@ test-min: $(MIN_VENV)/.installed
 ASAN_TREE := build/asan
 ASAN_PY := $(if $(PYTHON),$(PYTHON),$(CURDIR)/$(VENV)/bin/python)
 ASAN_TESTS := tests/test_se.py tests/test_se_cuda_emu.py tests/test_se_modules.py tests/test_convert.py \
-              tests/test_sca_cuda_emu.py
+              tests/test_cbam_cuda_emu.py tests/test_bam_cuda_emu.py tests/test_sca_cuda_emu.py
 test-asan: $(SETUP_DEP)
 	$(call copy_tree,$(ASAN_TREE))
 	cd $(ASAN_TREE) && ATTNKERNELS_NO_CUDA=1 ATTNKERNELS_EMU_ASAN=1 $(ASAN_PY) setup.py -q build_ext --inplace

@@ -41,7 +41,7 @@ MIN_REQUIREMENTS = [_MIN_PINS.get(r.split("==")[0], r) for r in DEV_REQUIREMENTS
 # The ops with hand-written CUDA kernels, one directory each: csrc/<op>/<op>_cuda.cu (nvcc),
 # csrc/<op>/<op>_emu.cpp (g++ against csrc/cuemu), csrc/<op>/binding.h (in csrc/bindings.cpp).
 # `python setup.py ops` prints them (the Makefile and benchmarks/gpu_check.sh read it there).
-OPS = ["se", "bam", "sca"]
+OPS = ["se", "cbam", "bam", "sca"]
 
 _LISTS = {"dev-requirements": DEV_REQUIREMENTS, "min-requirements": MIN_REQUIREMENTS, "ops": OPS}
 if __name__ == "__main__" and len(sys.argv) == 2 and sys.argv[1] in _LISTS:

@@ -2,6 +2,7 @@
 from .backend import available_backends, backend, get_backend, set_backend
 from . import reference
 from .bam import BAM, bam
+from .cbam import CBAM, CbamModule, LightCbamModule, cbam
 from .se import EffectiveSEModule, SEModule, SENetSEModule, SqueezeExcitation, SqueezeExcite, se
 from .sca import SCA, sca
 from .convert import convert, convert_report
@@ -12,6 +13,7 @@ __all__ = [
     "reference", "se", "SqueezeExcitation", "SEModule", "SqueezeExcite", "EffectiveSEModule", "SENetSEModule",
     "BAM", "bam",
     "sca", "SCA",
+    "cbam", "CBAM", "CbamModule", "LightCbamModule",
     "convert",
     "convert_report",
 ]

@@ -78,14 +78,24 @@ class BNArgs(NamedTuple):
 def bn_args(bn: nn.modules.batchnorm._BatchNorm) -> BNArgs:
     """nn.BatchNorm's forward up to its F.batch_norm call: counts the batch in num_batches_tracked
     when it will update the running statistics, and picks the factor and the statistics."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    track = not bn.training or bn.track_running_stats
-    return BNArgs(bn.weight, bn.bias, batch_stats, bn.running_mean if track else None,
-                  bn.running_var if track else None, float(factor), float(bn.eps))
+    return bn_args_of(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.training,
+                      bn.track_running_stats, bn.momentum, bn.eps)
+
+
+def bn_args_of(weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+               running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor], training: bool,
+               track_running_stats: bool, momentum: Optional[float], eps: float) -> BNArgs:
+    """bn_args from a BatchNorm's tensors and settings rather than the module: what a function
+    that FX symbolic tracing keeps as a leaf (the module's tensors reach it as get_attr nodes,
+    its settings as constants) runs when the traced graph runs."""
+    factor = 0.0 if momentum is None else momentum
+    if training and track_running_stats and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    batch_stats = training or (running_mean is None and running_var is None)
+    track = not training or track_running_stats
+    return BNArgs(weight, bias, batch_stats, running_mean if track else None,
+                  running_var if track else None, float(factor), float(eps))
 
 
 def update_running_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor], momentum: float,

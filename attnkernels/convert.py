@@ -14,8 +14,14 @@ Swapped (exact class matches only; subclasses may override forward and are left 
       -> attnkernels.SqueezeExcite
   timm.models.senet.SEModule (timm's legacy SENets: legacy_seresnet*, legacy_senet154, ...)
       -> attnkernels.SENetSEModule
-  attnkernels.reference.BAM, and the official BAM (Jongchan/attention-module MODELS/bam.py)
-  copied into a project (known by its class name, BAM, and its submodule layout)
+  timm.layers.cbam.CbamModule / LightCbamModule (timm's attn_layer="cbam" / "lcbam")
+      -> attnkernels.CbamModule / LightCbamModule
+  attnkernels.reference.BAM -> attnkernels.BAM
+  attnkernels.reference.SCA -> attnkernels.SCA
+and, recognized by class name and submodule layout (code users copy into their projects):
+  the official CBAM (Jongchan/attention-module MODELS/cbam.py: CBAM with ChannelGate.mlp and
+  SpatialGate.spatial.conv / .bn) -> attnkernels.CBAM
+  the official BAM (MODELS/bam.py: BAM with channel_att.gate_c and spatial_att.gate_s)
       -> attnkernels.BAM
 
 The replacement is built with the constructor arguments read off the old module (channels,
@@ -46,7 +52,7 @@ __all__ = ["convert", "convert_report", "convertible_types"]
 # builder(old) -> new module} (exact class matches), and optionally recognizers() -> [(test(module)
 # -> bool, builder)] for blocks known by class name and submodule layout (code that users copy
 # into their projects, such as the official CBAM / BAM, has no importable class to match).
-_OPS = ("se", "bam")
+_OPS = ("se", "cbam", "bam", "sca")
 
 
 def convertible_types() -> dict:
@@ -86,8 +92,8 @@ def _swap_one(old: nn.Module, build) -> nn.Module:
 
 
 def convert(model: nn.Module, *, inplace: bool = True, verbose: bool = False) -> nn.Module:
-    """Swap every torchvision SqueezeExcitation / timm SEModule / EffectiveSEModule / timm
-    EfficientNet-block SqueezeExcite / timm legacy-SENet SEModule in `model` for attnkernels' fused drop-in and return the model (a deep copy
+    """Swap every block the module docstring lists (SE and CBAM blocks of torchvision, timm and
+    the official CBAM code) in `model` for attnkernels' fused drop-in and return the model (a deep copy
     when inplace=False). If `model` itself is such a block, the returned module is its
     replacement. A block that cannot be converted (e.g. an unexpected layout) is left as is
     with a warning. The number swapped per class is

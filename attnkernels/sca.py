@@ -307,6 +307,7 @@ def _fused_sca_call(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, or
 
 torch.fx.wrap("_fused_sca_call")
 
+
 class SCA(FusedDropin, reference.SCA):
     """Drop-in for attnkernels.reference.SCA (same constructor, Linear submodules and state_dict):
     forward(V, h, return_attention=False) runs the fused op. (The reference reads its Linears'
@@ -343,3 +344,16 @@ class SCA(FusedDropin, reference.SCA):
             u_s, c_s = params(mods["spatial_score"])
             spatial = (W_s, b_s, params(mods["spatial_hidden"])[0], u_s, c_s)
         return _fused_sca_call(V, h, *channel, *spatial, self.order, self.scale, return_attention)
+
+
+# ---------------------------------------------------------------------------------------------
+# attnkernels.convert
+# ---------------------------------------------------------------------------------------------
+def _from_reference(old: reference.SCA) -> SCA:
+    return SCA(old.channels, old.hidden_size, old.attn_units, order=old.order, scale=old.scale)
+
+
+def convertible_types() -> dict:
+    """The SCA blocks attnkernels.convert swaps: attnkernels.reference.SCA -> attnkernels.SCA (SCA-CNN
+    has no library class to swap: its official code is Theano)."""
+    return {reference.SCA: _from_reference}

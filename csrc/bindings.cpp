@@ -11,6 +11,7 @@
 #include "se/binding.h"
 #include "bam/binding.h"
 #include "sca/binding.h"
+#include "cbam/binding.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attnkernels hand-written kernels";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   ak_binding::register_se(m);
   ak_binding::register_bam(m);
   ak_binding::register_sca(m);
+  ak_binding::register_cbam(m);
 }

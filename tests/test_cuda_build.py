@@ -62,6 +62,11 @@ def bam_build(tmp_path_factory):
     return _build(tmp_path_factory, "bam")
 
 
+@pytest.fixture(scope="module")
+def cbam_build(tmp_path_factory):
+    return _build(tmp_path_factory, "cbam")
+
+
 def _no_spills(out):
     """The kernel names of a -Xptxas -v log, after checking that no function spills, uses a stack
     frame or drew a warning."""
@@ -208,6 +213,43 @@ def test_bam_kernels_memory_instructions(bam_build):
     assert "ld.global.cg.f32" in ptx, "the epilogues read other blocks' partials through L2"
     atomics = set(re.findall(r"\b((?:atom|red)\.[\w.]+)", ptx))
     assert atomics and all(a.endswith((".u32", ".b32", ".s32")) for a in atomics), atomics
+
+
+CBAM_KERNELS = ("cbam_channel_pool_kernel", "cbam_channel_excite_kernel", "cbam_spatial_pool_kernel",
+                "cbam_spatial_conv_kernel", "cbam_rescale_kernel", "cbam_bwd_spatial_reduce_kernel",
+                "cbam_bwd_spatial_bn_kernel", "cbam_bwd_spatial_conv_kernel", "cbam_bwd_channel_reduce_kernel",
+                "cbam_bwd_weights_kernel", "cbam_bwd_dx_kernel")
+
+
+def test_cbam_kernels_no_spills(cbam_build):
+    kernels, props = _no_spills(cbam_build[0])
+    names = " ".join(kernels)
+    for kind in CBAM_KERNELS:
+        assert kind in names, kind
+    # the last blocks' MLP epilogues, out of line (one copy per dtype, their registers apart)
+    for fn in ("channel_layer1", "channel_mlp_bwd"):
+        assert any(fn in name for name, *_ in props), f"{fn} is no longer out of line"
+
+
+def test_cbam_kernels_memory_instructions(cbam_build):
+    """16-byte accesses in the passes that stream the feature map (bf16 instantiations, both layouts):
+    the reductions' loads of x (and dy), the element-wise passes' loads and stores, and the
+    backward's per-pixel coefficients (one 16-byte load a pixel, float accumulators)."""
+    entries = _entries(cbam_build[1])
+    checks = {  # kernel (mangled name part) -> PTX regexes that must match in its bf16 bodies
+        "24cbam_channel_pool_kernel": (r"ld\.global(?:\.nc)?\.v4",),
+        "24cbam_spatial_pool_kernel": (r"ld\.global(?:\.nc)?\.v4",),
+        "19cbam_rescale_kernel": (r"ld\.global(?:\.nc)?\.v4", r"st\.global\.v4"),
+        "30cbam_bwd_spatial_reduce_kernel": (r"ld\.global(?:\.nc)?\.v4",),
+        "30cbam_bwd_channel_reduce_kernel": (r"ld\.global(?:\.nc)?\.v4", r"ld\.global(?:\.nc)?\.v4\.f32"),
+        "18cbam_bwd_dx_kernel": (r"ld\.global(?:\.nc)?\.v4", r"st\.global\.v4"),
+    }
+    for kind, needles in checks.items():
+        bodies = {k: v for k, v in entries.items() if kind in k and "13__nv_bfloat16" in k}
+        assert len(bodies) == 2, f"bf16 {kind}: {sorted(bodies)}"  # NCHW and channels_last
+        for name, body in bodies.items():
+            for needle in needles:
+                assert re.search(needle, body), f"{name}: no {needle}"
 
 
 def test_one_extension_no_shared_kernel_symbols():

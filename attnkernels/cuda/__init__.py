@@ -75,10 +75,12 @@ def poison() -> bool:
 from .bam import bam_backward, bam_forward  # noqa: E402
 from .se import last_variant, se_backward, se_eager, se_forward, se_forward_variant  # noqa: E402
 from .sca import sca_backward, sca_forward  # noqa: E402
+from .cbam import cbam_backward, cbam_forward  # noqa: E402
 
 __all__ = [
     "unavailable_reason", "ext_for", "poison", "force_variant",
     "se_forward", "se_backward", "se_eager", "last_variant", "se_forward_variant",
     "bam_forward", "bam_backward",
     "sca_forward", "sca_backward",
+    "cbam_forward", "cbam_backward",
 ]

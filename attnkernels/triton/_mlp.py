@@ -22,6 +22,20 @@ def matvec(w_ptr, stride_out, stride_in, v, i_in, in_mask, i_out, out_mask, ACC:
 
 
 @triton.jit
+def store_share(out_ptr, w_ptr, stride_out, stride_in, v, c, cmask, n_out, ACC: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """out[r] = sum_c W[r, c] * v[c] over this program's channels c, for all n_out outputs r (W[r, c]
+    at r * stride_out + c * stride_in): one channel block's share of a layer of width n_out spread
+    over the channel blocks of a reduction grid (out: the block's row of shares, e.g. wsu + ncb *
+    n_out); finish_layer adds a sample's shares up. v at masked channels is ignored (a max pool
+    leaves -inf there, which 0-weights would turn into NaN)."""
+    v = tl.where(cmask, v, 0.0)
+    for r0 in range(0, n_out, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        tl.store(out_ptr + r, matvec(w_ptr, stride_out, stride_in, v, c, cmask, r, r < n_out, ACC), mask=r < n_out)
+
+
+@triton.jit
 def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.constexpr,
                    APPLY_ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
                    CG: tl.constexpr = False):
@@ -42,18 +56,6 @@ def channel_layer(w_ptr, stride_out, stride_in, v_ptr, n_in, c, cmask, ACT: tl.c
 
 
 @triton.jit
-def store_share(wsu_ptr, ncb, w_ptr, stride_out, stride_in, v, c, cmask, R, ACC: tl.constexpr,
-                BLOCK_R: tl.constexpr):
-    """wsu[ncb, :] = W[:, c] @ v[c]: one channel block's share of a layer of width R (W[r, c] at
-    r * stride_out + c * stride_in), a layer spread over the channel blocks of a reduction grid
-    (its program ncb = n * n_cblk + cb); finish_layer adds a sample's shares up."""
-    for r0 in range(0, R, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        tl.store(wsu_ptr + ncb * R + r, matvec(w_ptr, stride_out, stride_in, v, c, cmask, r, r < R, ACC),
-                 mask=r < R)
-
-
-@triton.jit
 def finish_layer(n, wsu_ptr, b_ptr, out_ptr, n_cblk, R, HAS_B: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr):
     """out[n] = the sum of sample n's layer shares (store_share, one per channel block, in block
@@ -69,9 +71,11 @@ def finish_layer(n, wsu_ptr, b_ptr, out_ptr, n_cblk, R, HAS_B: tl.constexpr, ACC
 @triton.jit
 def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
                     ACT_ON_B: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = sum_n a_vec[n, a] for one
-    (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample vectors.
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BIAS_SCALE: tl.constexpr = 1):
+    """out[a, b] = sum_n a_vec[n, a] * f(b_vec[n, b]) and dbias[a] = BIAS_SCALE * sum_n a_vec[n, a]
+    for one (BLOCK_A, BLOCK_B) tile: the weight gradient of a Linear from its saved per-sample
+    vectors (BIAS_SCALE: a bias added that many times per sample, as CBAM's fc2 bias is once
+    per pool).
     Summed over n like a blocked sum (the CUDA kernel's blocked_sum): in each block of 64
     samples, 8 running sums (sample k of every 8) are added by tl.sum's tree; blocks are added in
     order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
@@ -101,26 +105,28 @@ def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
     tl.store(out_ptr + ia[:, None] * B + ib[None, :], cast_to(acc, out_ptr.dtype.element_ty),
              mask=ma[:, None] & mb[None, :])
     if tb == 0:
+        if BIAS_SCALE != 1:
+            bias = bias * BIAS_SCALE
         tl.store(dbias_ptr + ia, cast_to(bias, dbias_ptr.dtype.element_ty), mask=ma)
 
 
 @triton.jit
-def mlp_weight_grads(pid, dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
-                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Tile pid of the weight gradients of a C -> Cr -> C excitation MLP from its saved (N, *)
-    vectors (grid: weight_grads_plan): dW2's tiles, dW2 (C, Cr) = dz^T act(u), db2 = sum_n dz
-    (dz: the gradient of layer 2's output, u: layer 1's output, act: the hidden activation;
-    "identity" when u is already the activated hidden vector), then, when the grid has them,
-    dW1's, dW1 (Cr, C) = du^T p, db1 = sum_n du (du: the gradient of layer 1's output, p: its
-    input)."""
+def mlp_weight_grads(pid, dz_ptr, hid_ptr, du_ptr, in_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, N1, C, Cr,
+                     ACT_ON_HID: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr,
+                     BLOCK_B: tl.constexpr, B2_SCALE: tl.constexpr = 1):
+    """Tile pid of the weight gradients of an excitation MLP z = W2 f(hid) + b2, hid = W1 in + b1,
+    from its saved per-sample vectors: dW2's tiles first, (C, Cr) = sum_n dz[n] f(hid[n])^T
+    (f = act if ACT_ON_HID, else hid holds f's output already) and db2 = B2_SCALE sum_n dz; then
+    dW1's, (Cr, C) = sum over the N1 rows k of du[k] in[k]^T and db1 = sum_k du[k]. A grid of
+    the dW2 tiles alone leaves dW1 out (weight_grads_plan sizes it)."""
     tiles_c = tl.cdiv(C, BLOCK_A)
     tiles_r = tl.cdiv(Cr, BLOCK_B)
     if pid < tiles_c * tiles_r:
-        outer_sum_tile(dz_ptr, u_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
-                       True, ACT, ACC, BLOCK_A, BLOCK_B)
+        outer_sum_tile(dz_ptr, hid_ptr, dw2_ptr, db2_ptr, N, C, Cr, pid // tiles_r, pid % tiles_r,
+                       ACT_ON_HID, ACT, ACC, BLOCK_A, BLOCK_B, B2_SCALE)
     else:
-        q = pid - tiles_c * tiles_r
-        outer_sum_tile(du_ptr, p_ptr, dw1_ptr, db1_ptr, N, Cr, C, q // tiles_c, q % tiles_c,
+        k = pid - tiles_c * tiles_r
+        outer_sum_tile(du_ptr, in_ptr, dw1_ptr, db1_ptr, N1, Cr, C, k // tiles_c, k % tiles_c,
                        False, ACT, ACC, BLOCK_B, BLOCK_A)
 
 

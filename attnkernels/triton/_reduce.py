@@ -141,17 +141,26 @@ def pool_stream(base, c, cmask, hw_lo, hw_hi, stride_c, stride_hw, POOL_MAX: tl.
 def pool_tile(pid, x_ptr, ws_ptr, split_counter_ptr, C, HW, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
               POOL_MAX: tl.constexpr, ACC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
               BLOCK_HW: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """Tile pid of the reduction grid pooled: (n, c, cmask, ncb, last, sum, max), the sum (and
-    max if POOL_MAX) of x (N, C, HW) over the tile's HW range of its channels c, and, in the
-    program that is `last` (the last split of (n, cb) to arrive at split_counter_ptr[ncb],
-    ncb = n * n_cblk + cb; without SPLIT, every program), over the sample's whole HW."""
+    """The global pool of tile pid of the reduction grid: (last, n, cb, c, cmask, sum, max), the sum
+    and (if POOL_MAX) the max of x (N, C, HW) for sample n's channels c, over the tile's HW range,
+    and, in the program that is `last`, over the sample's whole HW (tile_totals)."""
     n, cb, sp, c, hw_lo, hw_hi = tile_of(pid, n_cblk, n_split, hw_per_split, HW, BLOCK_C)
     cmask = c < C
     psum, pmax = pool_stream(x_ptr + n.to(tl.int64) * C * HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                              POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
-    ncb = n * n_cblk + cb
+    last, psum, pmax = tile_totals(ws_ptr, split_counter_ptr, n * n_cblk + cb, sp, n_split, psum, pmax, True,
+                                   POOL_MAX, SPLIT, ACC, BLOCK_C, BLOCK_ROWS)
+    return last, n, cb, c, cmask, psum, pmax
+
+
+@triton.jit
+def tile_totals(ws_ptr, split_counter_ptr, ncb, sp, n_split, a, b, B_IS_MAX: tl.constexpr, HAS_B: tl.constexpr,
+                SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """(last, a, b) of tile ncb = n * n_cblk + cb of the reduction grid after its HW splits: with
+    SPLIT, combine_splits on counter split_counter_ptr[ncb] (last: the last split of (n, cb) to
+    arrive, holding the totals); without, the tile's own (a, b) and last = True."""
     last = True
-    if SPLIT:  # the last split of (n, cb) to arrive goes on with the totals
-        last, psum, pmax = combine_splits(ws_ptr, split_counter_ptr + ncb, ncb, sp, n_split, psum, pmax,
-                                          True, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
-    return n, c, cmask, ncb, last, psum, pmax
+    if SPLIT:
+        last, a, b = combine_splits(ws_ptr, split_counter_ptr + ncb, ncb, sp, n_split, a, b, B_IS_MAX, HAS_B, ACC,
+                                    BLOCK_C, BLOCK_ROWS)
+    return last, a, b

@@ -181,14 +181,15 @@ def _bam_channel_pool(
 ):
     """Counters: [0, N) the samples' channel blocks, [N, N + N * n_cblk) the (n, cb)'s splits,
     then one for the samples."""
-    n, c, cmask, ncb, last, psum, _ = pool_tile(tl.program_id(0), x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk,
-                                                n_split, hw_per_split, stride_c, stride_hw, False, ACC, SPLIT,
-                                                BLOCK_C, BLOCK_HW, BLOCK_ROWS)
+    last, n, cb, c, cmask, psum, _ = pool_tile(tl.program_id(0), x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk,
+                                               n_split, hw_per_split, stride_c, stride_hw, False, ACC, SPLIT,
+                                               BLOCK_C, BLOCK_HW, BLOCK_ROWS)
+    ncb = n * n_cblk + cb
     if last:
         pv = psum / HW
         tl.store(p_ptr + n * C + c, pv, mask=cmask)
         # this channel block's share of fc0: wsu[n, cb, :] = W0[:, cb] @ p[cb]
-        store_share(wsu_ptr, ncb, w0_ptr, C, 1, tl.where(cmask, pv, 0.0), c, cmask, Cr, ACC, BLOCK_R)
+        store_share(wsu_ptr + ncb * Cr, w0_ptr, C, 1, pv, c, cmask, Cr, ACC, BLOCK_R)
         if arrive_last(counter_ptr + n, n_cblk):  # the sample's last block: u = the shares + b0
             finish_layer(n, wsu_ptr, b0_ptr, u_ptr, n_cblk, Cr, HAS_B0, ACC, BLOCK_R, BLOCK_ROWS)
             if arrive_last(counter_ptr + N + N * n_cblk, N):  # the last sample: the BatchNorm's statistics
@@ -290,7 +291,7 @@ def _bam_bwd_reduce(
     if last:
         tl.store(dmc_ptr + n * C + c, dmc, mask=cmask)
         # this block's share of dh = W1^T dmc: wsu[n, cb, :] = W1[cb, :]^T dmc[cb]
-        store_share(wsu_ptr, ncb, w1_ptr, 1, Cr, tl.where(cmask, dmc, 0.0), c, cmask, Cr, ACC, BLOCK_R)
+        store_share(wsu_ptr + ncb * Cr, w1_ptr, 1, Cr, dmc, c, cmask, Cr, ACC, BLOCK_R)
         if arrive_last(counter_ptr + n, n_cblk):
             finish_layer(n, wsu_ptr, wsu_ptr, dh_ptr, n_cblk, Cr, False, ACC, BLOCK_R, BLOCK_ROWS)
             if arrive_last(counter_ptr + N + N * n_cblk + N * n_split, N):  # the last sample
@@ -302,8 +303,8 @@ def _bam_bwd_reduce(
 def _bam_bwd_mlp(dmc_ptr, du_ptr, h_ptr, p_ptr, dw0_ptr, db0_ptr, dw1_ptr, db1_ptr, N, C, Cr,
                  ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """dW1's tiles (dW1 = dmc^T h: h is relu(bn(u)) already, so no activation), then dW0's."""
-    mlp_weight_grads(tl.program_id(0), dmc_ptr, du_ptr, h_ptr, p_ptr, dw0_ptr, db0_ptr, dw1_ptr, db1_ptr, N, C, Cr,
-                     "identity", ACC, BLOCK_A, BLOCK_B)
+    mlp_weight_grads(tl.program_id(0), dmc_ptr, h_ptr, du_ptr, p_ptr, dw0_ptr, db0_ptr, dw1_ptr, db1_ptr, N, N, C, Cr,
+                     False, "identity", ACC, BLOCK_A, BLOCK_B)
 
 
 @triton.jit

@@ -47,11 +47,11 @@ from .._alloc import acc_dtype, empty, empty_like
 from .._variant import request
 from ._launch import launcher, on_x_device
 from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd,
-                      nanmax, nanmax_over, target_programs, tl_acc_dtype, workspaces)
+                      nanmax, target_programs, tl_acc_dtype, workspaces)
 from ._mlp import channel_layer, finish_layer, mlp_weight_grads, store_share
 from ._mlp import weight_grads_plan as _weights_plan
-from ._reduce import (STREAM_STAGES, arrive_last, combine_splits, park, pool_stream, pool_tile, split_totals,
-                      sum_rows, tile_of, tile_ptrs)
+from ._reduce import (STREAM_STAGES, arrive_last, park, pool_stream, pool_tile, sum_rows, tile_of, tile_ptrs,
+                      tile_totals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,9 +68,10 @@ def _squeeze_tile(
     """Squeeze tile pid of the reduction grid; True in the program that finished the sample's u.
     FC1 False: the single-layer form, u = p (Cr == C; no w1, b1, nor layer shares)."""
     done = False
-    n, c, cmask, ncb, last, psum, pmax = pool_tile(pid, x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk, n_split,
-                                                   hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, SPLIT,
-                                                   BLOCK_C, BLOCK_HW, BLOCK_ROWS)
+    last, n, cb, c, cmask, psum, pmax = pool_tile(pid, x_ptr, ws_ptr, counter_ptr + N, C, HW, n_cblk, n_split,
+                                                  hw_per_split, stride_c, stride_hw, POOL_MAX, ACC, SPLIT,
+                                                  BLOCK_C, BLOCK_HW, BLOCK_ROWS)
+    ncb = n * n_cblk + cb
     if last:
         pv = psum / HW
         if POOL_MAX:
@@ -78,9 +79,8 @@ def _squeeze_tile(
             pv = 0.5 * pv + 0.5 * pmax
         tl.store(p_ptr + n * C + c, pv, mask=cmask)
         if FC1:
-            pv = tl.where(cmask, pv, 0.0)
             # this channel block's share of layer 1: wsu[n, cb, :] = W1[:, cb] @ p[cb]
-            store_share(wsu_ptr, ncb, w1_ptr, C, 1, pv, c, cmask, Cr, ACC, BLOCK_R)
+            store_share(wsu_ptr + ncb * Cr, w1_ptr, C, 1, pv, c, cmask, Cr, ACC, BLOCK_R)
         else:
             tl.store(u_ptr + n * C + c, pv, mask=cmask)
         if arrive_last(counter_ptr + n, n_cblk):  # the last block of the sample: u = sum + b1
@@ -321,18 +321,15 @@ def _bwd_reduce_tile(
     ds, ties = _dyx_stream(dy_ptr, x_ptr, pmax_ptr, n, C, HW, c, cmask, hw_lo, hw_hi, stride_c, stride_hw,
                            POOL_MAX, ACC, BLOCK_C, BLOCK_HW)
     ncb = n * n_cblk + cb
-    last = True
-    if SPLIT:
-        last, ds, ties = combine_splits(ws_ptr, counter_ptr + N + ncb, ncb, sp, n_split, ds, ties,
-                                         False, POOL_MAX, ACC, BLOCK_C, BLOCK_ROWS)
+    last, ds, ties = tile_totals(ws_ptr, counter_ptr + N, ncb, sp, n_split, ds, ties, False, POOL_MAX, SPLIT, ACC,
+                                 BLOCK_C, BLOCK_ROWS)
     if last:
         dz = gate_bwd(tl.load(z_ptr + n * C + c, mask=cmask, other=0.0), ds, GATE)
         tl.store(dz_ptr + n * C + c, dz, mask=cmask)
         if POOL_MAX:
             tl.store(ties_ptr + n * C + c, ties, mask=cmask)
-        dz = tl.where(cmask, dz, 0.0)
         # this block's share of dh = W2^T dz: wsu[n, cb, :] = W2[cb, :]^T dz[cb]
-        store_share(wsu_ptr, ncb, w2_ptr, 1, Cr, dz, c, cmask, Cr, ACC, BLOCK_R)
+        store_share(wsu_ptr + ncb * Cr, w2_ptr, 1, Cr, dz, c, cmask, Cr, ACC, BLOCK_R)
         if arrive_last(counter_ptr + n, n_cblk):
             _finish_du(n, wsu_ptr, u_ptr, du_ptr, n_cblk, Cr, ACT, ACC, BLOCK_R, BLOCK_ROWS)
             done = True
@@ -364,8 +361,8 @@ def _se_bwd_reduce(
 def _se_bwd_weights(dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """dW2's tiles, then (when the grid has them: not in the single-layer form) dW1's."""
-    mlp_weight_grads(tl.program_id(0), dz_ptr, du_ptr, u_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C, Cr,
-                     ACT, ACC, BLOCK_A, BLOCK_B)
+    mlp_weight_grads(tl.program_id(0), dz_ptr, u_ptr, du_ptr, p_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, N, C, Cr,
+                     True, ACT, ACC, BLOCK_A, BLOCK_B)
 
 
 @triton.jit
