@@ -289,8 +289,8 @@ def test_unfusable_configurations_run_eagerly(kernel_backend):
         _check(real, ours, kernel_backend, (2, 16, 4, 5), True, steps=1)
 
 
-@pytest.mark.parametrize("momentum", [None, 0.1, 0.01], ids=str)
-@pytest.mark.parametrize("name", ["CBAM", "CbamModule", "LightCbamModule"])
+@pytest.mark.parametrize("name,momentum", [("CBAM", 0.01), ("CBAM", None), ("CbamModule", 0.1),
+                                           ("LightCbamModule", None)], ids=str)
 def test_train_mode_batchnorm_bookkeeping(kernel_backend, name, momentum):
     """Training steps of the drop-in and of the eager reference module: the same running
     statistics and num_batches_tracked, including momentum None (the cumulative average,
