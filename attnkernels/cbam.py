@@ -13,6 +13,7 @@ The ops are functional: in training mode the front end updates the running stati
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Optional, Sequence
 
@@ -98,7 +99,7 @@ def _check_cbam_inputs(x, w1, b1, w2, b2, conv_w, bn_weight, bn_bias, running_me
     check_vector(b2, "b2", C, x)
     check_choice(act, "act", tuple(ACTIVATIONS))
     check_choice(gate, "gate", tuple(GATES))
-    if isinstance(pool_types, str) or not isinstance(pool_types, Sequence):
+    if not isinstance(pool_types, (list, tuple)):
         raise TypeError(f"pool_types must be a sequence of pool names, got {type(pool_types).__name__}")
     pool_types = tuple(pool_types)
     if not pool_types:
@@ -300,7 +301,9 @@ def cbam(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[T
     pool_types: ("avg",), ("max",), ("avg", "max") / ("max", "avg"), ("avgmax",) run fused; the
     official code's "lp" and "lse" pools, and other combinations, run the reference.
     """
-    with tracer_quiet():
+    # (torch.jit's tracer warns about the checks' shape comparisons; torch.compile cannot trace the
+    # warnings filter, and needs no quieting)
+    with tracer_quiet() if torch.jit.is_tracing() else contextlib.nullcontext():
         w1, w2, pool_types = _check_cbam_inputs(x, w1, b1, w2, b2, conv_w, bn_weight, bn_bias, running_mean,
                                                 running_var, training, momentum, eps, act, gate, pool_types, order)
     name = pick_backend(backend, x)
@@ -441,11 +444,8 @@ class CBAM(_FusedCBAM, reference.CBAM):
         return reference.CBAM.forward(self, x)
 
 
-class CbamModule(_FusedCBAM, reference.CbamModule):
-    """Drop-in for timm.layers.cbam.CbamModule: same constructor, submodules and state_dict (loads
-    timm's with strict=True). Fused unless its activation or gates are ones the kernels lack (or
-    its two gates differ), its spatial conv / BatchNorm is not timm's default (a SyncBatchNorm,
-    say), or hooks sit on its submodules; then the eager forward."""
+class _FusedTimmCBAM(_FusedCBAM):
+    """timm's two CBAM modules: channel (fc1, act, fc2, gate) and spatial (conv.conv, conv.bn, gate)."""
 
     _POOL, _ORDER = "avg+max", "mean_max"
 
@@ -468,11 +468,18 @@ class CbamModule(_FusedCBAM, reference.CbamModule):
             return None
         return act, gate, self._POOL, self._ORDER
 
+
+class CbamModule(_FusedTimmCBAM, reference.CbamModule):
+    """Drop-in for timm.layers.cbam.CbamModule: same constructor, submodules and state_dict (loads
+    timm's with strict=True). Fused unless its activation or gates are ones the kernels lack (or
+    its two gates differ), its spatial conv / BatchNorm is not timm's default (a SyncBatchNorm,
+    say), or hooks sit on its submodules; then the eager forward."""
+
     def _eager_forward(self, x: Tensor) -> Tensor:
         return reference.CbamModule.forward(self, x)
 
 
-class LightCbamModule(CbamModule, reference.LightCbamModule):
+class LightCbamModule(_FusedTimmCBAM, reference.LightCbamModule):
     """Drop-in for timm.layers.cbam.LightCbamModule (0.5 * mean + 0.5 * max in both branches, a
     1-channel spatial conv; the channel gate a sigmoid whatever gate_layer says, as in timm):
     same constructor, submodules and state_dict. Fused when the spatial gate is a sigmoid too,

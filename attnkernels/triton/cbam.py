@@ -259,7 +259,7 @@ def _cbam_spatial_conv(
             tl.store(bstat_ptr + 2, var)
 
 
-@triton.jit(do_not_specialize=["n_split"])
+@triton.jit
 def _cbam_rescale(
     x_ptr, y_ptr, z_ptr, t_ptr, bstat_ptr, bnw_ptr, bnb_ptr,
     C, HW, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
@@ -489,7 +489,7 @@ def _cbam_bwd_weights(dz_ptr, h_ptr, du_ptr, v_ptr, dw1_ptr, db1_ptr, dw2_ptr, d
                      N, N * P, C, Cr, False, "identity", ACC, BLOCK_A, BLOCK_B, P)
 
 
-@triton.jit(do_not_specialize=["n_split"])
+@triton.jit
 def _cbam_bwd_dx(
     dy_ptr, x_ptr, dx_ptr, w1_ptr, z_ptr, du_ptr, pools_ptr, tiesc_ptr, coef_ptr, mmax_ptr,
     C, HW, Cr, n_cblk, n_split, hw_per_split, stride_c, stride_hw,
