@@ -42,7 +42,9 @@ test: $(SETUP_DEP)
 # GPU machine's), in .venv-min, on a copy of the tree in build/min: its extension is built
 # against that torch, and an in-place build here would replace the one .venv imports. Its Triton
 # launches run with their programs interleaved (TRITON_SCHEDULE, tests/conftest.py; `make test`
-# keeps the interpreter's pid order), so CI runs the suite under both schedules.
+# keeps the interpreter's pid order), so CI runs the Triton suite under both schedules; the op
+# suites run on the Triton backend only there (ATTNKERNELS_TEST_BACKENDS; the emulated CUDA
+# kernels' own files still run), since `make test` runs them on every backend.
 MIN_VENV := .venv-min
 MIN_TREE := build/min
 
@@ -60,7 +62,8 @@ copy_tree = mkdir -p $(1) && find $(1) -mindepth 1 -maxdepth 1 ! -name build -ex
 
 test-min: $(MIN_VENV)/.installed
 	$(call copy_tree,$(MIN_TREE))
-	TRITON_SCHEDULE=$${TRITON_SCHEDULE-interleave:1} $(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python
+	TRITON_SCHEDULE=$${TRITON_SCHEDULE-interleave:1} ATTNKERNELS_TEST_BACKENDS=$${ATTNKERNELS_TEST_BACKENDS-triton} \
+	  $(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python
 
 # AddressSanitizer over the emulated CUDA kernels (backend cuda-emu): an out-of-bounds read or
 # write of a kernel fails the test on the CPU, as compute-sanitizer's memcheck would on a GPU. A

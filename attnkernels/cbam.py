@@ -1,12 +1,32 @@
 """CBAM (convolutional block attention module), fused: the ops, their autograd, the functional API
 and the drop-in modules. Kernels live in attnkernels/triton/cbam.py and csrc/cbam/
-(attnkernels/cuda/cbam.py); the spec is attnkernels/reference/cbam.py, the contract between this
-front end and the backends /work/plan/CBAM.md:
+(attnkernels/cuda/cbam.py); the spec is attnkernels/reference/cbam.py.
 
+Backend contract (attnkernels.triton and attnkernels.cuda implement cbam_forward / cbam_backward):
   cbam_forward(x, w1, b1, w2, b2, conv_w, bn_w, bn_b, bn_mean, bn_var, eps, batch_stats,
                act, gate, pool, spool) -> (y, pools, u, z, m, t, bstat)
+    x (N, C, H, W), numel > 0, contiguous NCHW or channels_last; w1 (Cr, C), w2 (C, Cr)
+    contiguous, b1 (Cr,), b2 (C,) or None: x's dtype. conv_w (1, S, k, k) contiguous, k odd, in
+    the accumulation dtype (fp64 for fp64 x, else fp32), S = 2 for spool "max_mean" / "mean_max",
+    1 for "avgmax"; or None: no spatial gate (m, t, bstat are then empty (0,) tensors and
+    y = x * gate(z)). bn_w, bn_b (1,) accumulation dtype or None (affine=False); bn_mean, bn_var
+    (1,) the statistics to normalize with when not batch_stats (eval), else None (the batch's
+    mean and biased variance of t over its N*H*W values). act relu|silu|hardswish|gelu|identity,
+    gate sigmoid|hardsigmoid (both gates); pool (POOLS below) the MLP's input: "avg", "max",
+    "avg+max" (the MLP on each, summed: b2 once per pool) or "avgmax" (0.5 * mean + 0.5 * max);
+    spool (SPOOLS) the spatial pool over channels in the conv's input-channel order.
+    y like x (same memory format); pools (N, 2, C) [mean, max] of x over HW; u (N, P, Cr) the
+    MLP's layer-1 pre-activations (P = 2 for "avg+max", rows avg then max, else 1); z (N, C) the
+    channel logits, s_c = gate(z); m (N, S, H, W) the spatial pool of x * s_c; t (N, H, W) the
+    conv of m (padding (k-1)//2, no bias); bstat (3,) [mean, invstd, var] the BatchNorm used:
+    all but y in the accumulation dtype. y = x * s_c[n, c] * gate(bn_w (t - mean) invstd + bn_b).
   cbam_backward(dy, x, w1, w2, conv_w, bn_w, bn_b, pools, u, z, m, t, bstat, batch_stats,
                 act, gate, pool, spool) -> (dx, dw1, db1, dw2, db2, dconv_w, dbn_w, dbn_b)
+    dy like x; dx like x; dw1, db1, dw2, db2 x's dtype; dconv_w (1, S, k, k), dbn_w, dbn_b (1,)
+    accumulation dtype (empty without the spatial gate). The max pools' gradients are split evenly
+    over tied maxima (over HW for the channel pool, over channels for the spatial pool), as
+    torch.amax's backward does. In training the BatchNorm's backward has the batch statistics'
+    terms.
 
 The ops are functional: in training mode the front end updates the running statistics from bstat
 (the batch's mean and biased variance of the conv output) after the op, as F.batch_norm does.

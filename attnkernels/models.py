@@ -37,11 +37,10 @@ ATT_TYPES = ("BAM", "CBAM", None)
 
 
 def _attention_classes():
-    """(BAM, CBAM): the classes ResidualNet builds its attention modules from, the one place they
-    are chosen. The reference modules (eager PyTorch; attnkernels.convert swaps them for the fused
-    drop-ins) until attnkernels.BAM / attnkernels.CBAM are merged: those take the same
-    constructor arguments and have the same state_dicts, and then this returns them."""
-    from .reference import BAM, CBAM
+    """(BAM, CBAM): the classes ResidualNet builds its attention modules from: the fused drop-ins
+    (the official constructors, submodules and state_dicts; eager where the kernels cannot run)."""
+    from .bam import BAM
+    from .cbam import CBAM
     return BAM, CBAM
 
 

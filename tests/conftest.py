@@ -18,6 +18,13 @@ import attnkernels  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 KERNEL_BACKENDS = [b for b in attnkernels.available_backends(DEVICE) if b != "reference"]
+# ATTNKERNELS_TEST_BACKENDS=triton[,cuda-emu,...]: the kernel backends the op suites run on (default:
+# every one available here). `make test-min` runs its interleaved Triton schedule on the Triton
+# backend only: the backend-level files (test_*_cuda_emu.py) still run the emulated CUDA kernels
+# there, and `make test` runs every backend in full.
+if os.environ.get("ATTNKERNELS_TEST_BACKENDS"):
+    _wanted = os.environ["ATTNKERNELS_TEST_BACKENDS"].split(",")
+    KERNEL_BACKENDS = [b for b in KERNEL_BACKENDS if b in _wanted]
 
 
 def pytest_report_header(config):

@@ -1,5 +1,5 @@
 """Backend-level tests of attnkernels.cuda's BAM (csrc/bam/): bam_forward / bam_backward of the
-backend contract (/work/plan/BAM.md) called directly, on CPU tensors through the emulated build
+backend contract (attnkernels/bam.py) called directly, on CPU tensors through the emulated build
 (backend cuda-emu) and, with a GPU and the nvcc build, on CUDA tensors too. Every output and
 workspace is poisoned with NaN first, so an element a kernel forgets to write fails. Outputs are
 held to tests/utils.assert_matches' bar: the error against the fp64 reference at most twice the

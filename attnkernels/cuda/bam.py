@@ -1,5 +1,5 @@
 """BAM on the hand-written CUDA kernels (csrc/bam/, through attnkernels._C; see attnkernels/cuda/
-for the two builds): the backend contract of attnkernels/bam.py (/work/plan/BAM.md).
+for the two builds): the backend contract of attnkernels/bam.py.
 
 Forward: a pooling launch (per-channel sums of x; each sample's last block runs u = W0 p + b0, and
 with running statistics the rest of the channel MLP; with batch statistics the batch's last

@@ -1,6 +1,6 @@
 """BAM (bottleneck attention module) in Triton: the fused channel branch and gate, forward in 2
 launches, backward in 3. The spatial branch's output Ms is an input (attnkernels/bam.py runs the
-branch's convolutions in torch); the contract is attnkernels/bam.py's, the passes /work/plan/BAM.md's.
+branch's convolutions in torch); the contract is attnkernels/bam.py's.
 
 Every feature-map pass runs on one grid: programs over (sample n, channel block cb, HW split sp),
 each owning a (BLOCK_C channels) x (its HW range) tile loop (_reduce.tile_of), as SE's do. The

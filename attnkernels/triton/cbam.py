@@ -1,7 +1,7 @@
 """CBAM (channel gate, then spatial gate) in Triton: forward in 5 launches, backward in 6.
 
-The passes and their names are the contract of /work/plan/CBAM.md, shared with the CUDA backend
-(csrc/cbam/). Two grids serve them:
+The passes and their names are the CUDA backend's too (csrc/cbam/: cbam_<pass>_kernel for
+_cbam_<pass>); the contract is attnkernels/cbam.py's. Two grids serve them:
   - the channel grid (SE's: attnkernels/triton/se.py): programs over (sample n, channel block cb,
     HW split sp), each streaming its (BLOCK_C channels) x (HW range) tile; the split partials and
     the layer shares are combined by the last program to arrive (_reduce.py), in a fixed order;
