@@ -295,12 +295,12 @@ def sca(V: Tensor, h: Tensor,
 # ---------------------------------------------------------------------------------------------
 def _fused_sca_call(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order: str, scale: bool,
                     return_attention: bool):
-    """The drop-in's fused call on its Linear parameters, cast to V's dtype where they differ (as
-    autocast casts them for the eager block's Linears). A leaf of FX symbolic tracing
-    (torch.fx.wrap below): a traced model calls it, fused, instead of tracing into `sca`, whose
-    checks a Proxy fails."""
-    w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s = cast_params(
-        V.dtype, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s)
+    """The drop-in's fused call on its Linear parameters and h, cast to V's dtype where they differ
+    (as autocast casts the operands of the eager block's Linears: a decoder's h in fp32, its zero
+    initial state say, with bf16 features). A leaf of FX symbolic tracing (torch.fx.wrap below): a
+    traced model calls it, fused, instead of tracing into `sca`, whose checks a Proxy fails."""
+    h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s = cast_params(
+        V.dtype, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s)
     return sca(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order=order, scale=scale,
                return_attention=return_attention)
 
