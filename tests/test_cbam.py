@@ -432,6 +432,24 @@ def test_cbam_too_large_for_32_bit_indexing(kernel_backend):
         _call(ak.cbam, dict(case, x=x), backend=kernel_backend)
 
 
+def test_cbam_triton_refuses_scratch_past_32_bit_indices():
+    """The Triton kernels' per-sample scratch, indexed with 32-bit integers: the layer-1 shares
+    (N, channel blocks, P, Cr) and the spatial conv's weight-gradient partials (N, pixel tiles,
+    S k k), past 2^31 elements, get cbam's ValueError before any launch (the plan, from shapes
+    alone: x would take tens of GB)."""
+    from attnkernels.triton import cbam as tcbam
+    cpu = torch.device("cpu")
+    # NCHW, HW = 512: 4-channel blocks, 512 of them at C = 2048; Cr = 128: 2^16 shares a sample per pool
+    shape = (2**14 + 1, 2048, 16, 32)
+    tcbam._channel_plan_for(shape, True, 128, 1, 98, cpu)
+    with pytest.raises(ValueError, match=r"cbam \(triton\).*32-bit"):
+        tcbam._channel_plan_for(shape, True, 128, 2, 98, cpu)  # "avg+max": two pools' shares
+    # 1 x 1 maps: one pixel tile a sample, a 7 x 7 conv on [max, mean]: 98 partials a sample
+    tcbam._channel_plan_for((2**31 // 98, 4, 1, 1), True, 1, 1, 98, cpu)
+    with pytest.raises(ValueError, match=r"cbam \(triton\).*32-bit"):
+        tcbam._channel_plan_for((2**31 // 98 + 1, 4, 1, 1), True, 1, 1, 98, cpu)
+
+
 # ---- determinism and program order -------------------------------------------------------------
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_cbam_is_deterministic(kernel_backend, channels_last, monkeypatch):
