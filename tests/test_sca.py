@@ -379,6 +379,16 @@ def test_sca_triton_backward_in_chunks(order, monkeypatch):
     tsca._plan.cache_clear()
 
 
+def test_sca_triton_refuses_what_32_bit_indices_cannot_reach():
+    """h and dh (N, d) are indexed with 32-bit integers too: past 2^31 elements, sca's ValueError
+    from the plan (shapes alone), however small V's per-sample scratch."""
+    from attnkernels.triton import sca as tsca
+    cpu = torch.device("cpu")
+    tsca._plan((2**19 - 1, 1, 1, 1), True, 1, 1, 4096, cpu, torch.float32)
+    with pytest.raises(ValueError, match=r"sca \(triton\).*32-bit"):
+        tsca._plan((2**19, 1, 1, 1), True, 1, 1, 4096, cpu, torch.float32)  # N d = 2^31
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_sca_is_deterministic(kernel_backend, order, monkeypatch):
     """Run to run, the same bits: no float atomics, every partial combined in a fixed order by

@@ -664,10 +664,10 @@ def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device, d
              n_db=max(1, triton.cdiv(d, bd)),
              chunk=max(1, min(N, DP_BUDGET // max(1, HW * k_s))))
     per_sample = max(C * (hw_blocks + p["n_kb"] + 4), HW * (n_cblk * 2 + 2), k_c * p["n_cb_c"] * 3,
-                     k_s * p["n_lb"] * 2, 2 * n_cblk * n_split * block_c)
+                     k_s * p["n_lb"] * 2, 2 * n_cblk * n_split * block_c, d)  # (d: h and dh, (N, d))
     if C * HW > _INT32_MAX or N * per_sample > _INT32_MAX or p["chunk"] * HW * max(k_s, 1) > _INT32_MAX:
-        raise ValueError(f"sca (triton): V of shape {tuple(shape)} is too large for the Triton kernels' 32-bit "
-                         f"indexing within a sample and of their per-sample scratch")
+        raise ValueError(f"sca (triton): V of shape {tuple(shape)} (h of width {d}) is too large for the Triton "
+                         f"kernels' 32-bit indexing within a sample and of their per-sample scratch")
     return p
 
 
