@@ -19,43 +19,15 @@ namespace AK_BACKEND_NS {
 // The device's properties, asked through one of CBAM's kernels (for the arch of their image).
 inline DevInfo dev_info() { return dev_info_of(cbam_channel_excite_kernel<float>); }
 
-// Channel reductions: SE's squeeze geometry (csrc/se/launch.h squeeze_geom): about 4 blocks per SM
-// over the batch, 8K elements a block at least. *red_elems: the channels_last tiles' scratch for
-// states of nf fields.
+// Channel reductions: the squeeze's geometry (common/squeeze.cuh squeeze_geom, SE's and BAM's):
+// about 4 blocks per SM over the batch, 8K elements a block at least; cspan, the channels a block
+// reads (chan_range). *red_elems: the channels_last tiles' scratch for states of nf fields.
 template <typename T>
 ChanGeom chan_geom(int N, int C, int HW, bool nhwc, int sms, bool vec_ok, int nf, size_t* red_elems) {
-  constexpr int V = Vec<T>::N;
-  ChanGeom g{};
-  const long long E = (long long)C * HW;
-  const long long target = std::max(1LL, std::min(cdiv(4LL * sms, N), std::max(1LL, cdiv(E, 8192))));
-  *red_elems = 0;
-  if (!nhwc) {
-    g.G = std::min(32, pow2_at_least((int)std::max(1LL, cdiv(cdiv(HW, V), 2))));
-    const int ngrp = kThreads / g.G;
-    long long S = 1;
-    if (target * ngrp > C) S = std::min<long long>(cdiv(target * ngrp, C), std::max(1, HW / (g.G * V * 2)));
-    const long long seg = cdiv(cdiv(HW, S), V) * V;
-    g.S = (int)cdiv(HW, seg);
-    g.seg_len = (int)seg;
-    const long long units = (long long)C * g.S;
-    g.upb = (int)std::min(units, cdiv(cdiv(units, target), ngrp) * ngrp);
-    g.bps = (int)cdiv(units, g.upb);
-    g.cspan = (int)std::min<long long>(C, g.upb / g.S + 2);
-    g.vc = 1;
-  } else {
-    g.vc = (C % V == 0 && vec_ok) ? V : 1;
-    g.ctv = std::min(C / g.vc, kThreads);
-    const int TY = kThreads / g.ctv;
-    g.ctiles = (int)cdiv(C / g.vc, g.ctv);
-    long long S = std::max(1LL, cdiv(target, g.ctiles));
-    S = std::min<long long>(S, std::max(1, HW / (TY * 2)));
-    const long long seg = cdiv(HW, S);
-    g.S = (int)cdiv(HW, seg);
-    g.seg_len = (int)seg;
-    g.bps = g.ctiles * g.S;
-    g.cspan = g.ctv * g.vc;
-    *red_elems = (size_t)TY * g.ctv * g.vc * nf;
-  }
+  const SqueezeGeom s = squeeze_geom<T>(N, C, HW, nhwc, false, sms, 0, vec_ok, kThreads);
+  ChanGeom g{s.bps, s.S, s.G, s.seg_len, s.upb, s.vc, s.ctv, s.ctiles, 0};
+  g.cspan = nhwc ? g.ctv * g.vc : (int)std::min<long long>(C, g.upb / g.S + 2);
+  *red_elems = nhwc ? (size_t)(kThreads / g.ctv) * g.ctv * g.vc * nf : 0;
   return g;
 }
 
