@@ -1,13 +1,6 @@
 """SCA (SCA-CNN spatial and channel-wise attention) in Triton, and the backend contract that the
 CUDA backend (csrc/sca/, attnkernels/cuda/sca.py) implements too. Spec: attnkernels/reference/sca.py.
 
-Contract changes since the first version (b9dbd24):
-  - dc_c, dc_s: 0 * sum dz (exactly 0 when finite), not sum dz: eager's sum dz is rounding noise
-    around the true 0, which fp32 parity cannot hold a sum of cancelling terms to.
-  - the tanh slopes of the backward (channel_bwd's 1 - b^2, spatial_bwd's 1 - a^2) come from
-    e = exp(-2|x|) as 4e / (1 + e)^2, not from the rounded tanh: 1 - t^2 of a rounded t loses its
-    digits as tanh saturates (fp32 dw_c missed the 2x-the-reference bar by that alone).
-
 Notation. V (N, C, H, W), HW = H*W, location l = h*W + w; h (N, d); k_c / k_s units of the channel /
 spatial branch (one `attn_units` in the module; the kernels allow them to differ). cs = C if scale
 else 1, ss = HW if scale else 1: the factors the attention weights are applied with. "acc dtype":
