@@ -97,10 +97,13 @@ template <typename F> inline void carve(const Alloc& alloc, F assign) {
 }
 
 // Dynamic shared memory of a launch: bytes, checked against the device's opt-in limit.
-template <typename K> inline size_t smem_for(K kernel, size_t bytes, const DevInfo& d, const char* pass) {
+template <typename K>
+inline size_t smem_for(K kernel, size_t bytes, const DevInfo& d, const Problem& pr, const char* pass) {
   if (bytes > (size_t)d.smem_optin)
-    throw std::runtime_error(std::string("cbam: the ") + pass + " pass needs " + std::to_string(bytes) +
-                             " bytes of shared memory; the device allows " + std::to_string(d.smem_optin));
+    throw std::runtime_error("cbam (cuda): C=" + std::to_string(pr.C) + ", Cr=" + std::to_string(pr.Cr) +
+                             ", k=" + std::to_string(pr.K) + " need " + std::to_string(bytes) +
+                             " bytes of shared memory in the " + pass + " pass; the device allows " +
+                             std::to_string(d.smem_optin) + " per block (the triton backend has no such limit)");
   smem_attr(kernel, bytes);
   return bytes;
 }
@@ -154,23 +157,24 @@ void launch_forward(FwdParams<T>& P, const Problem& pr, const FwdIO& io, const D
   });
 
   auto k1 = cbam_channel_pool_kernel<T, NHWC>;
-  const size_t s1 = smem_for(k1, kHeader + std::max(red_c, (size_t)P.P * (C + Cr)) * sizeof(A), d, "channel_pool");
+  const size_t s1 =
+      smem_for(k1, kHeader + std::max(red_c, (size_t)P.P * (C + Cr)) * sizeof(A), d, pr, "channel_pool");
   ak::launch(k1, dim3((unsigned)((long long)N * P.cg.bps)), dim3(kThreads), s1, st, P);
   auto k2 = cbam_channel_excite_kernel<T>;
-  const size_t s2 = smem_for(k2, (size_t)Cr * sizeof(A), d, "channel_excite");
+  const size_t s2 = smem_for(k2, (size_t)Cr * sizeof(A), d, pr, "channel_excite");
   ak::launch(k2, dim3((unsigned)((long long)N * cdiv(C, P.excite_rows))), dim3(kThreads), s2, st, P);
   if (pr.spatial) {
     auto k3 = cbam_spatial_pool_kernel<T, NHWC>;
-    const size_t s3 = smem_for(k3, ((size_t)C + red_p) * sizeof(A), d, "spatial_pool");
+    const size_t s3 = smem_for(k3, ((size_t)C + red_p) * sizeof(A), d, pr, "spatial_pool");
     ak::launch(k3, dim3((unsigned)((long long)N * P.pg.tiles)), dim3(kThreads), s3, st, P);
     auto k4 = cbam_spatial_conv_kernel<T>;
     const size_t halo = (size_t)(P.kg.th + pr.K - 1) * (P.kg.tw + pr.K - 1);
-    const size_t s4 = smem_for(k4, kHeader + ((size_t)P.SP * (pr.K * pr.K + halo) + 32 * 3) * sizeof(A), d,
+    const size_t s4 = smem_for(k4, kHeader + ((size_t)P.SP * (pr.K * pr.K + halo) + 32 * 3) * sizeof(A), d, pr,
                                "spatial_conv");
     ak::launch(k4, dim3((unsigned)conv_blocks), dim3(kThreads), s4, st, P);
   }
   auto k5 = cbam_rescale_kernel<T, NHWC>;
-  const size_t s5 = smem_for(k5, (size_t)(P.mg.tr + P.mg.tc) * sizeof(A), d, "rescale");
+  const size_t s5 = smem_for(k5, (size_t)(P.mg.tr + P.mg.tc) * sizeof(A), d, pr, "rescale");
   ak::launch(k5, dim3((unsigned)((long long)N * P.mg.rtiles * P.mg.ctiles)), dim3(kThreads), s5, st, P);
 }
 
@@ -240,27 +244,29 @@ void launch_backward(BwdParams<T>& P, const Problem& pr, const BwdIO& io, const 
 
   if (sp) {
     auto k1 = cbam_bwd_spatial_reduce_kernel<T, NHWC>;
-    const size_t s1 = smem_for(k1, ((size_t)C + red_p) * sizeof(A), d, "bwd_spatial_reduce");
+    const size_t s1 = smem_for(k1, ((size_t)C + red_p) * sizeof(A), d, pr, "bwd_spatial_reduce");
     ak::launch(k1, dim3((unsigned)((long long)N * P.pg.tiles)), dim3(kThreads), s1, st, P);
     auto k2 = cbam_bwd_spatial_bn_kernel<T>;
-    const size_t s2 = smem_for(k2, kHeader + 32 * 2 * sizeof(A), d, "bwd_spatial_bn");
+    const size_t s2 = smem_for(k2, kHeader + 32 * 2 * sizeof(A), d, pr, "bwd_spatial_bn");
     ak::launch(k2, dim3((unsigned)bn_blocks), dim3(kThreads), s2, st, P);
     auto k3 = cbam_bwd_spatial_conv_kernel<T>;
     const size_t halo = (size_t)(P.kg.th + pr.K - 1) * (P.kg.tw + pr.K - 1);
     const size_t s3 =
-        smem_for(k3, kHeader + ((size_t)width + (1 + P.SP) * halo + kThreads) * sizeof(A), d, "bwd_spatial_conv");
+        smem_for(k3, kHeader + ((size_t)width + (1 + P.SP) * halo + kThreads) * sizeof(A), d, pr,
+                 "bwd_spatial_conv");
     ak::launch(k3, dim3((unsigned)conv_blocks), dim3(kThreads), s3, st, P);
   }
   auto k4 = cbam_bwd_channel_reduce_kernel<T, NHWC>;
   const size_t epi = 2 * (size_t)C + (size_t)(1 + P.P) * Cr + (size_t)kThreads * V;
   const size_t s4 =
-      smem_for(k4, kHeader + std::max(2 * (size_t)P.cg.cspan + red_c, epi) * sizeof(A), d, "bwd_channel_reduce");
+      smem_for(k4, kHeader + std::max(2 * (size_t)P.cg.cspan + red_c, epi) * sizeof(A), d, pr,
+               "bwd_channel_reduce");
   ak::launch(k4, dim3((unsigned)((long long)N * P.cg.bps)), dim3(kThreads), s4, st, P);
   const long long wtotal = 2LL * C * Cr + C + Cr;
   ak::launch(cbam_bwd_weights_kernel<T>, dim3((unsigned)std::min(cdiv(wtotal, kThreads), 65535LL)), dim3(kThreads),
              (size_t)0, st, P);
   auto k6 = cbam_bwd_dx_kernel<T, NHWC>;
-  const size_t s6 = smem_for(k6, 8 * (size_t)std::max(P.mg.tr, P.mg.tc) * sizeof(A), d, "bwd_dx");
+  const size_t s6 = smem_for(k6, 8 * (size_t)std::max(P.mg.tr, P.mg.tc) * sizeof(A), d, pr, "bwd_dx");
   ak::launch(k6, dim3((unsigned)((long long)N * P.mg.rtiles * P.mg.ctiles)), dim3(kThreads), s6, st, P);
 }
 
