@@ -20,7 +20,7 @@ from . import reference
 from ._alloc import acc_dtype
 from ._dropin import FusedDropin, cast_params, weight_bias, weight_bias_attrs
 from ._fused_op import grads_with_graph, pick_backend, tracer_quiet
-from ._validate import check_choice, check_like, check_tensor, memory_format_of
+from ._validate import check_choice, check_grad_like, check_like, check_tensor, memory_format_of
 from .backend import get_impl
 from .reference.sca import ORDERS
 
@@ -152,9 +152,7 @@ def sca_backward(dX: Tensor, V: Tensor, h: Tensor, w_c: Optional[Tensor], W_hc: 
     """-> (dV, dh, dw_c, db_c, dW_hc, du_c, dc_c, dW_s, db_s, dW_hs, du_s, dc_s): triton/sca.py's
     sca_backward (an absent branch's gradients are empty (0,) tensors)."""
     _check_op_inputs(V, h, w_c, u_c, W_hc, u_c, W_s, u_s, W_hs, u_s, order, backend)  # (u: the biases' shape)
-    same_layout = dX.is_contiguous() if V.is_contiguous() else dX.is_contiguous(memory_format=torch.channels_last)
-    if dX.shape != V.shape or dX.dtype != V.dtype or not same_layout:
-        raise ValueError("dX must have V's shape, dtype and memory format")
+    check_grad_like(dX, "dX", V, "V")
     N, C, H, W = V.shape
     acc = acc_dtype(V.dtype)
     has_c, has_s = "c" in order, "s" in order

@@ -418,7 +418,7 @@ def test_cbam_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):
     with pytest.raises(ValueError, match="bn_mean and bn_var are needed"):
         op(*args[:11], False, *args[12:])
     y, pools, u, z, m, t, bstat = op(*args)
-    with pytest.raises(ValueError, match="dy must have"):
+    with pytest.raises(ValueError, match="dy must have x's shape, dtype, device"):
         torch.ops.attnkernels.cbam_backward(y.double(), *(args[i] for i in (0, 1, 3, 5, 6, 7)), pools, u, z, m, t,
                                             bstat, True, "gelu", "hardsigmoid", "avg+max", "max_mean", kernel_backend)
 
