@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import functools
 
-import torch
 import triton
 import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
 from ..cbam import n_pools
-from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd, nanmax,
+from ._common import (activation, activation_bwd, arrival_counters, cast_to, fp32_pair, gate, gate_bwd, nanmax,
                       nanmax_over, tl_acc_dtype, workspaces)
 from ._launch import launcher, on_x_device
 from ._mlp import channel_layer, mlp_weight_grads, store_share, weight_grads_plan
@@ -584,11 +583,6 @@ def _channel_plan_for(shape, nchw, Cr, P, T, device):
     return grid, {k: v for k, v in a.items() if k != "GROUP"}, rows
 
 
-def _split_eps(eps: float):
-    hi = float(torch.tensor(eps, dtype=torch.float32))
-    return hi, float(eps - hi)
-
-
 def _strides(a):
     return dict(stride_c=a["stride_c"], stride_hw=a["stride_hw"])
 
@@ -628,7 +622,7 @@ def cbam_forward(x, w1, b1, w2, b2, conv_w, bn_w, bn_b, bn_mean, bn_var, eps, ba
             BLOCK_P=block_p, num_warps=4)
         launcher(_cbam_spatial_conv)[qgrid](
             m, conv_w, t, stats, counters, bstat, bn_mean if bn_mean is not None else bstat,
-            bn_var if bn_var is not None else bstat, H, W, qgrid[0] // N, *_split_eps(eps), S=S, K=K,
+            bn_var if bn_var is not None else bstat, H, W, qgrid[0] // N, *fp32_pair(eps), S=S, K=K,
             BATCH_STATS=batch_stats, ACC=accd, BLOCK_P=block_q, BLOCK_ROWS=64, num_warps=4)
     else:
         m, t, bstat = (empty((0,), acc, dev) for _ in range(3))
