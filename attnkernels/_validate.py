@@ -24,6 +24,15 @@ def check_like(t, name: str, ref: torch.Tensor, ref_name: str = "x"):
     return t
 
 
+def check_grad_like(g, name: str, ref: torch.Tensor, ref_name: str = "x"):
+    """A backward op's incoming gradient: ref's shape, dtype, device and memory format (the
+    kernels stream it with ref's strides)."""
+    if not (isinstance(g, torch.Tensor) and g.shape == ref.shape and g.dtype == ref.dtype and g.device == ref.device
+            and (g.is_contiguous() if ref.is_contiguous() else g.is_contiguous(memory_format=torch.channels_last))):
+        raise ValueError(f"{name} must have {ref_name}'s shape, dtype, device and memory format")
+    return g
+
+
 def as_matrix(w, name: str, rows: int | None, cols: int | None, ref: torch.Tensor):
     """A Linear (out, in) or 1x1 conv (out, in, 1, 1) weight as an (out, in) view."""
     check_tensor(w, name)

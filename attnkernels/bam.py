@@ -39,7 +39,7 @@ from . import reference
 from ._alloc import acc_dtype
 from ._dropin import FusedDropin, bn_args, cast_params, hooked, plain_batchnorm, update_running_stats, weight_bias
 from ._fused_op import grads_with_graph, pick_backend, tracer_quiet
-from ._validate import as_matrix, check_choice, check_tensor, check_vector, memory_format_of
+from ._validate import as_matrix, check_choice, check_grad_like, check_tensor, check_vector, memory_format_of
 from .backend import get_impl
 from .reference.bam import COMBINES, Flatten
 
@@ -170,9 +170,7 @@ def bam_backward(dy: Tensor, x: Tensor, ms: Tensor, w0: Tensor, w1: Tensor, bn_w
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (dx, dms, dw0, db0, dw1, db1, dbn_w, dbn_b): the backend contract's bam_backward."""
     _check_op_inputs(x, ms, w0, None, w1, None, bn_weight, bn_bias, None, None, True, combine, backend)
-    same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
-    if dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
-        raise ValueError("dy must have x's shape, dtype and memory format")
+    check_grad_like(dy, "dy", x)
     N, C = x.shape[:2]
     Cr = w0.shape[0]
     acc = acc_dtype(x.dtype)

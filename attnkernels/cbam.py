@@ -46,7 +46,8 @@ from ._dropin import (FusedDropin, bn_args_of, cast_params, hooked, plain_batchn
                       weight_bias, weight_bias_attrs)
 from ._fused_op import grads_with_graph as _grads_with_graph
 from ._fused_op import pick_backend, tracer_quiet, twice_differentiable_gate
-from ._validate import as_matrix, check_choice, check_like, check_tensor, check_vector, memory_format_of
+from ._validate import (as_matrix, check_choice, check_grad_like, check_like, check_tensor, check_vector,
+                        memory_format_of)
 from .backend import get_impl
 from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
 
@@ -189,12 +190,6 @@ def _check_op_inputs(x, w1, b1, w2, b2, conv_w, bn_w, bn_b, bn_mean, bn_var, bat
         raise ValueError("batch statistics of N*H*W = 1 value")
 
 
-def _check_dy(dy, x):
-    same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
-    if not isinstance(dy, Tensor) or dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
-        raise ValueError("dy must have x's shape, dtype and memory format")
-
-
 # ---------------------------------------------------------------------------------------------
 # custom ops
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +229,7 @@ def cbam_backward(dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, conv_w: Optiona
     # (bstat's mean and var: what the BatchNorm normalized with, whichever statistics they were)
     _check_op_inputs(x, w1, None, w2, None, conv_w, bn_w, bn_b, bstat[:1], bstat[2:], batch_stats, act, gate, pool,
                      spool, backend)
-    _check_dy(dy, x)
+    check_grad_like(dy, "dy", x)
     return get_impl(backend).cbam_backward(dy, x, w1, w2, conv_w, bn_w, bn_b, pools, u, z, m, t, bstat, batch_stats,
                                            act, gate, pool, spool)
 

@@ -20,7 +20,7 @@ from . import reference
 from ._alloc import acc_dtype
 from ._dropin import FusedDropin, cast_params, weight_bias, weight_bias_attrs
 from ._fused_op import grads_with_graph, pick_backend, tracer_quiet
-from ._validate import check_choice, check_like, check_tensor, memory_format_of
+from ._validate import check_choice, check_grad_like, check_like, check_tensor, memory_format_of
 from .backend import get_impl
 from .reference.sca import ORDERS
 
@@ -152,9 +152,7 @@ def sca_backward(dX: Tensor, V: Tensor, h: Tensor, w_c: Optional[Tensor], W_hc: 
     """-> (dV, dh, dw_c, db_c, dW_hc, du_c, dc_c, dW_s, db_s, dW_hs, du_s, dc_s): triton/sca.py's
     sca_backward (an absent branch's gradients are empty (0,) tensors)."""
     _check_op_inputs(V, h, w_c, u_c, W_hc, u_c, W_s, u_s, W_hs, u_s, order, backend)  # (u: the biases' shape)
-    same_layout = dX.is_contiguous() if V.is_contiguous() else dX.is_contiguous(memory_format=torch.channels_last)
-    if dX.shape != V.shape or dX.dtype != V.dtype or not same_layout:
-        raise ValueError("dX must have V's shape, dtype and memory format")
+    check_grad_like(dX, "dX", V, "V")
     N, C, H, W = V.shape
     acc = acc_dtype(V.dtype)
     has_c, has_s = "c" in order, "s" in order
@@ -295,12 +293,12 @@ def sca(V: Tensor, h: Tensor,
 # ---------------------------------------------------------------------------------------------
 def _fused_sca_call(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order: str, scale: bool,
                     return_attention: bool):
-    """The drop-in's fused call on its Linear parameters, cast to V's dtype where they differ (as
-    autocast casts them for the eager block's Linears). A leaf of FX symbolic tracing
-    (torch.fx.wrap below): a traced model calls it, fused, instead of tracing into `sca`, whose
-    checks a Proxy fails."""
-    w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s = cast_params(
-        V.dtype, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s)
+    """The drop-in's fused call on its Linear parameters and h, cast to V's dtype where they differ
+    (as autocast casts the operands of the eager block's Linears: a decoder's h in fp32, its zero
+    initial state say, with bf16 features). A leaf of FX symbolic tracing (torch.fx.wrap below): a
+    traced model calls it, fused, instead of tracing into `sca`, whose checks a Proxy fails."""
+    h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s = cast_params(
+        V.dtype, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s)
     return sca(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order=order, scale=scale,
                return_attention=return_attention)
 

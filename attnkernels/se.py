@@ -32,7 +32,7 @@ from ._alloc import acc_dtype
 from ._dropin import FusedDropin, cast_params, hooked, reuse, weight_bias, weight_bias_attrs
 from ._fused_op import grads_with_graph as _grads_with_graph
 from ._fused_op import reference_only, tracer_quiet, twice_differentiable_gate
-from ._validate import (as_matrix, check_choice, check_tensor, check_vector, memory_format_of)
+from ._validate import (as_matrix, check_choice, check_grad_like, check_tensor, check_vector, memory_format_of)
 from ._variant import force_variant, request
 from .backend import get_impl, resolve
 from .reference._common import ACTIVATIONS, GATES, act_name, gate_name
@@ -107,9 +107,7 @@ def se_backward(dy: Tensor, x: Tensor, w1: Optional[Tensor], w2: Tensor, s: Tens
     its own thread, which a thread-local setting of the caller does not reach. w1 None (the
     single-layer form): dw1 and db1 are empty (0,) tensors."""
     _check_op_inputs(x, w1, None, w2, None, act, gate, pool, backend)
-    same_layout = dy.is_contiguous() if x.is_contiguous() else dy.is_contiguous(memory_format=torch.channels_last)
-    if dy.shape != x.shape or dy.dtype != x.dtype or not same_layout:
-        raise ValueError("dy must have x's shape, dtype and memory format")
+    check_grad_like(dy, "dy", x)
     with force_variant(variant, bps, lag):
         return get_impl(backend).se_backward(dy, x, w1, w2, s, z, u, p, pmax, act, gate, pool)
 

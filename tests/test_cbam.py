@@ -418,7 +418,7 @@ def test_cbam_raw_op_rejects_inputs_the_kernels_do_not_take(kernel_backend):
     with pytest.raises(ValueError, match="bn_mean and bn_var are needed"):
         op(*args[:11], False, *args[12:])
     y, pools, u, z, m, t, bstat = op(*args)
-    with pytest.raises(ValueError, match="dy must have"):
+    with pytest.raises(ValueError, match="dy must have x's shape, dtype, device"):
         torch.ops.attnkernels.cbam_backward(y.double(), *(args[i] for i in (0, 1, 3, 5, 6, 7)), pools, u, z, m, t,
                                             bstat, True, "gelu", "hardsigmoid", "avg+max", "max_mean", kernel_backend)
 
@@ -430,6 +430,24 @@ def test_cbam_too_large_for_32_bit_indexing(kernel_backend):
     x = torch.empty((1, 2, 65536, 16385), dtype=torch.bfloat16, device=DEVICE)  # C*H*W = 2^31 + 2^17
     with pytest.raises((ValueError, RuntimeError), match=r"C\*H\*W"):
         _call(ak.cbam, dict(case, x=x), backend=kernel_backend)
+
+
+def test_cbam_triton_refuses_scratch_past_32_bit_indices():
+    """The Triton kernels' per-sample scratch, indexed with 32-bit integers: the layer-1 shares
+    (N, channel blocks, P, Cr) and the spatial conv's weight-gradient partials (N, pixel tiles,
+    S k k), past 2^31 elements, get cbam's ValueError before any launch (the plan, from shapes
+    alone: x would take tens of GB)."""
+    from attnkernels.triton import cbam as tcbam
+    cpu = torch.device("cpu")
+    # NCHW, HW = 512: 4-channel blocks, 512 of them at C = 2048; Cr = 128: 2^16 shares a sample per pool
+    shape = (2**14 + 1, 2048, 16, 32)
+    tcbam._channel_plan_for(shape, True, 128, 1, 98, cpu)
+    with pytest.raises(ValueError, match=r"cbam \(triton\).*32-bit"):
+        tcbam._channel_plan_for(shape, True, 128, 2, 98, cpu)  # "avg+max": two pools' shares
+    # 1 x 1 maps: one pixel tile a sample, a 7 x 7 conv on [max, mean]: 98 partials a sample
+    tcbam._channel_plan_for((2**31 // 98, 4, 1, 1), True, 1, 1, 98, cpu)
+    with pytest.raises(ValueError, match=r"cbam \(triton\).*32-bit"):
+        tcbam._channel_plan_for((2**31 // 98 + 1, 4, 1, 1), True, 1, 1, 98, cpu)
 
 
 # ---- determinism and program order -------------------------------------------------------------

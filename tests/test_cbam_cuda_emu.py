@@ -404,3 +404,16 @@ def test_input_checks():
             ext.cbam_backward(*a)
     with pytest.raises(ValueError, match="unknown pool 'lse'"):
         cuda_mod.cbam_forward(*args[:12], "relu", "sigmoid", "lse", "max_mean")
+
+
+def test_shared_memory_limit_names_the_sizes():
+    """C past what one block's shared memory holds (the channel MLP's vectors, about 29K channels in
+    fp32 on an H100's 227 KB): an error naming C and Cr and the backend without the limit, before
+    any launch."""
+    dev = DEVICES[0]
+    C = 30000
+    x = torch.ones(1, C, 1, 1, device=dev)
+    w1, w2 = torch.ones(2, C, device=dev), torch.ones(C, 2, device=dev)
+    with pytest.raises(RuntimeError, match=r"cbam \(cuda\): C=30000, Cr=2, .*shared memory.*triton"):
+        cuda_mod.cbam_forward(x, w1, None, w2, None, None, None, None, None, None, 1e-5, True, "relu", "sigmoid",
+                              "avg+max", "max_mean")

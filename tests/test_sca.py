@@ -379,6 +379,16 @@ def test_sca_triton_backward_in_chunks(order, monkeypatch):
     tsca._plan.cache_clear()
 
 
+def test_sca_triton_refuses_what_32_bit_indices_cannot_reach():
+    """h and dh (N, d) are indexed with 32-bit integers too: past 2^31 elements, sca's ValueError
+    from the plan (shapes alone), however small V's per-sample scratch."""
+    from attnkernels.triton import sca as tsca
+    cpu = torch.device("cpu")
+    tsca._plan((2**19 - 1, 1, 1, 1), True, 1, 1, 4096, cpu, torch.float32)
+    with pytest.raises(ValueError, match=r"sca \(triton\).*32-bit"):
+        tsca._plan((2**19, 1, 1, 1), True, 1, 1, 4096, cpu, torch.float32)  # N d = 2^31
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_sca_is_deterministic(kernel_backend, order, monkeypatch):
     """Run to run, the same bits: no float atomics, every partial combined in a fixed order by
@@ -491,6 +501,30 @@ def test_sca_module_matches_reference_module(kernel_backend, order, scale):
         X16 = mod(V.bfloat16(), h.bfloat16())
     assert X16.dtype == torch.bfloat16
     torch.testing.assert_close(X16.float(), out_ref[0].detach(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("v_dtype,h_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)],
+                         ids=["bf16_V", "bf16_h"])
+def test_sca_module_under_autocast_with_mixed_inputs(kernel_backend, v_dtype, h_dtype):
+    """Under torch.autocast the eager block takes V and h of different dtypes (bf16 features and a
+    decoder's fp32 zero state, say: its Linears cast both); the drop-in too, computing in V's
+    dtype: X in eager's dtype, within bf16 rounding, and h's gradient in h's dtype."""
+    ref = reference.SCA(12, 5, attn_units=8, order="cs").to(DEVICE)
+    mod = ak.SCA(12, 5, attn_units=8, order="cs").to(DEVICE)
+    mod.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(5)
+    V, h = rand((2, 12, 3, 4), v_dtype, DEVICE, g), rand((2, 5), h_dtype, DEVICE, g)
+    ha, hb = h.clone().requires_grad_(), h.clone().requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        X_ref = ref(V, hb)
+        with ak.backend(kernel_backend):
+            X = mod(V, ha)
+    assert X.dtype == X_ref.dtype
+    torch.testing.assert_close(X.float(), X_ref.float(), rtol=0.05, atol=0.05)
+    X.float().sum().backward()
+    X_ref.float().sum().backward()
+    assert ha.grad.dtype == hb.grad.dtype == h_dtype
+    torch.testing.assert_close(ha.grad.float(), hb.grad.float(), rtol=0.1, atol=0.05)
 
 
 def test_sca_module_parametrized_weight(kernel_backend):

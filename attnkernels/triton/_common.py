@@ -9,6 +9,7 @@ import functools
 import os
 import threading
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -142,6 +143,13 @@ def gate_bwd(z, g, GATE: tl.constexpr):
         # PyTorch multiplies by the float constant 1.0f / 6.0f, also for float64 (a Python float
         # here would be a float64 1/6 there and miss autograd's float64 result by ~1e-8)
         return tl.where((z > -3.0) & (z < 3.0), g * tl.full([], 1.0 / 6.0, tl.float32), 0.0)
+
+
+def fp32_pair(v: float) -> tuple[float, float]:
+    """v as two float32 values whose sum is v to ~2^-48 relative: a Python float reaches a kernel
+    as float32, which would round a float64 BatchNorm's eps (the kernels add the two)."""
+    hi = float(np.float32(v))
+    return hi, float(np.float32(v - hi))
 
 
 def tl_acc_dtype(dtype: torch.dtype):

@@ -81,7 +81,8 @@ def outer_sum_tile(a_ptr, b_ptr, out_ptr, dbias_ptr, N, A, B, ta, tb,
     order, so the rounding error grows like 8 + 3 + N / 64 additions, as BLAS's and torch's sums
     do, not like N. (Reducing over the 8 samples once a block, not once a step, keeps the
     cross-warp tree and its barriers out of the inner loop, whose loads STREAM_STAGES
-    prefetches: before, each step waited for its loads, then for a shared-memory reduction.)"""
+    prefetches: reduced once a step, each step waits for its loads, then for a shared-memory
+    reduction.)"""
     ia = ta * BLOCK_A + tl.arange(0, BLOCK_A)
     ib = tb * BLOCK_B + tl.arange(0, BLOCK_B)
     ma = ia < A

@@ -38,13 +38,12 @@ from __future__ import annotations
 import functools
 import types
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
-from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate_bwd, sigmoid,
+from ._common import (activation, activation_bwd, arrival_counters, cast_to, fp32_pair, gate_bwd, sigmoid,
                       target_programs, tl_acc_dtype, workspaces)
 from ._launch import launcher, on_x_device
 from ._mlp import channel_layer, finish_layer, matvec, mlp_weight_grads, store_share, weight_grads_plan
@@ -390,12 +389,6 @@ def _check_int32_extents(shape, Cr, n_cblk, n_split, block_c):
                          f"(N x {per_sample} > {_INT32_MAX})")
 
 
-def _eps_parts(eps: float):
-    """eps as two float32 values whose sum is eps to float64 precision (_store_bstat)."""
-    hi = float(np.float32(eps))
-    return hi, float(np.float32(eps - hi))
-
-
 @on_x_device
 def bam_forward(x, ms, w0, b0, w1, b1, bn_w, bn_b, bn_mean, bn_var, eps, batch_stats, combine):
     """-> (y, p, u, mc, bstat): the contract of attnkernels/bam.py."""
@@ -411,7 +404,7 @@ def bam_forward(x, ms, w0, b0, w1, b1, bn_w, bn_b, bn_mean, bn_var, eps, batch_s
                          N * n_cblk * Cr)
     counters = arrival_counters(x.device, N + N * n_cblk + 1)
     accd = tl_acc_dtype(x.dtype)
-    eps_hi, eps_lo = _eps_parts(eps)
+    eps_hi, eps_lo = fp32_pair(eps)
     launcher(_bam_channel_pool)[grid](
         x, w0, b0 if b0 is not None else w0, bn_mean if bn_mean is not None else bstat,
         bn_var if bn_var is not None else bstat, ws, wsu, counters, p, u, bstat, N, **a, eps_hi=eps_hi,

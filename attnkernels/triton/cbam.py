@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import functools
 
-import torch
 import triton
 import triton.language as tl
 
 from .._alloc import acc_dtype, empty, empty_like
 from ..cbam import n_pools
-from ._common import (activation, activation_bwd, arrival_counters, cast_to, gate, gate_bwd, nanmax,
+from ._common import (activation, activation_bwd, arrival_counters, cast_to, fp32_pair, gate, gate_bwd, nanmax,
                       nanmax_over, tl_acc_dtype, workspaces)
 from ._launch import launcher, on_x_device
 from ._mlp import channel_layer, mlp_weight_grads, store_share, weight_grads_plan
@@ -556,34 +555,32 @@ def _pixel_plan(shape, nchw: bool):
     return ((N * triton.cdiv(HW, block_p),), block_c, block_p), ((N * triton.cdiv(HW, block_q),), block_q)
 
 
-def _check_extents(shape, Cr, P):
+def _check_extents(shape, nchw, Cr, P, T):
     """32-bit indices within a sample (x's per-sample offsets are 64-bit) and across the (N, C),
-    (N, P, Cr) vectors and (N, 3, H, W) maps: refuse what would overflow them."""
+    (N, P, Cr) vectors, the (N, 3, H, W) maps and the conv's weight-gradient partials (T = S k k
+    a pixel tile): refuse what would overflow them. (The channel grid's scratch: se._plan_for.)"""
     N, C, H, W = shape
     if C * H * W > _INT32_MAX:
         raise ValueError(f"cbam (triton): x of shape {tuple(shape)} has C*H*W = {C * H * W} elements a sample; "
                          f"the Triton kernels index a sample with 32-bit integers (at most {_INT32_MAX})")
-    per_sample = max(2 * C, P * Cr, 3 * H * W)
+    _, ((map_programs,), _) = _pixel_plan(shape, nchw)
+    per_sample = max(2 * C, P * Cr, 3 * H * W, map_programs // N * T)
     if N * per_sample > _INT32_MAX:
         raise ValueError(f"cbam (triton): x of shape {tuple(shape)} has too many samples for the Triton kernels' "
                          f"32-bit indexing of their per-sample vectors and maps (N x {per_sample} > {_INT32_MAX})")
 
 
-def _channel_plan(x, Cr, P):
-    """SE's grid and tiles (se._plan_for), for the passes over (n, channel block, HW split)."""
-    return _channel_plan_for(tuple(x.shape), x.is_contiguous(), Cr, P, x.device)
+def _channel_plan(x, Cr, P, T):
+    """SE's grid and tiles (se._plan_for), for the passes over (n, channel block, HW split); T: the
+    spatial conv's S k k (0 without the spatial gate)."""
+    return _channel_plan_for(tuple(x.shape), x.is_contiguous(), Cr, P, T, x.device)
 
 
 @functools.lru_cache(maxsize=4096)
-def _channel_plan_for(shape, nchw, Cr, P, device):
-    _check_extents(shape, Cr, P)  # first: SE's check would name se
-    grid, a, rows = _plan_for(shape, nchw, Cr, device)
+def _channel_plan_for(shape, nchw, Cr, P, T, device):
+    _check_extents(shape, nchw, Cr, P, T)
+    grid, a, rows = _plan_for(shape, nchw, Cr, device, op="cbam", shares=P)  # (P shares of layer 1)
     return grid, {k: v for k, v in a.items() if k != "GROUP"}, rows
-
-
-def _split_eps(eps: float):
-    hi = float(torch.tensor(eps, dtype=torch.float32))
-    return hi, float(eps - hi)
 
 
 def _strides(a):
@@ -601,11 +598,11 @@ def cbam_forward(x, w1, b1, w2, b2, conv_w, bn_w, bn_b, bn_mean, bn_var, eps, ba
     HW = H * W
     Cr = w2.shape[1]
     P = n_pools(pool)
-    grid, a, rows = _channel_plan(x, Cr, P)
+    spatial = conv_w is not None
+    grid, a, rows = _channel_plan(x, Cr, P, conv_w[0].numel() if spatial else 0)
     acc = acc_dtype(x.dtype)
     accd = tl_acc_dtype(x.dtype)
     dev = x.device
-    spatial = conv_w is not None
     pools, u, z = empty((N, 2, C), acc, dev), empty((N, P, Cr), acc, dev), empty((N, C), acc, dev)
     (pgrid, block_c, block_p), (qgrid, block_q) = _pixel_plan(tuple(x.shape), x.is_contiguous())
     ws, wsu, h, stats = workspaces(dev, acc, N * a["n_cblk"] * a["n_split"] * 2 * a["BLOCK_C"],
@@ -625,7 +622,7 @@ def cbam_forward(x, w1, b1, w2, b2, conv_w, bn_w, bn_b, bn_mean, bn_var, eps, ba
             BLOCK_P=block_p, num_warps=4)
         launcher(_cbam_spatial_conv)[qgrid](
             m, conv_w, t, stats, counters, bstat, bn_mean if bn_mean is not None else bstat,
-            bn_var if bn_var is not None else bstat, H, W, qgrid[0] // N, *_split_eps(eps), S=S, K=K,
+            bn_var if bn_var is not None else bstat, H, W, qgrid[0] // N, *fp32_pair(eps), S=S, K=K,
             BATCH_STATS=batch_stats, ACC=accd, BLOCK_P=block_q, BLOCK_ROWS=64, num_warps=4)
     else:
         m, t, bstat = (empty((0,), acc, dev) for _ in range(3))
@@ -643,11 +640,11 @@ def cbam_backward(dy, x, w1, w2, conv_w, bn_w, bn_b, pools, u, z, m, t, bstat, b
     HW = H * W
     Cr = w2.shape[1]
     P = n_pools(pool)
-    grid, a, rows = _channel_plan(x, Cr, P)
+    spatial = conv_w is not None
+    grid, a, rows = _channel_plan(x, Cr, P, conv_w[0].numel() if spatial else 0)
     acc = pools.dtype
     accd = tl_acc_dtype(x.dtype)
     dev = x.device
-    spatial = conv_w is not None
     (pgrid, block_c, block_p), (qgrid, block_q) = _pixel_plan(tuple(x.shape), x.is_contiguous())
     S, K = (conv_w.shape[1], conv_w.shape[-1]) if spatial else (1, 1)
     T = S * K * K

@@ -1,13 +1,6 @@
 """SCA (SCA-CNN spatial and channel-wise attention) in Triton, and the backend contract that the
 CUDA backend (csrc/sca/, attnkernels/cuda/sca.py) implements too. Spec: attnkernels/reference/sca.py.
 
-Contract changes since the first version (b9dbd24):
-  - dc_c, dc_s: 0 * sum dz (exactly 0 when finite), not sum dz: eager's sum dz is rounding noise
-    around the true 0, which fp32 parity cannot hold a sum of cancelling terms to.
-  - the tanh slopes of the backward (channel_bwd's 1 - b^2, spatial_bwd's 1 - a^2) come from
-    e = exp(-2|x|) as 4e / (1 + e)^2, not from the rounded tanh: 1 - t^2 of a rounded t loses its
-    digits as tanh saturates (fp32 dw_c missed the 2x-the-reference bar by that alone).
-
 Notation. V (N, C, H, W), HW = H*W, location l = h*W + w; h (N, d); k_c / k_s units of the channel /
 spatial branch (one `attn_units` in the module; the kernels allow them to differ). cs = C if scale
 else 1, ss = HW if scale else 1: the factors the attention weights are applied with. "acc dtype":
@@ -664,10 +657,10 @@ def _plan(shape, nchw: bool, k_c: int, k_s: int, d: int, device: torch.device, d
              n_db=max(1, triton.cdiv(d, bd)),
              chunk=max(1, min(N, DP_BUDGET // max(1, HW * k_s))))
     per_sample = max(C * (hw_blocks + p["n_kb"] + 4), HW * (n_cblk * 2 + 2), k_c * p["n_cb_c"] * 3,
-                     k_s * p["n_lb"] * 2, 2 * n_cblk * n_split * block_c)
+                     k_s * p["n_lb"] * 2, 2 * n_cblk * n_split * block_c, d)  # (d: h and dh, (N, d))
     if C * HW > _INT32_MAX or N * per_sample > _INT32_MAX or p["chunk"] * HW * max(k_s, 1) > _INT32_MAX:
-        raise ValueError(f"sca (triton): V of shape {tuple(shape)} is too large for the Triton kernels' 32-bit "
-                         f"indexing within a sample and of their per-sample scratch")
+        raise ValueError(f"sca (triton): V of shape {tuple(shape)} (h of width {d}) is too large for the Triton "
+                         f"kernels' 32-bit indexing within a sample and of their per-sample scratch")
     return p
 
 

@@ -711,7 +711,10 @@ def _plan(x: torch.Tensor, Cr: int, variant: str = "split", bps: int = 0):
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, bps: int = 0):
+def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, bps: int = 0, *, op: str = "se",
+              shares: int = 1):
+    """_plan's, for a shape. op, shares: another op on this grid (CBAM's) names itself in the 32-bit
+    errors, and keeps `shares` layer-share rows of Cr a channel block (one per MLP input)."""
     N, C, H, W = shape
     HW = H * W
     # batched (group > 1): the group's layer products are tl.dot's, which sum over at least 16
@@ -745,7 +748,7 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
                 stride_c=stride_c, stride_hw=stride_hw, BLOCK_C=block_c, BLOCK_HW=block_hw,
                 BLOCK_R=block_r, GROUP=group)
     rows = dict(SPLIT=n_split > 1, BLOCK_ROWS=max(1, min(32, _LAYER_TILE // max(block_c, block_r))))
-    _check_int32_extents(shape, Cr, n_cblk * max(Cr, 2 * n_split * block_c))
+    _check_int32_extents(shape, Cr, n_cblk * max(shares * Cr, 2 * n_split * block_c), op)
     # read-only views: the cached plan is shared by every call of this shape
     return grid, types.MappingProxyType(args), types.MappingProxyType(rows)
 
@@ -753,16 +756,16 @@ def _plan_for(shape, nchw: bool, Cr: int, device: torch.device, group: int = 1, 
 _INT32_MAX = 2**31 - 1
 
 
-def _check_int32_extents(shape, Cr, scratch_per_sample):
+def _check_int32_extents(shape, Cr, scratch_per_sample, op="se"):
     """The kernels index within a sample, and the per-(sample, channel) vectors and scratch, with
     32-bit integers (x's per-sample offsets are 64-bit): refuse what would overflow them rather
-    than read or write out of bounds."""
+    than read or write out of bounds. op: the op whose grid this is (its name in the error)."""
     N, C, H, W = shape
     if C * H * W > _INT32_MAX:
-        raise ValueError(f"se (triton): x of shape {tuple(shape)} has C*H*W = {C * H * W} elements a sample; "
+        raise ValueError(f"{op} (triton): x of shape {tuple(shape)} has C*H*W = {C * H * W} elements a sample; "
                          f"the Triton kernels index a sample with 32-bit integers (at most {_INT32_MAX})")
     if N * max(C, Cr, scratch_per_sample) > _INT32_MAX:
-        raise ValueError(f"se (triton): x of shape {tuple(shape)} has too many samples for the Triton kernels' "
+        raise ValueError(f"{op} (triton): x of shape {tuple(shape)} has too many samples for the Triton kernels' "
                          f"32-bit indexing of their per-(sample, channel) vectors and scratch "
                          f"(N x {max(C, Cr, scratch_per_sample)} > {_INT32_MAX})")
 

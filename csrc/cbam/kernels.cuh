@@ -5,7 +5,7 @@
 // channels, t = conv(m), s_s = gate(BN(t)):
 //
 // Forward (x read 3 times, y written once)
-//   cbam_channel_pool_kernel         sum and max of x over HW per (n, c) on SE's squeeze grid; the
+//   cbam_channel_pool_kernel         sum and max of x over HW per (n, c) on the squeeze's grid; the
 //                                    last block of a sample: pools, the MLP's layer 1 -> u,
 //                                    h = sum_p act(u_p)
 //   cbam_channel_excite_kernel       z = W2 h + P b2, per (n, channel block)
@@ -32,6 +32,7 @@
 #include "../common/activations.cuh"
 #include "../common/device_utils.cuh"
 #include "../common/matvec.cuh"
+#include "../common/squeeze.cuh"
 #include "../common/streams.cuh"
 #include "cbam_api.h"
 
@@ -46,11 +47,8 @@ constexpr int kMlpRows = 2;     // rows in flight of the MLP's row dot products 
 constexpr int kBnSpan = 4;      // pixels per thread of cbam_bwd_spatial_bn_kernel
 constexpr int kMapUnits = 1024;  // units (16-byte vectors or elements) per element-wise tile
 
-AK_INL float ak_sqrt(float v) { return sqrtf(v); }
-AK_INL double ak_sqrt(double v) { return sqrt(v); }
-
 // ------------------------------------------------------------------ geometry (launch.h sizes it)
-// Channel reductions (channel_pool, bwd_channel_reduce): SE's squeeze grid, bps blocks a sample.
+// Channel reductions (channel_pool, bwd_channel_reduce): the squeeze's grid, bps blocks a sample.
 // NCHW: units (channel, HW segment of seg_len pixels), S segments a channel, G lanes a row, upb
 // units a block. channels_last: tiles of ctv columns of vc channels (ctiles of them), S pixel splits
 // of seg_len pixels; block b: tile b % ctiles, split b / ctiles. cspan: channels a block reads at

@@ -19,43 +19,15 @@ namespace AK_BACKEND_NS {
 // The device's properties, asked through one of CBAM's kernels (for the arch of their image).
 inline DevInfo dev_info() { return dev_info_of(cbam_channel_excite_kernel<float>); }
 
-// Channel reductions: SE's squeeze geometry (csrc/se/launch.h squeeze_geom): about 4 blocks per SM
-// over the batch, 8K elements a block at least. *red_elems: the channels_last tiles' scratch for
-// states of nf fields.
+// Channel reductions: the squeeze's geometry (common/squeeze.cuh squeeze_geom, SE's and BAM's):
+// about 4 blocks per SM over the batch, 8K elements a block at least; cspan, the channels a block
+// reads (chan_range). *red_elems: the channels_last tiles' scratch for states of nf fields.
 template <typename T>
 ChanGeom chan_geom(int N, int C, int HW, bool nhwc, int sms, bool vec_ok, int nf, size_t* red_elems) {
-  constexpr int V = Vec<T>::N;
-  ChanGeom g{};
-  const long long E = (long long)C * HW;
-  const long long target = std::max(1LL, std::min(cdiv(4LL * sms, N), std::max(1LL, cdiv(E, 8192))));
-  *red_elems = 0;
-  if (!nhwc) {
-    g.G = std::min(32, pow2_at_least((int)std::max(1LL, cdiv(cdiv(HW, V), 2))));
-    const int ngrp = kThreads / g.G;
-    long long S = 1;
-    if (target * ngrp > C) S = std::min<long long>(cdiv(target * ngrp, C), std::max(1, HW / (g.G * V * 2)));
-    const long long seg = cdiv(cdiv(HW, S), V) * V;
-    g.S = (int)cdiv(HW, seg);
-    g.seg_len = (int)seg;
-    const long long units = (long long)C * g.S;
-    g.upb = (int)std::min(units, cdiv(cdiv(units, target), ngrp) * ngrp);
-    g.bps = (int)cdiv(units, g.upb);
-    g.cspan = (int)std::min<long long>(C, g.upb / g.S + 2);
-    g.vc = 1;
-  } else {
-    g.vc = (C % V == 0 && vec_ok) ? V : 1;
-    g.ctv = std::min(C / g.vc, kThreads);
-    const int TY = kThreads / g.ctv;
-    g.ctiles = (int)cdiv(C / g.vc, g.ctv);
-    long long S = std::max(1LL, cdiv(target, g.ctiles));
-    S = std::min<long long>(S, std::max(1, HW / (TY * 2)));
-    const long long seg = cdiv(HW, S);
-    g.S = (int)cdiv(HW, seg);
-    g.seg_len = (int)seg;
-    g.bps = g.ctiles * g.S;
-    g.cspan = g.ctv * g.vc;
-    *red_elems = (size_t)TY * g.ctv * g.vc * nf;
-  }
+  const SqueezeGeom s = squeeze_geom<T>(N, C, HW, nhwc, false, sms, 0, vec_ok, kThreads);
+  ChanGeom g{s.bps, s.S, s.G, s.seg_len, s.upb, s.vc, s.ctv, s.ctiles, 0};
+  g.cspan = nhwc ? g.ctv * g.vc : (int)std::min<long long>(C, g.upb / g.S + 2);
+  *red_elems = nhwc ? (size_t)(kThreads / g.ctv) * g.ctv * g.vc * nf : 0;
   return g;
 }
 
@@ -125,10 +97,13 @@ template <typename F> inline void carve(const Alloc& alloc, F assign) {
 }
 
 // Dynamic shared memory of a launch: bytes, checked against the device's opt-in limit.
-template <typename K> inline size_t smem_for(K kernel, size_t bytes, const DevInfo& d, const char* pass) {
+template <typename K>
+inline size_t smem_for(K kernel, size_t bytes, const DevInfo& d, const Problem& pr, const char* pass) {
   if (bytes > (size_t)d.smem_optin)
-    throw std::runtime_error(std::string("cbam: the ") + pass + " pass needs " + std::to_string(bytes) +
-                             " bytes of shared memory; the device allows " + std::to_string(d.smem_optin));
+    throw std::runtime_error("cbam (cuda): C=" + std::to_string(pr.C) + ", Cr=" + std::to_string(pr.Cr) +
+                             ", k=" + std::to_string(pr.K) + " need " + std::to_string(bytes) +
+                             " bytes of shared memory in the " + pass + " pass; the device allows " +
+                             std::to_string(d.smem_optin) + " per block (the triton backend has no such limit)");
   smem_attr(kernel, bytes);
   return bytes;
 }
@@ -182,23 +157,24 @@ void launch_forward(FwdParams<T>& P, const Problem& pr, const FwdIO& io, const D
   });
 
   auto k1 = cbam_channel_pool_kernel<T, NHWC>;
-  const size_t s1 = smem_for(k1, kHeader + std::max(red_c, (size_t)P.P * (C + Cr)) * sizeof(A), d, "channel_pool");
+  const size_t s1 =
+      smem_for(k1, kHeader + std::max(red_c, (size_t)P.P * (C + Cr)) * sizeof(A), d, pr, "channel_pool");
   ak::launch(k1, dim3((unsigned)((long long)N * P.cg.bps)), dim3(kThreads), s1, st, P);
   auto k2 = cbam_channel_excite_kernel<T>;
-  const size_t s2 = smem_for(k2, (size_t)Cr * sizeof(A), d, "channel_excite");
+  const size_t s2 = smem_for(k2, (size_t)Cr * sizeof(A), d, pr, "channel_excite");
   ak::launch(k2, dim3((unsigned)((long long)N * cdiv(C, P.excite_rows))), dim3(kThreads), s2, st, P);
   if (pr.spatial) {
     auto k3 = cbam_spatial_pool_kernel<T, NHWC>;
-    const size_t s3 = smem_for(k3, ((size_t)C + red_p) * sizeof(A), d, "spatial_pool");
+    const size_t s3 = smem_for(k3, ((size_t)C + red_p) * sizeof(A), d, pr, "spatial_pool");
     ak::launch(k3, dim3((unsigned)((long long)N * P.pg.tiles)), dim3(kThreads), s3, st, P);
     auto k4 = cbam_spatial_conv_kernel<T>;
     const size_t halo = (size_t)(P.kg.th + pr.K - 1) * (P.kg.tw + pr.K - 1);
-    const size_t s4 = smem_for(k4, kHeader + ((size_t)P.SP * (pr.K * pr.K + halo) + 32 * 3) * sizeof(A), d,
+    const size_t s4 = smem_for(k4, kHeader + ((size_t)P.SP * (pr.K * pr.K + halo) + 32 * 3) * sizeof(A), d, pr,
                                "spatial_conv");
     ak::launch(k4, dim3((unsigned)conv_blocks), dim3(kThreads), s4, st, P);
   }
   auto k5 = cbam_rescale_kernel<T, NHWC>;
-  const size_t s5 = smem_for(k5, (size_t)(P.mg.tr + P.mg.tc) * sizeof(A), d, "rescale");
+  const size_t s5 = smem_for(k5, (size_t)(P.mg.tr + P.mg.tc) * sizeof(A), d, pr, "rescale");
   ak::launch(k5, dim3((unsigned)((long long)N * P.mg.rtiles * P.mg.ctiles)), dim3(kThreads), s5, st, P);
 }
 
@@ -268,27 +244,29 @@ void launch_backward(BwdParams<T>& P, const Problem& pr, const BwdIO& io, const 
 
   if (sp) {
     auto k1 = cbam_bwd_spatial_reduce_kernel<T, NHWC>;
-    const size_t s1 = smem_for(k1, ((size_t)C + red_p) * sizeof(A), d, "bwd_spatial_reduce");
+    const size_t s1 = smem_for(k1, ((size_t)C + red_p) * sizeof(A), d, pr, "bwd_spatial_reduce");
     ak::launch(k1, dim3((unsigned)((long long)N * P.pg.tiles)), dim3(kThreads), s1, st, P);
     auto k2 = cbam_bwd_spatial_bn_kernel<T>;
-    const size_t s2 = smem_for(k2, kHeader + 32 * 2 * sizeof(A), d, "bwd_spatial_bn");
+    const size_t s2 = smem_for(k2, kHeader + 32 * 2 * sizeof(A), d, pr, "bwd_spatial_bn");
     ak::launch(k2, dim3((unsigned)bn_blocks), dim3(kThreads), s2, st, P);
     auto k3 = cbam_bwd_spatial_conv_kernel<T>;
     const size_t halo = (size_t)(P.kg.th + pr.K - 1) * (P.kg.tw + pr.K - 1);
     const size_t s3 =
-        smem_for(k3, kHeader + ((size_t)width + (1 + P.SP) * halo + kThreads) * sizeof(A), d, "bwd_spatial_conv");
+        smem_for(k3, kHeader + ((size_t)width + (1 + P.SP) * halo + kThreads) * sizeof(A), d, pr,
+                 "bwd_spatial_conv");
     ak::launch(k3, dim3((unsigned)conv_blocks), dim3(kThreads), s3, st, P);
   }
   auto k4 = cbam_bwd_channel_reduce_kernel<T, NHWC>;
   const size_t epi = 2 * (size_t)C + (size_t)(1 + P.P) * Cr + (size_t)kThreads * V;
   const size_t s4 =
-      smem_for(k4, kHeader + std::max(2 * (size_t)P.cg.cspan + red_c, epi) * sizeof(A), d, "bwd_channel_reduce");
+      smem_for(k4, kHeader + std::max(2 * (size_t)P.cg.cspan + red_c, epi) * sizeof(A), d, pr,
+               "bwd_channel_reduce");
   ak::launch(k4, dim3((unsigned)((long long)N * P.cg.bps)), dim3(kThreads), s4, st, P);
   const long long wtotal = 2LL * C * Cr + C + Cr;
   ak::launch(cbam_bwd_weights_kernel<T>, dim3((unsigned)std::min(cdiv(wtotal, kThreads), 65535LL)), dim3(kThreads),
              (size_t)0, st, P);
   auto k6 = cbam_bwd_dx_kernel<T, NHWC>;
-  const size_t s6 = smem_for(k6, 8 * (size_t)std::max(P.mg.tr, P.mg.tc) * sizeof(A), d, "bwd_dx");
+  const size_t s6 = smem_for(k6, 8 * (size_t)std::max(P.mg.tr, P.mg.tc) * sizeof(A), d, pr, "bwd_dx");
   ak::launch(k6, dim3((unsigned)((long long)N * P.mg.rtiles * P.mg.ctiles)), dim3(kThreads), s6, st, P);
 }
 

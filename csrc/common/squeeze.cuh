@@ -40,7 +40,7 @@ AK_INL void row_accum(const T* x, const T* dy, int len, int gl, int G, bool vec_
   };
   // The row's unaligned ends, up to V - 1 elements each (a short row, 7x7 or 14x14, is largely
   // ends): a lane's first kEdgeLoads elements of each are loaded here, with the vectors in flight
-  // behind them, instead of one element per round trip; the same order of sums as before.
+  // behind them, instead of one element per round trip; the order of sums of one element at a time.
   constexpr int kEdgeLoads = (U + 1) / 2;  // (with U: the register budget of the caller's kernel)
   const int tail0 = head + nvec * V;
   T hx[kEdgeLoads] = {}, hd[kEdgeLoads] = {}, tx[kEdgeLoads] = {}, td[kEdgeLoads] = {};
