@@ -82,8 +82,6 @@ def _check_bam_inputs(x, ms, w0, b0, w1, b1, bn_weight, bn_bias, running_mean, r
     for t, name in ((bn_weight, "bn_weight"), (bn_bias, "bn_bias"), (running_mean, "running_mean"),
                     (running_var, "running_var")):
         _check_bn_vector(t, name, Cr, x)
-    if (bn_weight is None) != (bn_bias is None):
-        raise ValueError("bn_weight and bn_bias must be given together (an affine BatchNorm) or both be None")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or both be None")
     if not isinstance(training, bool):
@@ -277,6 +275,9 @@ def bam(x: Tensor, ms: Tensor, w0: Tensor, b0: Optional[Tensor], w1: Tensor, b1:
     bn_w, bn_b, rm, rv = (None if t is None else t.to(acc).contiguous()
                           for t in (bn_weight, bn_bias, None if training else running_mean,
                                     None if training else running_var))
+    if (bn_w is None) != (bn_b is None):  # F.batch_norm takes either alone: the other is the identity's
+        bn_w = torch.ones_like(bn_b) if bn_w is None else bn_w
+        bn_b = torch.zeros_like(bn_w) if bn_b is None else bn_b
     y, _, _, _, bstat = bam_forward(x, ms, w0.contiguous(), b0, w1.contiguous(), b1, bn_w, bn_b, rm, rv,
                                     float(eps), training, combine, name)
     if training:

@@ -131,6 +131,15 @@ def test_bam_combine_and_batchnorm_modes(kernel_backend, combine, training, chan
                   training)
 
 
+@pytest.mark.parametrize("given", ["bn_weight", "bn_bias"])
+def test_bam_batchnorm_weight_or_bias_alone(kernel_backend, given):
+    """F.batch_norm takes a weight without a bias (or the reverse): so does bam, the missing one the
+    identity's (1 or 0), with the given one's gradient."""
+    case = make_case((3, 16, 4, 5, 4), torch.float32, seed=11)
+    case["bn_bias" if given == "bn_weight" else "bn_weight"] = None
+    run_and_check(kernel_backend, case, "prod", True)
+
+
 def test_bam_running_statistics_over_steps(kernel_backend):
     """Several training steps then eval: the running statistics follow F.batch_norm's (momentum,
     unbiased variance), and eval normalizes with them."""
