@@ -117,7 +117,7 @@ def markdown(rows, impls, meta):
     return H.report_markdown(
         "CBAM benchmark", rows, impls, meta,
         "Bytes: fwd = read x + write y (2|x|); fwd+bwd = fwd + read dy + read x + write dx (5|x|). "
-        "Families: timm = timm CbamModule / attnkernels.CbamModule; official = reference.CBAM / attnkernels.CBAM.",
+        "Families: timm = timm CbamModule / attnkernels.CbamModule; official = the official CBAM code (MODELS/cbam.py) / attnkernels.CBAM.",
         H.FAMILY_KEY_HEAD, H.family_key, H.family_key_cells, targets=TARGETS)
 
 

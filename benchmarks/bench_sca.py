@@ -16,14 +16,14 @@ Bytes (the minimum: V, X, dX, dV and the (k, C) matrix W_s, which at batch 1 out
 fwd = read V + write X + read W_s = 2|V| + |W_s|; fwd+bwd = 5|V| + 3|W_s| (read twice, its
 gradient written). TFLOP/s counts the (locations x C) x (C x k) product of the spatial
 attention, 2 N HW C k per forward (x3 forward+backward); the rest is smaller by a factor of HW.
-Ratios per row: × eager, × compile, peak × eager, and "saved / |NHWk|": (eager's peak - the row's
-peak) over the size of one (N, HW, k) tensor in V's dtype (eager's spatial attention allocates
+Ratios per row: × eager, × compile, peak × eager, and "saved / NHWk": (eager's peak - the row's
+peak) over the size of one (N, HW, k) tensor in V's dtype (column "NHWk MB") (eager's spatial attention allocates
 several: the product W_s U, its tanh; the fused kernels keep P in registers). Peak memory counts
 the Triton backend's cached scratch too (harness.drop_kernel_caches): the backward's dP scratch
 is (S, HW, k), S = min(N, 2^22 / (HW k)), a whole (N, HW, k) at N * HW * k <= 2^22.
 The Markdown's "Targets" table reads issue #24's GPU targets off them: forward >= 3x eager and
 >= 1.5x torch.compile at batch 32+; forward+backward >= 2x eager; no (N, HW, k) allocation (peak
-memory below eager's by at least that tensor: saved / |NHWk| >= 1), fwd and fwd+bwd.
+memory below eager's by at least that tensor: saved / NHWk >= 1), fwd and fwd+bwd.
 Until attnkernels.SCA is merged or a backend has the SCA kernels, those columns are skipped with
 a note.
 """
@@ -108,8 +108,8 @@ TARGETS = H.TargetTable(
         H.Target("fwd × eager ≥ 3 (N ≥ 32)", "fwd", "x_eager", ">=", 3.0, where=lambda r: r["N"] >= 32),
         H.Target("fwd × compile ≥ 1.5 (N ≥ 32)", "fwd", "x_compile", ">=", 1.5, where=lambda r: r["N"] >= 32),
         H.Target("fwd+bwd × eager ≥ 2", "fwdbwd", "x_eager", ">=", 2.0),
-        H.Target("fwd peak saved / |NHWk| ≥ 1", "fwd", "saved_x_nhwk", ">=", 1.0),
-        H.Target("train peak saved / |NHWk| ≥ 1", "fwdbwd", "saved_x_nhwk", ">=", 1.0)],
+        H.Target("fwd peak saved / NHWk ≥ 1", "fwd", "saved_x_nhwk", ">=", 1.0),
+        H.Target("train peak saved / NHWk ≥ 1", "fwdbwd", "saved_x_nhwk", ">=", 1.0)],
     key_of=lambda r: _key(r)[:-1], head=["N×C×H×W", "order", "dtype", "layout"],
     cells=lambda key: [f"{key[0]}×{key[1]}×{key[2]}×{key[2]}", key[3], key[4], key[5]])
 
@@ -122,8 +122,8 @@ def markdown(rows, impls, meta):
         ["N×C×H×W", "order", "dtype", "layout", "mode"], _key,
         lambda key: [f"{key[0]}×{key[1]}×{key[2]}×{key[2]}", key[3], key[4], key[5], key[6]],
         extra_cols=[("TFLOP/s", lambda r: H.fmt_num(r.get("tflops", H.NAN), 1)),
-                    ("|NHWk| MB", lambda r: H.fmt_num(r.get("nhwk_mb", H.NAN), 1)),
-                    ("saved / |NHWk|", lambda r: H.fmt_num(r.get("saved_x_nhwk", H.NAN), 2))],
+                    ("NHWk MB", lambda r: H.fmt_num(r.get("nhwk_mb", H.NAN), 1)),
+                    ("saved / NHWk", lambda r: H.fmt_num(r.get("saved_x_nhwk", H.NAN), 2))],
         targets=TARGETS)
 
 

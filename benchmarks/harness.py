@@ -131,7 +131,8 @@ def add_common_args(p: argparse.ArgumentParser, impls, default_name: str):
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
     p.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
-    p.add_argument("--budget-s", type=float, default=None, help="start no new config after this many seconds")
+    p.add_argument("--budget-s", type=float, default=None, help="start no new config after this many seconds (counted from the benchmark's start, "
+                        "its copy-bandwidth measurement included)")
     p.add_argument("--out", "--out-dir", dest="out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="output directory (default benchmarks/results)")
     p.add_argument("--name", default=None, help=f"file name stem (default {default_name}-<gpu>-<date>)")
@@ -794,9 +795,10 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, old)
 
 
-def run_configs(configs, run_one, stem, fields, budget, meta, prog):
+def run_configs(configs, run_one, stem, fields, budget, meta, prog, t0=None):
     """run_one(cfg, writer) for each config in order, writer(row) appending to <stem>.csv (flushed
-    row by row, so a run cut short keeps its rows); no new config after `budget` seconds (noted in
+    row by row, so a run cut short keeps its rows); no new config after `budget` seconds from t0
+    (default: now; noted in
     meta["truncated"]); a config that raises is logged and skipped; a stop (SIGTERM under
     stop_on_sigterm, Ctrl-C) ends the run there, noted in meta["truncated"] and meta["stopped"]
     (the exit status it asks for), with the rows of the modes that finished. Returns the rows."""
@@ -813,7 +815,7 @@ def run_configs(configs, run_one, stem, fields, budget, meta, prog):
             f.flush()
 
         for n, cfg in enumerate(configs):
-            if budget is not None and time.perf_counter() - t_start > budget:
+            if budget is not None and time.perf_counter() - (t_start if t0 is None else t0) > budget:
                 meta["truncated"] = f"time budget {budget:.0f} s reached after {n} of {len(configs)} configs"
                 log(f"{prog}: {meta['truncated']}; stopping")
                 break
@@ -851,7 +853,7 @@ def finish(stem, md, plot_fn=None, no_plot=False):
 
 def md_table(head, rows):
     """A Markdown table: the header cells, then one line per row of cells."""
-    out = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+    out = ["| " + " | ".join(str(h).replace("|", "/") for h in head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
     return out
 
@@ -1044,11 +1046,12 @@ def run_benchmark(args, prog, name, *, configs, baselines, op, run_config, field
         log(f"{prog}: attnkernels has no {op.upper()} drop-in yet: the kernel columns are notes")
     modes = csv_list(args.modes, MODES, "mode", prog) if args.modes else list(MODES)
     tag = prog.removesuffix(".py")  # the progress lines' prefix ("bench_se: N rows in ...": gpu_check.sh reads it)
+    t0 = time.perf_counter()
     with stop_on_sigterm() as hold:
         stem, meta = start(args, tag, name, impls, modes, len(cfgs))
         RUNS.append(stem)
         rows = run_configs(cfgs, lambda cfg, w: run_config(cfg, impls, modes, meta["copy_gbps"], w), stem,
-                           fields, args.budget_s, meta, tag)
+                           fields, args.budget_s, meta, tag, t0)
         hold()
         finish(stem, markdown(rows, impls, meta),
                (lambda path: plot(rows, impls, path, meta)) if plot is not None else None, args.no_plot)

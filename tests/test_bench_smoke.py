@@ -242,3 +242,19 @@ def test_make_bench_routes_arguments():
     assert dropped == ["--suites", "resnet50", "--cuda-variants", "split"]
     keep, _ = main.args_for(bench_cbam.parser(), ["--name", "run"], "cbam")
     assert keep == ["--name", "run-cbam"]
+
+
+def test_make_bench_runs_each_benchmark(tmp_path, capsys):
+    """main.py's GPU path (bench_all), here with --cpu-smoke (eager columns only: the kernel columns
+    are test_op_bench_cpu_smoke's): each selected benchmark runs with the arguments it takes and
+    its own --name, and the closing summary repeats each one's Targets."""
+    main = _benchmarks_module("main")
+    rc = main.bench_all(["--ops", "sca,decoder", "--cpu-smoke", "--no-compile", "--no-plot", "--batches", "2",
+                         "--layouts", "cl", "--impls", "eager", "--out", str(tmp_path), "--name", "mb"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    for op in ("sca", "decoder"):
+        assert (tmp_path / f"mb-{op}.csv").exists() and (tmp_path / f"mb-{op}.md").exists()
+    summary = out.split("==== make bench: results")[1]
+    assert "bench_sca.py: exit 0" in summary and "sca_decoder.py: exit 0" in summary
+    assert "### Targets (issue #24)" in summary
