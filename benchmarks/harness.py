@@ -131,8 +131,9 @@ def add_common_args(p: argparse.ArgumentParser, impls, default_name: str):
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
     p.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
-    p.add_argument("--budget-s", type=float, default=None, help="start no new config after this many seconds (counted from the benchmark's start, "
-                        "its copy-bandwidth measurement included)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new config after this many seconds (from the benchmark's start, its copy-bandwidth "
+                        "measurement included)")
     p.add_argument("--out", "--out-dir", dest="out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="output directory (default benchmarks/results)")
     p.add_argument("--name", default=None, help=f"file name stem (default {default_name}-<gpu>-<date>)")
@@ -256,7 +257,7 @@ def add_preset_args(p, quick_help):
 def add_compile_args(p):
     """--compile-modes / --compile-configs: where the torch.compile column runs (an inductor
     compile costs seconds to tens of seconds per config and mode: make gpu-check keeps it to the
-    forward of the first config, the one its targets are read from)."""
+    forward, the one mode the issues' targets compare with it)."""
     p.add_argument("--compile-modes", default=None,
                    help="comma list of fwd,fwdbwd: the modes torch.compile runs in (default both)")
     p.add_argument("--compile-configs", type=int, default=None,
@@ -798,10 +799,10 @@ def stop_on_sigterm():
 def run_configs(configs, run_one, stem, fields, budget, meta, prog, t0=None):
     """run_one(cfg, writer) for each config in order, writer(row) appending to <stem>.csv (flushed
     row by row, so a run cut short keeps its rows); no new config after `budget` seconds from t0
-    (default: now; noted in
-    meta["truncated"]); a config that raises is logged and skipped; a stop (SIGTERM under
+    (default: now; noted in meta["truncated"]); a config that raises is logged and skipped; a stop (SIGTERM under
     stop_on_sigterm, Ctrl-C) ends the run there, noted in meta["truncated"] and meta["stopped"]
     (the exit status it asks for), with the rows of the modes that finished. Returns the rows."""
+    global CONFIG_INDEX
     rows = []
     t_start = time.perf_counter()
     with open(stem + ".csv", "w", newline="") as f:
@@ -819,7 +820,6 @@ def run_configs(configs, run_one, stem, fields, budget, meta, prog, t0=None):
                 meta["truncated"] = f"time budget {budget:.0f} s reached after {n} of {len(configs)} configs"
                 log(f"{prog}: {meta['truncated']}; stopping")
                 break
-            global CONFIG_INDEX
             CONFIG_INDEX = n
             try:
                 run_one(cfg, writer)
@@ -957,7 +957,8 @@ def targets_markdown(rows, table: TargetTable, kernel_impls=KERNEL_IMPLS):
     """The targets section: one line per config (table.key_of), a column per target whose cell has
     each kernel impl's value and whether it meets the target ("-": the target does not apply to
     the config; "n/a": it applies, nothing was measured), then per target and impl the configs
-    measured and met. Values are the rows' own: nothing here is estimated."""
+    measured and met. Values are the rows' own: nothing here is estimated. A row whose output
+    failed the correctness guard (check MISMATCH) never meets a target (its cell says so)."""
     keys, cells, tally = [], {}, {}
     for r in rows:
         k = table.key_of(r)
@@ -969,8 +970,9 @@ def targets_markdown(rows, table: TargetTable, kernel_impls=KERNEL_IMPLS):
             vals = cells.setdefault((k, j), [])
             v = r.get(t.field, NAN)
             if r["impl"] in kernel_impls and isinstance(v, float) and v == v:
-                ok = t.met(v)
-                vals.append(f"{r['impl']} {v:.2f} {'✓' if ok else '✗'}")
+                wrong = str(r.get("check", "")).startswith("MISMATCH")
+                ok = t.met(v) and not wrong
+                vals.append(f"{r['impl']} {v:.2f} {'✓' if ok else '✗'}" + (" (MISMATCH)" if wrong else ""))
                 n_met = tally.setdefault((j, r["impl"]), [0, 0])
                 n_met[0] += ok
                 n_met[1] += 1
@@ -1045,6 +1047,8 @@ def run_benchmark(args, prog, name, *, configs, baselines, op, run_config, field
     if fused_missing is not None and fused_missing():
         log(f"{prog}: attnkernels has no {op.upper()} drop-in yet: the kernel columns are notes")
     modes = csv_list(args.modes, MODES, "mode", prog) if args.modes else list(MODES)
+    if getattr(args, "compile_modes", None):
+        csv_list(args.compile_modes, MODES, "mode", prog)  # (a bad one stops the run here, not mid-way)
     tag = prog.removesuffix(".py")  # the progress lines' prefix ("bench_se: N rows in ...": gpu_check.sh reads it)
     t0 = time.perf_counter()
     with stop_on_sigterm() as hold:

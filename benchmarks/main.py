@@ -284,6 +284,8 @@ def bench_all(argv):
             rc = 1
         stem = harness.RUNS[-1] if len(harness.RUNS) > n_runs else None
         results.append((op, script, rc, stem))
+        if rc == 130:  # Ctrl-C: its report is written; no more benchmarks
+            break
     print("\n==== make bench: results")
     for op, script, rc, stem in results:
         print(f"{script}.py: exit {rc}" + (f"; {stem}.{{csv,md,png}}" if stem else ""))

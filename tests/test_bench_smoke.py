@@ -166,18 +166,19 @@ def test_demo_decoder_checks_logits(monkeypatch):
 
 
 def test_targets_table():
-    """harness.targets_markdown: each kernel column's value in the rows a target names, met or not,
-    "-" where the target does not apply to the config, "n/a" where nothing was measured, and the
-    count of configs met per column."""
+    """harness.targets_markdown: each kernel column's value in the rows a target names, met or not
+    (never met by a row whose output failed the guard), "-" where the target does not apply to the
+    config, "n/a" where nothing was measured, and the count of configs met per column."""
     H = _benchmarks_module("harness")
     nan = float("nan")
 
-    def row(N, mode, impl, x_eager, peak=nan):
+    def row(N, mode, impl, x_eager, peak=nan, check="ok"):
         return dict(family="f", N=N, C=8, H=4, dtype="bf16", layout="cl", mode=mode, impl=impl, x_eager=x_eager,
-                    peak_x_eager=peak)
+                    peak_x_eager=peak, check=check)
     rows = [row(128, "fwd", "eager", 1.0), row(128, "fwd", "triton", 3.5), row(128, "fwd", "cuda", 2.0),
             row(128, "fwdbwd", "eager", 1.0, 1.0), row(128, "fwdbwd", "cuda", 2.0, 0.4),
-            row(1, "fwd", "eager", 1.0), row(1, "fwd", "cuda", nan)]
+            row(1, "fwd", "eager", 1.0), row(1, "fwd", "cuda", nan),
+            row(64, "fwd", "eager", 1.0), row(64, "fwd", "cuda", 5.0, check="MISMATCH y max|diff|=1")]
     table = H.family_targets("issue #0", [
         H.Target("fwd ≥ 3", "fwd", "x_eager", ">=", 3.0, where=lambda r: r["N"] >= 32),
         H.Target("peak ≤ 0.5", "fwdbwd", "peak_x_eager", "<=", 0.5),
@@ -186,7 +187,8 @@ def test_targets_table():
     assert lines[0] == "### Targets (issue #0)"
     assert "| 128×8×4×4 | bf16 | cl | triton 3.50 ✓ · cuda 2.00 ✗ | cuda 0.40 ✓ | - |" in lines, lines
     assert "| 1×8×4×4 | bf16 | cl | - | - | n/a |" in lines, lines
-    assert "| fwd ≥ 3 | triton 1 of 1, cuda 0 of 1 |" in lines, lines
+    assert "| 64×8×4×4 | bf16 | cl | cuda 5.00 ✗ (MISMATCH) | - | - |" in lines, lines  # (a wrong output)
+    assert "| fwd ≥ 3 | triton 1 of 1, cuda 0 of 2 |" in lines, lines
     assert "| fwd ≥ 3 at N=1 | not measured |" in lines, lines
 
 
