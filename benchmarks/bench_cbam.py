@@ -4,8 +4,9 @@ the eager modules and torch.compile of them, at ResNet-50+CBAM's block shapes (C
 1024, 2048 at 56, 28, 14, 7; reduction 16, 7x7 spatial conv), forward and forward+backward, with
 peak memory. Two families, each timed against its own eager module:
   timm      timm.layers.CbamModule (eager) / its torch.compile / attnkernels.CbamModule
-  official  the official CBAM (attnkernels.reference.CBAM: Jongchan/attention-module's module,
-            its keys and math) / its torch.compile / attnkernels.CBAM
+  official  the official CBAM (Jongchan/attention-module MODELS/cbam.py, built from its source
+            text by tests/official_code.py: its MLP run once per pool, full-size expand_as of the
+            channel scale) / its torch.compile / attnkernels.CBAM
 
     python3 benchmarks/bench_cbam.py --quick       # a few shapes, bf16, both layouts
     python3 benchmarks/bench_cbam.py               # every shape at batch 128, bf16, both layouts
@@ -22,6 +23,11 @@ fwd+bwd = fwd + read dy + read x + write dx = 5|x|. (The fused kernels read x th
 forward: the channel pool, the spatial pool of x * s_c, the rescale.)
 Until the CBAM front end is merged (attnkernels.CbamModule / attnkernels.CBAM) or a backend has
 the CBAM kernels, those columns are skipped with a note.
+Ratios per row: × eager (the family's eager module's time over the row's: timm CbamModule or the
+official CBAM), × compile (its torch.compile's), peak × eager (the row's peak memory over eager's).
+The Markdown's "Targets" table reads issue #22's GPU targets off them, per config and kernel
+backend: forward >= 3x eager timm and >= 1.5x its torch.compile; forward+backward >= 2.5x eager;
+training (fwd+bwd) peak memory <= 0.5x eager's (the last two for both families).
 Outputs: <out>/<name>.csv (one row per config x family x mode x impl), <name>.md, <name>.png.
 """
 from __future__ import annotations
@@ -64,7 +70,7 @@ def eager_modules(C, r=16):
         timm_mod, note = CbamModule(C, rd_ratio=1.0 / r), ""
     except ImportError:
         timm_mod, note = reference.CbamModule(C, rd_ratio=1.0 / r), "timm not installed: its reference mirror"
-    mods = {"timm": (timm_mod, note), "official": (reference.CBAM(C, r), "")}
+    mods = {"timm": (timm_mod, note), "official": (H.official_code().cbam.CBAM(C, r), "")}
     for m, _ in mods.values():
         H.scale_params_(m, seed=C)
     return mods
@@ -96,26 +102,37 @@ def run_config(cfg, families, impls, modes, args, copy_gbps, writer):
                   fmt=fmt, byte_factor=BYTES_FACTOR)
 
 
-def _key(r):
-    return (r["family"], r["N"], r["C"], r["H"], r["dtype"], r["layout"], r["mode"])
+# issue #22's GPU targets
+TARGETS = H.family_targets(
+    "issue #22", [
+        H.Target("fwd × eager timm ≥ 3", "fwd", "x_eager", ">=", 3.0, family="timm"),
+        H.Target("fwd × compile timm ≥ 1.5", "fwd", "x_compile", ">=", 1.5, family="timm"),
+        H.Target("fwd+bwd × eager timm ≥ 2.5", "fwdbwd", "x_eager", ">=", 2.5, family="timm"),
+        H.Target("fwd+bwd × eager official ≥ 2.5", "fwdbwd", "x_eager", ">=", 2.5, family="official"),
+        H.Target("train peak × eager timm ≤ 0.5", "fwdbwd", "peak_x_eager", "<=", 0.5, family="timm"),
+        H.Target("train peak × eager official ≤ 0.5", "fwdbwd", "peak_x_eager", "<=", 0.5, family="official")])
 
 
 def markdown(rows, impls, meta):
     return H.report_markdown(
         "CBAM benchmark", rows, impls, meta,
         "Bytes: fwd = read x + write y (2|x|); fwd+bwd = fwd + read dy + read x + write dx (5|x|). "
-        "Families: timm = timm CbamModule / attnkernels.CbamModule; official = reference.CBAM / attnkernels.CBAM.",
-        ["family", "N×C×H×W", "dtype", "layout", "mode"], _key,
-        lambda k: [k[0], f"{k[1]}×{k[2]}×{k[3]}×{k[3]}", k[4], k[5], k[6]])
+        "Families: timm = timm CbamModule / attnkernels.CbamModule; official = the official CBAM code (MODELS/cbam.py) / attnkernels.CBAM.",
+        H.FAMILY_KEY_HEAD, H.family_key, H.family_key_cells, targets=TARGETS)
 
 
-def parse_args(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     H.add_preset_args(p, "a few ResNet-50 stages, bf16, both layouts")
     p.add_argument("--families", default=None, help=f"comma list of {','.join(FAMILIES)}")
     H.add_common_args(p, ("eager", "compile", "triton", "cuda"), "cbam")
-    return p.parse_args(argv)
+    H.add_compile_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def main(argv=None):
@@ -127,7 +144,7 @@ def main(argv=None):
         run_config=lambda cfg, impls, modes, gbps, w: run_config(cfg, families, impls, modes, args, gbps, w),
         markdown=markdown, fused_missing=lambda: None in fused_classes().values(),
         plot=lambda rows, impls, path, meta: H.plot_speedups(
-            rows, impls, path, f"CBAM on {H.gpu_tag(meta['gpu'])}", key_of=lambda r: _key(r)[:-1],
+            rows, impls, path, f"CBAM on {H.gpu_tag(meta['gpu'])}", key_of=lambda r: H.family_key(r)[:-1],
             label_of=lambda k: f"{k[0]} {k[1]}×{k[2]}@{k[3]} {k[4]} {k[5]}"))
 
 

@@ -16,6 +16,14 @@ Bytes (the minimum: V, X, dX, dV and the (k, C) matrix W_s, which at batch 1 out
 fwd = read V + write X + read W_s = 2|V| + |W_s|; fwd+bwd = 5|V| + 3|W_s| (read twice, its
 gradient written). TFLOP/s counts the (locations x C) x (C x k) product of the spatial
 attention, 2 N HW C k per forward (x3 forward+backward); the rest is smaller by a factor of HW.
+Ratios per row: × eager, × compile, peak × eager, and "saved / NHWk": (eager's peak - the row's
+peak) over the size of one (N, HW, k) tensor in V's dtype (column "NHWk MB") (eager's spatial attention allocates
+several: the product W_s U, its tanh; the fused kernels keep P in registers). Peak memory counts
+the Triton backend's cached scratch too (harness.drop_kernel_caches): the backward's dP scratch
+is (S, HW, k), S = min(N, 2^22 / (HW k)), a whole (N, HW, k) at N * HW * k <= 2^22.
+The Markdown's "Targets" table reads issue #24's GPU targets off them: forward >= 3x eager and
+>= 1.5x torch.compile at batch 32+; forward+backward >= 2x eager; no (N, HW, k) allocation (peak
+memory below eager's by at least that tensor: saved / NHWk >= 1), fwd and fwd+bwd.
 Until attnkernels.SCA is merged or a backend has the SCA kernels, those columns are skipped with
 a note.
 """
@@ -41,7 +49,7 @@ QUICK = [((512, 14), 128), ((2048, 7), 128), ((512, 14), 1), ((2048, 7), 1)]
 SMOKE = [((16, 3), 2), ((24, 2), 1)]
 SMOKE_K, SMOKE_D = 8, 12
 ORDERS = ("cs", "sc", "c", "s")
-CONFIG_FIELDS = ["N", "C", "H", "W", "k", "d", "order", "scale", "dtype", "layout"]
+CONFIG_FIELDS = ["N", "C", "H", "W", "k", "d", "order", "scale", "dtype", "layout", "nhwk_mb"]
 
 
 def fused_class():
@@ -76,15 +84,34 @@ def run_config(cfg, impls, modes, args, copy_gbps, writer):
     el = torch.empty(0, dtype=dtype).element_size()
     ws = k * C * el if "s" in order else 0
     gemm = 2 * N * Hs * Hs * C * k if "s" in order else 0
-    row = dict(N=N, C=C, H=Hs, W=Hs, k=k, d=d, order=order, scale=args.scale, dtype=dt_name, layout=lay)
+    nhwk_mb = N * Hs * Hs * k * el / 2**20 if "s" in order else H.NAN
+    row = dict(N=N, C=C, H=Hs, W=Hs, k=k, d=d, order=order, scale=args.scale, dtype=dt_name, layout=lay,
+               nhwk_mb=nhwk_mb)
+
+    def saved(rows, mode):  # (eager's peak - the row's) in (N, HW, k) tensors
+        H.ratios(rows, "saved_x_nhwk", "peak_mb", "eager", lambda peak, base: (base - peak) / nhwk_mb)
+
     H.run_modules(label, row, {"sca": cols}, modes, args, copy_gbps, writer, shape=(N, C, Hs, Hs), dtype=dtype,
                   fmt=fmt, byte_factor={"fwd": 2, "fwdbwd": 5},
                   extra_inputs=lambda g, mode: (H.randn((N, d), dtype, g, requires_grad=mode == "fwdbwd"),),
-                  extra_bytes={"fwd": ws, "fwdbwd": 3 * ws}, flops={"fwd": gemm, "fwdbwd": 3 * gemm})
+                  extra_bytes={"fwd": ws, "fwdbwd": 3 * ws}, flops={"fwd": gemm, "fwdbwd": 3 * gemm},
+                  finish_rows=saved)
 
 
 def _key(r):
     return (r["N"], r["C"], r["H"], r["order"], r["dtype"], r["layout"], r["mode"])
+
+
+# issue #24's GPU targets (the official shapes; forward at batch 32+)
+TARGETS = H.TargetTable(
+    "issue #24", [
+        H.Target("fwd × eager ≥ 3 (N ≥ 32)", "fwd", "x_eager", ">=", 3.0, where=lambda r: r["N"] >= 32),
+        H.Target("fwd × compile ≥ 1.5 (N ≥ 32)", "fwd", "x_compile", ">=", 1.5, where=lambda r: r["N"] >= 32),
+        H.Target("fwd+bwd × eager ≥ 2", "fwdbwd", "x_eager", ">=", 2.0),
+        H.Target("fwd peak saved / NHWk ≥ 1", "fwd", "saved_x_nhwk", ">=", 1.0),
+        H.Target("train peak saved / NHWk ≥ 1", "fwdbwd", "saved_x_nhwk", ">=", 1.0)],
+    key_of=lambda r: _key(r)[:-1], head=["N×C×H×W", "order", "dtype", "layout"],
+    cells=lambda key: [f"{key[0]}×{key[1]}×{key[2]}×{key[2]}", key[3], key[4], key[5]])
 
 
 def markdown(rows, impls, meta):
@@ -94,24 +121,32 @@ def markdown(rows, impls, meta):
         "TFLOP/s: the spatial attention's 2·N·HW·C·k product (x3 with the backward).",
         ["N×C×H×W", "order", "dtype", "layout", "mode"], _key,
         lambda key: [f"{key[0]}×{key[1]}×{key[2]}×{key[2]}", key[3], key[4], key[5], key[6]],
-        extra_cols=[("TFLOP/s", lambda r: H.fmt_num(r.get("tflops", H.NAN), 1))])
+        extra_cols=[("TFLOP/s", lambda r: H.fmt_num(r.get("tflops", H.NAN), 1)),
+                    ("NHWk MB", lambda r: H.fmt_num(r.get("nhwk_mb", H.NAN), 1)),
+                    ("saved / NHWk", lambda r: H.fmt_num(r.get("saved_x_nhwk", H.NAN), 2))],
+        targets=TARGETS)
 
 
-def parse_args(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     H.add_preset_args(p, "both shapes at batch 128 and 1, bf16, both layouts")
     p.add_argument("--orders", default="cs", help=f"comma list of {','.join(ORDERS)} (default cs, the paper's best)")
     p.add_argument("--scale", action="store_true", help="the official code's rescaling (C*beta, HW*alpha)")
     H.add_common_args(p, ("eager", "compile", "triton", "cuda"), "sca")
-    return p.parse_args(argv)
+    H.add_compile_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     orders = H.csv_list(args.orders, ORDERS, "order", PROG)
     return H.run_benchmark(
-        args, PROG, "sca", baselines=["eager"], op="sca", fields=CONFIG_FIELDS + H.MEASURE_FIELDS + ["tflops"],
+        args, PROG, "sca", baselines=["eager"], op="sca", fields=CONFIG_FIELDS + H.MEASURE_FIELDS + ["tflops", "saved_x_nhwk"],
         configs=lambda: [(c, o) for c in H.grid_configs(args, SHAPES, BATCHES, QUICK, PROG, std_batches=BATCHES,
                                                          smoke=SMOKE) for o in orders],
         run_config=lambda cfg, impls, modes, gbps, w: run_config(cfg, impls, modes, args, gbps, w),

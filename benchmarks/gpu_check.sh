@@ -8,18 +8,23 @@
 #     racecheck  compute-sanitizer --tool racecheck over it running alongside (background)
 #   5 bench      benchmarks/host_overhead.py (host time per call), then
 #                benchmarks/bench_se.py --quick --triton-variants pipelined,batched --cuda-variants split,pipelined,fused,batched
-#                then the other ops' benchmarks, short: bench_cbam.py, bench_bam.py, bench_sca.py,
-#                sca_decoder.py, each --quick --no-compile with a time budget of its own (OPS_BENCH_S
-#                seconds for the four together, taken from the SE benchmark's share)
+#                then the other ops' benchmarks, short: bench_cbam.py, bench_bam.py, bench_sca.py
+#                (--quick --compile-modes fwd: torch.compile only where a target names it) and
+#                sca_decoder.py (--quick --no-compile), sharing OPS_BENCH_S seconds by weight
+#                (OPS_WEIGHTS); each stops starting configs at half its share, and at its step's
+#                timeout still writes its tables (harness.stop_on_sigterm: the step is then
+#                STOPPED, not a failure); their first configs are the rows the issues' targets are
+#                read from (each table's "Targets")
 #   6 report     benchmarks/results/<gpu>-<date>.md (status + key line of each step + the
 #                benchmark tables); logs in benchmarks/results/<gpu>-<date>/; copies in $OUT if set.
 # Every step runs even when an earlier one failed; the exit status is 1 if any step failed,
-# timed out or was skipped. The whole run stays inside GPU_CHECK_BUDGET_S (default 530 s):
+# timed out or was skipped (an op benchmark stopped at its share with its tables written is not). The whole run stays inside GPU_CHECK_BUDGET_S (default 530 s):
 # each step's timeout is min(its nominal timeout, time left minus a reserve for later steps).
 # Environment: PYTHON (python3), CUDA_HOME (/usr/local/cuda), TORCH_CUDA_ARCH_LIST (9.0),
 # GPU_CHECK_BUDGET_S (530), GPU_CHECK_STEPS (env,build,pytest,sanitize,bench), BENCH_RESERVE_S
-# (150: seconds kept for the benchmarks when sizing the earlier steps), OPS_BENCH_S (80: of those,
-# the seconds for the CBAM / BAM / SCA / decoder benchmarks; 0 skips them).
+# (210: seconds kept for the benchmarks when sizing the earlier steps), OPS_BENCH_S (130: of those,
+# the seconds for the CBAM / BAM / SCA / decoder benchmarks; 0 skips them), OPS_WEIGHTS
+# ("40 35 35 20": their shares of OPS_BENCH_S, in that order; what one leaves goes to the next).
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -49,7 +54,7 @@ S_ID=(); S_NAME=(); S_STATUS=(); S_SECS=(); S_KEY=()
 FAILED=0
 record() {  # id name status secs key
   S_ID+=("$1"); S_NAME+=("$2"); S_STATUS+=("$3"); S_SECS+=("$4"); S_KEY+=("$5")
-  [ "$3" = OK ] || FAILED=1
+  case "$3" in OK|STOPPED*) ;; *) FAILED=1 ;; esac
   echo "   -> $3 (${4}s) $5"
 }
 want() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -151,7 +156,7 @@ if want sanitize; then
   for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
     [ -n "$SAN" ] || { [ -x "$c" ] && SAN=$c; }
   done
-  san_t=$(timeout_for 240 "${BENCH_RESERVE_S:-150}")
+  san_t=$(timeout_for 240 "${BENCH_RESERVE_S:-210}")
   [ "$san_t" -gt 0 ] || SAN=""  # no time left: reported as not run below
   if [ -n "$SAN" ]; then
     # racecheck covers the hand-written CUDA kernels: Triton's generated cross-warp reductions
@@ -175,7 +180,7 @@ if want pytest; then
   # a test that hangs (say a GPU spin-wait) is killed on its own and reported, the run goes on
   if "$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1; then XDIST+=(--timeout=180 --timeout-method=thread); fi
   # SIGINT when the step's time is up: pytest still prints its failures and the counts so far
-  STEP_SIGNAL=INT run_step 03-pytest "pytest tests ${XDIST[*]:-}" "$(timeout_for 330 "${BENCH_RESERVE_S:-150}")" \
+  STEP_SIGNAL=INT run_step 03-pytest "pytest tests ${XDIST[*]:-}" "$(timeout_for 330 "${BENCH_RESERVE_S:-210}")" \
     "$PYTHON" -m pytest -q tests -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"}
   key=$(grep -E '[0-9]+ (passed|failed|error|errors|skipped)|no tests ran' "$STEP_LOG" | tail -n 1 | sed 's/=//g' | oneline)
   [ -n "$key" ] || key="no pytest summary line (see log)"
@@ -204,12 +209,12 @@ fi
 BENCH="$DIR/bench-se"
 if want bench; then
   # host time per call of each layer (ext, functional, module, autograd) vs eager: the batch-1 gap
-  run_step 05-host "host_overhead.py" "$(timeout_for 60 150)" \
+  run_step 05-host "host_overhead.py" "$(timeout_for 60 "${BENCH_RESERVE_S:-210}")" \
     "$PYTHON" benchmarks/host_overhead.py --calls 2000 --csv "$DIR/host-overhead.csv"
   key=$(grep -E '^  (ak.se no_grad|module no_grad|module fwd\+bwd|eager fwd no_grad|eager fwd\+bwd) ' "$STEP_LOG" \
     | sed 's/  */ /g; s/^ //' | oneline)
   record host "host time per call (host_overhead.py)" "$STEP_STATUS" "$STEP_SECS" "$key"
-  OPS_S=${OPS_BENCH_S:-80}
+  OPS_S=${OPS_BENCH_S:-130}
   t=$(timeout_for 240 $((10 + OPS_S)))
   budget=$((t - 60)); [ "$budget" -ge 20 ] || budget=20
   run_step 05-bench "bench_se.py --quick" "$t" \
@@ -220,22 +225,39 @@ if want bench; then
     "$(grep -m1 '^Correctness guard' "$STEP_LOG" | oneline)")
   [ "$STEP_STATUS" = OK ] || key=$(joinkey "$key" "$(tail -n 2 "$STEP_LOG" | oneline)")
   record bench "benchmark (bench_se.py --quick)" "$STEP_STATUS" "$STEP_SECS" "$key"
-  # the other ops, short: eager vs the kernels (no torch.compile: its compiles alone would take
-  # the budget), each script starting no new config after its share of OPS_BENCH_S; a column
-  # whose op is not in attnkernels yet is skipped with a note
+  # the other ops, short: eager, the official code where there is one, the kernels, and
+  # torch.compile in the forward only (the targets name compile for the forward only; each
+  # compile costs seconds); the decoder without compile. Each op's step gets its weight's share of
+  # the time left for the ops (OPS_WEIGHTS), stops starting configs at half of it and, at its
+  # timeout (SIGTERM), writes the tables of the rows it has. A column whose op is not in
+  # attnkernels yet is skipped with a note.
   if [ "$OPS_S" -gt 0 ]; then
+    read -r -a OPS_W <<< "${OPS_WEIGHTS:-40 35 35 20}"
+    OPS_END=$(( $(date +%s) + OPS_S ))
+    [ "$OPS_END" -le $((DEADLINE - 5)) ] || OPS_END=$((DEADLINE - 5))
+    i=0
     for op in cbam bam sca sca_decoder; do
       script=bench_$op.py; [ "$op" = sca_decoder ] && script=sca_decoder.py
-      t=$(timeout_for $((OPS_S / 4 + 30)) 5)
-      share=$((OPS_S / 4 - 5)); [ "$share" -ge 5 ] || share=5
-      run_step "05-bench-$op" "$script --quick --no-compile" "$t" \
-        "$PYTHON" "benchmarks/$script" --quick --no-compile --out "$DIR" --name "bench-$op" --budget-s "$share"
+      wsum=0; for w in "${OPS_W[@]:$i}"; do wsum=$((wsum + w)); done
+      share=$(( (OPS_END - $(date +%s)) * ${OPS_W[$i]:-0} / (wsum > 0 ? wsum : 1) ))
+      i=$((i + 1))
+      [ "$share" -ge 15 ] || share=0
+      compile=(--compile-modes fwd); [ "$op" = sca_decoder ] && compile=(--no-compile)
+      # (the timeout 5 s short of the share: the SIGTERM'd run then writes its report within it)
+      run_step "05-bench-$op" "$script --quick ${compile[*]}" $((share > 0 ? share - 5 : 0)) \
+        "$PYTHON" "benchmarks/$script" --quick "${compile[@]}" --out "$DIR" --name "bench-$op" \
+        --budget-s $((share / 2))
       key=$(joinkey "$(grep -m1 -E ' [0-9]+ rows in ' "$STEP_LOG" | oneline)" \
-        "$(grep -m1 -E 'time budget' "$STEP_LOG" | oneline)" \
+        "$(grep -m1 -E 'time budget|stopped by' "$STEP_LOG" | oneline)" \
         "$(grep -E 'skipped:|has no .* yet' "$STEP_LOG" | head -n 2 | oneline)" \
         "$(grep -m1 '^Correctness guard' "$STEP_LOG" | oneline)")
-      [ "$STEP_STATUS" = OK ] || key=$(joinkey "$key" "$(tail -n 2 "$STEP_LOG" | oneline)")
-      record "bench-$op" "benchmark ($script --quick --no-compile)" "$STEP_STATUS" "$STEP_SECS" "$key"
+      # time-boxed by design: a run its timeout stopped after writing its tables is STOPPED, not a
+      # failure (its key line says where it stopped)
+      if [ "${STEP_STATUS#TIMEOUT}" != "$STEP_STATUS" ] && grep -q "^wrote .*bench-$op\.md" "$STEP_LOG"; then
+        STEP_STATUS="STOPPED(${share}s share)"
+      fi
+      case "$STEP_STATUS" in OK|STOPPED*) ;; *) key=$(joinkey "$key" "$(tail -n 2 "$STEP_LOG" | oneline)") ;; esac
+      record "bench-$op" "benchmark ($script --quick ${compile[*]})" "$STEP_STATUS" "$STEP_SECS" "$key"
     done
   fi
 fi

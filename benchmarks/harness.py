@@ -29,7 +29,9 @@ import importlib
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -50,11 +52,16 @@ TOL = {torch.float32: dict(rtol=2e-3, atol=2e-3), torch.float16: dict(rtol=1e-2,
 KERNEL_IMPLS = ("triton", "cuda")
 NAN = float("nan")
 # the measurement columns of a module benchmark's rows (run_modules), after its config columns
-MEASURE_FIELDS = ["family", "mode", "impl", "ms", "gbps", "pct_copy", "x_eager", "x_compile", "peak_mb", "check",
+MEASURE_FIELDS = ["family", "mode", "impl", "ms", "gbps", "pct_copy", "x_eager", "x_compile", "peak_mb",
+                  "peak_x_eager", "check",
                   "n_sets", "bytes", "compile_s", "graph_ms", "graph_pct_copy", "note"]
 
 # The device everything runs on: "cuda", or "cpu" with --cpu-smoke (set_device / setup_device).
 DEV = "cuda"
+# The index of the config run_configs is running (--compile-configs counts configs with it).
+CONFIG_INDEX = 0
+# The output stem of each run_benchmark in this process, in order (main.py's summary reads them).
+RUNS = []
 
 
 def log(*a):
@@ -124,7 +131,9 @@ def add_common_args(p: argparse.ArgumentParser, impls, default_name: str):
                    help="skip the CUDA-graph replay timing of the forward (device time without host overhead)")
     p.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
-    p.add_argument("--budget-s", type=float, default=None, help="start no new config after this many seconds")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new config after this many seconds (from the benchmark's start, its copy-bandwidth "
+                        "measurement included)")
     p.add_argument("--out", "--out-dir", dest="out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="output directory (default benchmarks/results)")
     p.add_argument("--name", default=None, help=f"file name stem (default {default_name}-<gpu>-<date>)")
@@ -243,6 +252,30 @@ def add_preset_args(p, quick_help):
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help=quick_help)
     preset.add_argument("--full", action="store_true", help="every shape/batch/dtype/layout")
+
+
+def add_compile_args(p):
+    """--compile-modes / --compile-configs: where the torch.compile column runs (an inductor
+    compile costs seconds to tens of seconds per config and mode: make gpu-check keeps it to the
+    forward, the one mode the issues' targets compare with it)."""
+    p.add_argument("--compile-modes", default=None,
+                   help="comma list of fwd,fwdbwd: the modes torch.compile runs in (default both)")
+    p.add_argument("--compile-configs", type=int, default=None,
+                   help="torch.compile in the first N configs only (default all)")
+
+
+def compile_skip(args, mode=None) -> str | None:
+    """Why the torch.compile column does not run in this config (and mode), or None: --no-compile,
+    --compile-configs (the config's index, CONFIG_INDEX), --compile-modes."""
+    if args.no_compile:
+        return "--no-compile"
+    n = getattr(args, "compile_configs", None)
+    if n is not None and CONFIG_INDEX >= n:
+        return f"compiled in the first {n} config(s) only (--compile-configs)"
+    modes = getattr(args, "compile_modes", None)
+    if mode is not None and modes and mode not in csv_list(modes, MODES, "mode"):
+        return f"not compiled in {mode} (--compile-modes {modes})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +407,18 @@ def peak_mb(fn) -> float:
     mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     del out
     return mb
+
+
+def drop_kernel_caches():
+    """Frees the scratch and arrival counters that attnkernels' Triton kernels keep cached per
+    stream (attnkernels/triton/_common.py), so that the next call allocates them again and its
+    peak memory counts them, as it counts the buffers the CUDA backend allocates per call (its
+    cached counters, a few KB, stay). A no-op before the Triton backend is imported."""
+    common = sys.modules.get("attnkernels.triton._common")
+    if common is not None:
+        sync()
+        common._scratch.clear()
+        common._counters.clear()
 
 
 def first_tensor(out):
@@ -519,6 +564,7 @@ def measure(body, sets, args, *, label, compiled=False, graph=False, guard=None,
                 if r.check not in ("ok", "ref"):
                     log(f"WARNING {label}: {r.check}")
             del out
+            drop_kernel_caches()  # (so that the call's scratch counts in its peak)
             r.peak_mb = peak_mb(lambda: body(sets[0]))
             rot = Rotor(sets)
             r.ms = do_bench(lambda: body(rot.next()), args.warmup, args.rep)
@@ -549,11 +595,23 @@ class Impl:
     note: str = ""
 
 
+def same_state(base, modules):
+    """Loads base's state_dict into each module (torch.compile's wrapper: into the module it
+    wraps): a family's impls start each mode from the same BatchNorm running statistics, which
+    each one's fwd+bwd calls advanced by its own number of calls."""
+    state = base.state_dict()
+    for m in modules:
+        getattr(m, "_orig_mod", m).load_state_dict(state, strict=True)
+
+
 def module_impls(eager, fused, args, kernels, compile_name="compile", eager_name="eager"):
     """[eager, its torch.compile (unless --no-compile), the fused module on each kernel impl]:
     `fused` None (its front end not merged yet) makes the kernel columns notes."""
     out = [Impl(eager_name, eager)]
-    if compile_name and not args.no_compile:
+    skip = compile_skip(args)
+    if compile_name and skip is not None and not args.no_compile:
+        out.append(Impl(compile_name, None, compiled=True, note=skip))
+    elif compile_name and not args.no_compile:
         try:
             torch._dynamo.reset()
             out.append(Impl(compile_name, torch.compile(copy.deepcopy(eager), dynamic=False), compiled=True))
@@ -566,7 +624,8 @@ def module_impls(eager, fused, args, kernels, compile_name="compile", eager_name
 
 
 def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, dtype, fmt,
-                byte_factor, extra_inputs=None, extra_bytes=None, flops=None, speedup_cols=None):
+                byte_factor, extra_inputs=None, extra_bytes=None, flops=None, speedup_cols=None,
+                peak_cols=None, finish_rows=None):
     """Benchmarks modules y = m(x, *extra) on fresh x (N, C, H, W) in `fmt`: for each mode ("fwd":
     eval mode, no grad; "fwdbwd": train mode, torch.autograd.grad of y (the first output) along a
     fresh dy shaped like x with respect to the inputs and the parameters), each family {name:
@@ -575,7 +634,10 @@ def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, 
     set; requiring grad in fwdbwd where they should get one). The rows (`row` plus family, mode,
     impl and the measurements; bytes = byte_factor[mode] * |x| + extra_bytes[mode]; with `flops`
     {mode: count}, tflops) go to writer. speedup_cols {column: impl name}: more speedup columns
-    (that impl's time over the row's)."""
+    (that impl's time over the row's); peak_x_eager is the row's peak memory over the first impl's,
+    peak_cols {column: impl name} more such ratios; finish_rows(rows, mode) adds columns of its own
+    to a family's rows of one mode before they are written. A compiled impl runs only in the modes
+    that compile_skip() allows."""
     N, C, Hh, W = shape
     xbytes = N * C * Hh * W * torch.empty(0, dtype=dtype).element_size()
     for mode in modes:
@@ -594,6 +656,7 @@ def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, 
             base = impls[0].module
             if base is not None:
                 base.train(mode == "fwdbwd")
+                same_state(base, [i.module for i in impls[1:] if i.module is not None])
             guard = Guard(dtype, "y" if mode == "fwd" else "dx",
                           fp32=lambda: fp32_reference(base, mode, sets[0][:n_in], sets[0][-1]))
             rows = []
@@ -601,8 +664,9 @@ def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, 
                 r = dict(row, family=family, mode=mode, impl=impl.name, n_sets=len(sets),
                          bytes=byte_factor[mode] * xbytes + (extra_bytes or {}).get(mode, 0))
                 rows.append(r)
-                if impl.module is None:
-                    res = Result(note=impl.note or "unavailable")
+                skip = compile_skip(args, mode) if impl.compiled else None
+                if impl.module is None or skip is not None:
+                    res = Result(note=skip or impl.note or "unavailable")
                 else:
                     m = impl.module
                     m.train(mode == "fwdbwd")
@@ -616,7 +680,7 @@ def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, 
                                   compiled=impl.compiled, graph=mode == "fwd" and not impl.compiled,
                                   guard=guard.baseline if impl is impls[0] else guard, backend=impl.backend)
                 r.update(ms=res.ms, peak_mb=res.peak_mb, compile_s=res.compile_s, graph_ms=res.graph_ms,
-                         check=res.check, note=res.note if impl.module is None
+                         check=res.check, note=res.note if impl.module is None or skip is not None
                          else "; ".join(n for n in (impl.note, res.note) if n))
                 r["gbps"], r["pct_copy"] = rates(r["bytes"], res.ms, copy_gbps)
                 r["graph_pct_copy"] = rates(r["bytes"], res.graph_ms, copy_gbps)[1]
@@ -624,9 +688,11 @@ def run_modules(label, row, families, modes, args, copy_gbps, writer, *, shape, 
                     r["tflops"] = flops[mode] / (res.ms * 1e-3) / 1e12 if res.ms == res.ms else NAN
             speedups(rows, eager=impls[0].name)
             for col, name in (speedup_cols or {}).items():
-                t = next((x["ms"] for x in rows if x["impl"] == name), NAN)
-                for x in rows:
-                    x[col] = t / x["ms"] if x["ms"] == x["ms"] else NAN
+                ratios(rows, col, "ms", name, lambda row, base: base / row)
+            for col, name in {"peak_x_eager": impls[0].name, **(peak_cols or {})}.items():
+                ratios(rows, col, "peak_mb", name, lambda row, base: row / base)
+            if finish_rows is not None:
+                finish_rows(rows, mode)
             for r in rows:
                 writer(r)
                 log(f"   {family:9s} {mode:7s} {r['impl']:9s} {fmt_num(r['ms'], 4):>9s} ms  "
@@ -643,6 +709,15 @@ def rates(nbytes, ms, copy_gbps):
         return NAN, NAN
     gbps = nbytes / (ms * 1e-3) / 1e9
     return gbps, (100.0 * gbps / copy_gbps if copy_gbps else NAN)
+
+
+def ratios(rows, col, field, base_impl, fn):
+    """rows[i][col] = fn(rows[i][field], the `base_impl` row's field) (NaN where either is NaN):
+    rows of one config x mode, by impl name."""
+    base = next((x[field] for x in rows if x["impl"] == base_impl), NAN)
+    for x in rows:
+        v = x.get(field, NAN)
+        x[col] = fn(v, base) if v == v and base == base and base != 0 else NAN
 
 
 def speedups(rows, eager="eager", compiled="compile"):
@@ -696,10 +771,38 @@ def start(args, prog, name_prefix, impls, modes, n_configs):
     return stem, meta
 
 
-def run_configs(configs, run_one, stem, fields, budget, meta, prog):
+class Stopped(BaseException):
+    """SIGTERM arrived (a time limit: make gpu-check's step timeout): not an Exception, so that no
+    impl's error handling takes it; run_configs stops there and the report is still written."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM raises Stopped in the main thread while in this scope, once: later ones are ignored
+    until the scope ends, so the report gets written (timeout(1) kills after its grace period).
+    Yields hold(): from then on SIGTERM is ignored (the report is being written)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped(signal.Signals(signum).name)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_configs(configs, run_one, stem, fields, budget, meta, prog, t0=None):
     """run_one(cfg, writer) for each config in order, writer(row) appending to <stem>.csv (flushed
-    row by row, so a run cut short keeps its rows); no new config after `budget` seconds (noted in
-    meta["truncated"]); a config that raises is logged and skipped. Returns the rows."""
+    row by row, so a run cut short keeps its rows); no new config after `budget` seconds from t0
+    (default: now; noted in meta["truncated"]); a config that raises is logged and skipped; a stop (SIGTERM under
+    stop_on_sigterm, Ctrl-C) ends the run there, noted in meta["truncated"] and meta["stopped"]
+    (the exit status it asks for), with the rows of the modes that finished. Returns the rows."""
+    global CONFIG_INDEX
     rows = []
     t_start = time.perf_counter()
     with open(stem + ".csv", "w", newline="") as f:
@@ -713,12 +816,19 @@ def run_configs(configs, run_one, stem, fields, budget, meta, prog):
             f.flush()
 
         for n, cfg in enumerate(configs):
-            if budget is not None and time.perf_counter() - t_start > budget:
+            if budget is not None and time.perf_counter() - (t_start if t0 is None else t0) > budget:
                 meta["truncated"] = f"time budget {budget:.0f} s reached after {n} of {len(configs)} configs"
                 log(f"{prog}: {meta['truncated']}; stopping")
                 break
+            CONFIG_INDEX = n
             try:
                 run_one(cfg, writer)
+            except (Stopped, KeyboardInterrupt) as e:
+                meta["stopped"] = 143 if isinstance(e, Stopped) else 130
+                meta["truncated"] = (f"stopped by {e if isinstance(e, Stopped) else 'an interrupt'} during config "
+                                     f"{n + 1} of {len(configs)} (the rows of its finished modes kept)")
+                log(f"{prog}: {meta['truncated']}; writing the report")
+                break
             except Exception as e:  # never lose the rows already measured
                 log(f"WARNING config {cfg} failed: {type(e).__name__}: {e}")
                 traceback.print_exc()
@@ -743,7 +853,7 @@ def finish(stem, md, plot_fn=None, no_plot=False):
 
 def md_table(head, rows):
     """A Markdown table: the header cells, then one line per row of cells."""
-    out = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+    out = ["| " + " | ".join(str(h).replace("|", "/") for h in head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
     return out
 
@@ -794,11 +904,97 @@ def summary_rows(rows, impls, key_of, key_cells, kernel_impls=KERNEL_IMPLS, extr
 SUMMARY_TAIL = ["best", "× eager", "× compile", "% copy BW"]
 
 
+@dataclass
+class Target:
+    """A GPU target of an issue, read off the rows: each kernel impl's `field` in the rows of `mode`
+    (and `family`, when given) that `where` accepts, against `bound` (op ">=" or "<=")."""
+    label: str
+    mode: str
+    field: str
+    op: str
+    bound: float
+    family: Optional[str] = None
+    where: Optional[Callable[[dict], bool]] = None
+
+    def applies(self, r) -> bool:
+        return (r["mode"] == self.mode and (self.family is None or r.get("family") == self.family)
+                and (self.where is None or bool(self.where(r))))
+
+    def met(self, v) -> bool:
+        return v >= self.bound if self.op == ">=" else v <= self.bound
+
+
+@dataclass
+class TargetTable:
+    """The targets of a benchmark and the config a line of their table stands for: key_of(row)
+    (the config without mode and family), its head and cells."""
+    issue: str
+    targets: list
+    key_of: Callable[[dict], tuple]
+    head: list
+    cells: Callable[[tuple], list]
+
+
+def family_key(r):
+    """The summary key of a benchmark with families of modules on (N, C, H, H) maps (CBAM, BAM)."""
+    return (r["family"], r["N"], r["C"], r["H"], r["dtype"], r["layout"], r["mode"])
+
+
+def family_key_cells(k):
+    return [k[0], f"{k[1]}×{k[2]}×{k[3]}×{k[3]}", k[4], k[5], k[6]]
+
+
+FAMILY_KEY_HEAD = ["family", "N×C×H×W", "dtype", "layout", "mode"]
+
+
+def family_targets(issue, targets):
+    """A TargetTable with a line per (N, C, H, dtype, layout) of a family_key benchmark."""
+    return TargetTable(issue, targets, key_of=lambda r: family_key(r)[1:-1], head=FAMILY_KEY_HEAD[1:-1],
+                       cells=lambda k: family_key_cells(("",) + k + ("",))[1:-1])
+
+
+def targets_markdown(rows, table: TargetTable, kernel_impls=KERNEL_IMPLS):
+    """The targets section: one line per config (table.key_of), a column per target whose cell has
+    each kernel impl's value and whether it meets the target ("-": the target does not apply to
+    the config; "n/a": it applies, nothing was measured), then per target and impl the configs
+    measured and met. Values are the rows' own: nothing here is estimated. A row whose output
+    failed the correctness guard (check MISMATCH) never meets a target (its cell says so)."""
+    keys, cells, tally = [], {}, {}
+    for r in rows:
+        k = table.key_of(r)
+        if k not in keys:
+            keys.append(k)
+        for j, t in enumerate(table.targets):
+            if not t.applies(r):
+                continue
+            vals = cells.setdefault((k, j), [])
+            v = r.get(t.field, NAN)
+            if r["impl"] in kernel_impls and isinstance(v, float) and v == v:
+                wrong = str(r.get("check", "")).startswith("MISMATCH")
+                ok = t.met(v) and not wrong
+                vals.append(f"{r['impl']} {v:.2f} {'✓' if ok else '✗'}" + (" (MISMATCH)" if wrong else ""))
+                n_met = tally.setdefault((j, r["impl"]), [0, 0])
+                n_met[0] += ok
+                n_met[1] += 1
+    out = [f"### Targets ({table.issue})", "",
+           "Each kernel column's value in the rows the target names; ✓ meets the target, ✗ misses it; "
+           "- the target does not apply to the config, n/a not measured.", ""]
+    out += md_table(list(table.head) + [t.label for t in table.targets],
+                    [list(table.cells(k)) + [" · ".join(cells[(k, j)]) if cells.get((k, j)) else
+                                             ("n/a" if (k, j) in cells else "-")
+                                             for j in range(len(table.targets))] for k in keys])
+    out += [""]
+    out += md_table(["target", "met in (configs measured)"], [
+        [t.label, ", ".join(f"{i} {tally[(j, i)][0]} of {tally[(j, i)][1]}" for i in kernel_impls if (j, i) in tally)
+         or "not measured"] for j, t in enumerate(table.targets)])
+    return out
+
+
 def report_markdown(title, rows, impls, meta, byte_model, key_head, key_of, key_cells, notes=(),
-                    extra_cols=(), ms_field="ms", ms_label="ms"):
+                    extra_cols=(), ms_field="ms", ms_label="ms", targets: Optional[TargetTable] = None):
     """The summary (one line per key_of(row): a config x mode (x family); each impl's
-    row[ms_field], headed "<impl> <ms_label>") and the detail table (one line per row).
-    extra_cols: [(head, row -> cell)] more detail columns."""
+    row[ms_field], headed "<impl> <ms_label>"), the targets (targets_markdown, when given) and the
+    detail table (one line per row). extra_cols: [(head, row -> cell)] more detail columns."""
     out = md_header(title, meta, byte_model)
     head = list(key_head) + [f"{i} {ms_label}" for i in impls] + SUMMARY_TAIL + ["peak MB: first / best"]
 
@@ -810,12 +1006,15 @@ def report_markdown(title, rows, impls, meta, byte_model, key_head, key_of, key_
                 f"{fmt_num(best['peak_mb'], 1) if best else 'n/a'}"]
 
     out += md_table(head, summary_rows(rows, impls, key_of, key_cells, extra=peaks, ms_field=ms_field))
+    if targets is not None:
+        out += [""] + targets_markdown(rows, targets)
     out += ["", "### Detail", ""]
-    dhead = list(key_head) + ["impl", "ms", "GB/s", "% copy", "× eager", "× compile", "peak MB",
+    dhead = list(key_head) + ["impl", "ms", "GB/s", "% copy", "× eager", "× compile", "peak MB", "peak × eager",
                               "check", "compile s", "graph ms"] + [h for h, _ in extra_cols] + ["note"]
     out += md_table(dhead, [list(key_cells(key_of(r))) + [
         r["impl"], fmt_num(r["ms"], 4), fmt_num(r.get("gbps", NAN), 0), fmt_num(r.get("pct_copy", NAN), 0),
-        fmt_num(r["x_eager"], 2), fmt_num(r["x_compile"], 2), fmt_num(r["peak_mb"], 1), str(r["check"]),
+        fmt_num(r["x_eager"], 2), fmt_num(r["x_compile"], 2), fmt_num(r["peak_mb"], 1),
+        fmt_num(r.get("peak_x_eager", NAN), 2), str(r["check"]),
         fmt_num(r.get("compile_s", NAN), 1), fmt_num(r.get("graph_ms", NAN), 4)]
         + [f(r) for _, f in extra_cols] + [str(r["note"])] for r in rows])
     out += ["", mismatch_line(rows), *notes]
@@ -848,13 +1047,19 @@ def run_benchmark(args, prog, name, *, configs, baselines, op, run_config, field
     if fused_missing is not None and fused_missing():
         log(f"{prog}: attnkernels has no {op.upper()} drop-in yet: the kernel columns are notes")
     modes = csv_list(args.modes, MODES, "mode", prog) if args.modes else list(MODES)
+    if getattr(args, "compile_modes", None):
+        csv_list(args.compile_modes, MODES, "mode", prog)  # (a bad one stops the run here, not mid-way)
     tag = prog.removesuffix(".py")  # the progress lines' prefix ("bench_se: N rows in ...": gpu_check.sh reads it)
-    stem, meta = start(args, tag, name, impls, modes, len(cfgs))
-    rows = run_configs(cfgs, lambda cfg, w: run_config(cfg, impls, modes, meta["copy_gbps"], w), stem, fields,
-                       args.budget_s, meta, tag)
-    finish(stem, markdown(rows, impls, meta),
-           (lambda path: plot(rows, impls, path, meta)) if plot is not None else None, args.no_plot)
-    return 0
+    t0 = time.perf_counter()
+    with stop_on_sigterm() as hold:
+        stem, meta = start(args, tag, name, impls, modes, len(cfgs))
+        RUNS.append(stem)
+        rows = run_configs(cfgs, lambda cfg, w: run_config(cfg, impls, modes, meta["copy_gbps"], w), stem,
+                           fields, args.budget_s, meta, tag, t0)
+        hold()
+        finish(stem, markdown(rows, impls, meta),
+               (lambda path: plot(rows, impls, path, meta)) if plot is not None else None, args.no_plot)
+    return meta.get("stopped", 0)
 
 
 def mismatch_line(rows):
@@ -903,6 +1108,16 @@ def plot_speedups(rows, impls, path, title, key_of, label_of, baseline="eager"):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def official_code():
+    """The official BAM / CBAM code (Jongchan/attention-module MODELS/), built from its source text
+    by tests/official_code.py: .cbam, .bam (its two broken lines fixed), .model_resnet."""
+    tests = os.path.join(ROOT, "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    import official_code as oc
+    return oc.load()
 
 
 def import_op(op):

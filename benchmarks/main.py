@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""`make bench`: the SE benchmark on a CUDA GPU, else a CPU demo that does real work.
+"""`make bench`: every op's benchmark on a CUDA GPU, else a CPU demo that does real work.
 
-    python3 benchmarks/main.py                 # GPU: bench_se.py's standard set (args pass through,
-                                               #      e.g. --quick, --full, --dtypes fp32 ...)
+    python3 benchmarks/main.py                 # GPU: bench_se.py's standard set, then bench_cbam.py,
+                                               #      bench_bam.py, bench_sca.py, sca_decoder.py --quick
+    python3 benchmarks/main.py --quick         # GPU: every benchmark --quick (--full: every one full)
+    python3 benchmarks/main.py --ops se,sca --dtypes fp32   # a subset; the other arguments pass through
     python3 benchmarks/main.py --demo          # the model demo (CPU, or CUDA tensors on a GPU)
+
+GPU: each benchmark writes its results as SE's do (benchmarks/results/<op>-<gpu>-<date>.{csv,md,png}:
+harness.py) and prints its tables; at the end, each one's "Targets" table again (its issue's GPU
+targets read off the rows). Arguments pass through to every benchmark that takes them (a
+benchmark's own options, e.g. bench_se.py's --suites, reach only it); without --quick / --full,
+SE runs its standard set and the others --quick. Exit status 1 if any benchmark failed.
 
 Demo: torchvision mobilenet_v3_large and efficientnet_b0, and timm's efficientnet_b0 and
 ese_vovnet19b_dw (ESE blocks) and resnet26 with CBAM in every block (timm's CbamModule) when timm
@@ -12,8 +20,9 @@ the official module layout) (random init, eval), attention blocks swapped by att
 run on each backend available for the device, outputs checked against the unconverted model (max
 |diff|, PASS/FAIL; exit status 1 on any FAIL). A model whose blocks convert() does not swap yet
 (an op whose fused front end is missing) says so and still runs, unconverted.
-The other benchmarks (bench_cbam.py, bench_bam.py, bench_sca.py, sca_decoder.py) run from their
-own scripts (benchmarks/README.md).
+Then the SCA-CNN captioning decoder (sca_decoder.py's CaptionDecoder: SCA + LSTMCell + vocabulary
+Linear, T teacher-forced steps) with attnkernels.SCA on each backend against the same decoder with
+the eager reference.SCA: the captions' logits checked (PASS/FAIL), small on the CPU.
 """
 import os
 import sys
@@ -113,6 +122,64 @@ def _models(torchvision):
     return models
 
 
+# The demo's SCA-CNN decoder: (features C, H=W), batch, steps T, and the decoder's sizes. On the
+# CPU small (the interpreter and cuda-emu run every GPU thread there); on a GPU the official sizes.
+DECODER_CPU = dict(C=32, H=5, N=2, T=3, sizes=dict(k=16, d=24, emb=8, vocab=40))
+DECODER_CUDA = dict(C=512, H=14, N=8, T=4, sizes=dict(k=512, d=1000, emb=512, vocab=10000))
+
+
+def _compare(rows, name, be, shape, run_orig, run_new, device, interp):
+    """Runs run_orig() and, on backend `be`, run_new(); appends the demo's row (times, max |diff|,
+    PASS/FAIL: fp32, relative to the output's scale; GPU convs may use TF32 in both alike) and
+    prints it. Returns False on FAIL."""
+    repeat = 1 if interp else 3
+    with torch.no_grad():
+        want, t_orig = _time(run_orig, device, repeat)
+        try:
+            with ak.backend(be):
+                got, t_new = _time(run_new, device, repeat, warmup=not interp)
+        except Exception as e:
+            rows.append((name, be, shape, f"{t_orig:.1f}", "-", "-", f"FAIL ({type(e).__name__}: {str(e)[:80]})"))
+            print(f"  {be:10s} {shape:12s} FAIL ({type(e).__name__}: {e})", flush=True)
+            return False
+    diff = (got.float() - want.float()).abs().max().item()
+    scale = want.abs().max().item()
+    ok = (bool(torch.isfinite(got).all()) and scale > 0
+          and torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale))
+    rows.append((name, be, shape, f"{t_orig:.1f}", f"{t_new:.1f}", f"{diff:.2e} / {scale:.2f}",
+                 "PASS" if ok else "FAIL"))
+    print(f"  {be:10s} {shape:12s} max|diff| {diff:.2e} (max|out| {scale:.2f})  "
+          f"{'PASS' if ok else 'FAIL'}  ({t_new:.1f} ms vs {t_orig:.1f} ms unconverted)", flush=True)
+    return ok
+
+
+def demo_decoder(device, avail, rows):
+    """The SCA-CNN decoder (sca_decoder.CaptionDecoder, order "cs" with the official rescaling):
+    the same captions' logits (N, T, vocab) with attnkernels.SCA on each backend vs with the eager
+    reference.SCA (same state_dict). Returns False if any run FAILed."""
+    import harness
+    import sca_decoder
+    cfg = DECODER_CUDA if device.type == "cuda" else DECODER_CPU
+    harness.set_device(device.type)
+    eager, fused = sca_decoder.make_decoders(cfg["C"], cfg["sizes"], torch.float32)
+    name = f"SCA-CNN decoder (T={cfg['T']})"
+    shape = f"{cfg['N']}x{cfg['C']}x{cfg['H']}x{cfg['H']}"
+    sz = cfg["sizes"]
+    print(f"\n{name}: SCA (order cs, scale) + LSTMCell + Linear, k={sz['k']} d={sz['d']} emb={sz['emb']} "
+          f"vocab={sz['vocab']}; features {shape}; the captions' logits vs the decoder with the eager reference.SCA")
+    if fused is None:
+        rows.append((name, "-", shape, "-", "-", "-", "skipped (no attnkernels.SCA)"))
+        return True
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(cfg["N"], cfg["C"], cfg["H"], cfg["H"], generator=g).to(device)
+    words = torch.randint(0, sz["vocab"], (cfg["N"], cfg["T"]), generator=g).to(device)
+    ok = True
+    for be in ("reference",) + tuple(b for b in ("triton", "cuda", "cuda-emu") if b in avail):
+        ok &= _compare(rows, name, be, shape, lambda: eager(V, words), lambda: fused(V, words), device,
+                       device.type == "cpu" and be == "triton")
+    return ok
+
+
 def demo(device):
     import torchvision
 
@@ -136,34 +203,14 @@ def demo(device):
               f"default backend on {rep['device']}: {rep['backend']}"
               + ("" if rep["swapped"] else " (convert() swaps none of its blocks yet: it runs unconverted)"))
         for be, shape in runs:
+            label = "x".join(map(str, shape))
             if be != "reference" and be not in avail:
-                rows.append((arch, be, "x".join(map(str, shape)), "-", "-", "-", "skipped (unavailable)"))
+                rows.append((arch, be, label, "-", "-", "-", "skipped (unavailable)"))
                 continue
-            g = torch.Generator().manual_seed(1)
-            x = torch.randn(shape, generator=g).to(device)
-            interp = device.type == "cpu" and be == "triton"
-            repeat = 1 if interp else 3
-            with torch.no_grad():
-                want, t_orig = _time(lambda: orig(x), device, repeat)
-                try:
-                    with ak.backend(be):
-                        got, t_new = _time(lambda: model(x), device, repeat, warmup=not interp)
-                except Exception as e:
-                    failed = True
-                    rows.append((arch, be, "x".join(map(str, shape)), f"{t_orig:.1f}", "-", "-",
-                                 f"FAIL ({type(e).__name__}: {str(e)[:80]})"))
-                    continue
-            diff = (got.float() - want.float()).abs().max().item()
-            scale = want.abs().max().item()
-            # fp32; relative to the logits' scale (GPU convs may use TF32 in both models alike)
-            ok = (bool(torch.isfinite(got).all()) and scale > 0
-                  and torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale))
-            failed |= not ok
-            rows.append((arch, be, "x".join(map(str, shape)), f"{t_orig:.1f}", f"{t_new:.1f}",
-                         f"{diff:.2e} / {scale:.2f}", "PASS" if ok else "FAIL"))
-            print(f"  {be:10s} {'x'.join(map(str, shape)):12s} max|diff| {diff:.2e} (max|out| {scale:.2f})  "
-                  f"{'PASS' if ok else 'FAIL'}  ({t_new:.1f} ms vs {t_orig:.1f} ms unconverted)",
-                  flush=True)
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+            failed |= not _compare(rows, arch, be, label, lambda: orig(x), lambda: model(x), device,
+                                   device.type == "cpu" and be == "triton")
+    failed |= not demo_decoder(device, avail, rows)
     head = ("model", "backend", "input", "unconverted ms", "converted ms", "max|diff| / max|out|",
             "result")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
@@ -174,9 +221,80 @@ def demo(device):
         print(line(r))
     if device.type == "cpu":
         print("\nWall times on the CPU: the interpreted/emulated kernels are for correctness, "
-              "not speed. Benchmarks need a CUDA GPU (benchmarks/bench_se.py).")
+              "not speed. The benchmarks need a CUDA GPU (`make bench` there runs them).")
     print("\nDEMO " + ("FAILED" if failed else "PASSED"))
     return 1 if failed else 0
+
+
+# `make bench` on a GPU: (name, script module) in run order
+BENCHES = (("se", "bench_se"), ("cbam", "bench_cbam"), ("bam", "bench_bam"), ("sca", "bench_sca"),
+           ("decoder", "sca_decoder"))
+
+
+def args_for(parser, argv, op):
+    """(the arguments of argv that `parser` takes, the ones it does not): each option with its
+    value when it takes one; --name gets "-<op>" appended (each benchmark its own files)."""
+    keep, dropped, i = [], [], 0
+    while i < len(argv):
+        name, eq, _ = argv[i].partition("=")
+        act = parser._option_string_actions.get(name)
+        n = 1 + (act is not None and act.nargs != 0 and not eq)
+        chunk = list(argv[i:i + n])
+        if act is not None and act.dest == "name":
+            chunk[-1] += f"-{op}"
+        (keep if act is not None else dropped).extend(chunk)
+        i += n
+    return keep, dropped
+
+
+def bench_all(argv):
+    """Each benchmark of BENCHES (--ops narrows them) on the GPU with the arguments it takes; SE
+    without a preset runs its standard set, the others --quick. Then each one's Targets table
+    again. Returns 1 if any failed."""
+    import importlib
+
+    import harness
+    ops = [op for op, _ in BENCHES]
+    if "--ops" in argv:
+        i = argv.index("--ops")
+        ops = harness.csv_list(argv[i + 1] if i + 1 < len(argv) else "", ops, "op", "main.py")
+        argv = argv[:i] + argv[i + 2:]
+    preset = any(a in ("--quick", "--full") for a in argv)
+    results = []
+    for op, script in BENCHES:
+        if op not in ops:
+            continue
+        mod = importlib.import_module(script)
+        if op == "se":
+            args, dropped = list(argv), []  # (bench_se.py rejects what it does not take)
+        else:
+            parser = mod.parser()
+            args, dropped = args_for(parser, argv, op)
+            if not preset:
+                args = ["--quick"] + args
+        print(f"\n==== {script}.py {' '.join(args)}" + (f"  (not for it: {' '.join(dropped)})" if dropped else ""),
+              flush=True)
+        n_runs = len(harness.RUNS)
+        try:
+            rc = mod.main(args)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 2
+        except Exception as e:  # the next benchmark still runs
+            print(f"main.py: {script}.py failed: {type(e).__name__}: {e}", flush=True)
+            rc = 1
+        stem = harness.RUNS[-1] if len(harness.RUNS) > n_runs else None
+        results.append((op, script, rc, stem))
+        if rc == 130:  # Ctrl-C: its report is written; no more benchmarks
+            break
+    print("\n==== make bench: results")
+    for op, script, rc, stem in results:
+        print(f"{script}.py: exit {rc}" + (f"; {stem}.{{csv,md,png}}" if stem else ""))
+        md = f"{stem}.md" if stem else None
+        if md and os.path.exists(md):
+            text = open(md).read()
+            if "### Targets" in text:
+                print("\n" + text[text.index("### Targets"):].split("### Detail")[0].rstrip() + "\n")
+    return 1 if any(rc for _, _, rc, _ in results) else 0
 
 
 def main(argv):
@@ -185,8 +303,7 @@ def main(argv):
     if not HAS_CUDA:
         print("No GPU found: running the CPU demo instead (benchmarks need a CUDA GPU)", flush=True)
         return demo(torch.device("cpu"))
-    import bench_se
-    return bench_se.main(argv)
+    return bench_all(argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ QUICK = [((512, 14), 32), ((2048, 7), 32)]
 SMOKE = [((16, 3), 2)]
 SMOKE_SIZES = dict(k=8, d=12, emb=6, vocab=20)
 FIELDS = ["N", "C", "H", "W", "k", "d", "T", "vocab", "dtype", "layout", "mode", "impl", "ms", "ms_per_step",
-          "x_eager", "x_compile", "peak_mb", "check", "n_sets", "compile_s", "note"]
+          "x_eager", "x_compile", "peak_mb", "peak_x_eager", "check", "n_sets", "compile_s", "note"]
 
 
 def fused_class():
@@ -144,17 +144,19 @@ def run_config(cfg, impls, modes, args, writer):
             row = dict(N=N, C=C, H=Hs, W=Hs, k=sizes["k"], d=sizes["d"], T=T, vocab=sizes["vocab"],
                        dtype=dt_name, layout=lay, mode=mode, impl=impl, n_sets=len(sets))
             rows.append(row)
-            backend, note = None, ""
+            backend, note, body = None, "", None
             if impl == "eager":
                 body = _body(eager, mode)
             elif impl == "compile":
-                torch._dynamo.reset()
-                body = _body(eager, mode, step=torch.compile(eager.step, dynamic=False))
+                note = H.compile_skip(args, mode) or ""
+                if not note:
+                    torch._dynamo.reset()
+                    body = _body(eager, mode, step=torch.compile(eager.step, dynamic=False))
             elif fused is None:
                 body, note = None, "the op's front end is not in attnkernels yet"
             else:
                 body, backend = _body(fused, mode), H.kernel_backend(impl)
-            if body is None:
+            if body is None or note:
                 res = H.Result(note=note)
             else:
                 res = H.measure(body, sets, args, label=f"{label} {mode} {impl}", compiled=impl == "compile",
@@ -162,6 +164,7 @@ def run_config(cfg, impls, modes, args, writer):
             row.update(ms=res.ms, ms_per_step=res.ms / T, peak_mb=res.peak_mb, compile_s=res.compile_s,
                        check=res.check, note=res.note)
         H.speedups(rows)
+        H.ratios(rows, "peak_x_eager", "peak_mb", "eager", lambda peak, base: peak / base)
         for row in rows:
             writer(row)
             H.log(f"   {mode:7s} {row['impl']:8s} {H.fmt_num(row['ms'], 3):>9s} ms  "
@@ -186,12 +189,18 @@ def markdown(rows, impls, meta):
         ms_label="ms/step")
 
 
-def parse_args(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     H.add_preset_args(p, "both feature shapes at batch 32, bf16, NCHW")
     p.add_argument("--steps", type=int, default=16, help="decoder steps T (default 16)")
     H.add_common_args(p, ("eager", "compile", "triton", "cuda"), "sca-decoder")
+    H.add_compile_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
