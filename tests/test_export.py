@@ -126,6 +126,7 @@ def test_module_torch_jit_script(kernel_backend, name):
             torch.testing.assert_close(maps, m(*xs, return_attention=True), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit")
 def test_reference_modules_script():
     """The reference modules the drop-ins replace script as they are (the drop-ins compile their
     forwards), every configuration: the official CBAM without its spatial gate and with the pools
