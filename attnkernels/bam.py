@@ -338,8 +338,9 @@ class BAM(FusedDropin, reference.BAM):
     def _fused_call(self, x: Tensor, opts) -> Tensor:
         mods = self.channel_att._modules["gate_c"]._modules  # (as fused_options() just checked them)
         fc0, bn, fc1 = mods["gate_c_fc_0"], mods["gate_c_bn_1"], mods["gate_c_fc_final"]
-        if (not isinstance(x, torch.fx.Proxy) and x.shape[0] == 1
-                and (bn.training or (bn.running_mean is None and bn.running_var is None))):
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        # (the batch size compared last: in eval mode torch.jit.trace sees no size comparison to warn about)
+        if not isinstance(x, torch.fx.Proxy) and batch_stats and x.shape[0] == 1:
             # batch statistics of one sample: the eager forward raises BatchNorm1d's error, with
             # the bookkeeping it does before (the spatial branch has not run yet)
             return self._eager_forward(x)

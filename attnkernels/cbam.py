@@ -455,9 +455,6 @@ class CBAM(_FusedCBAM, reference.CBAM):
             return None
         return "relu", "sigmoid", pool, "max_mean"  # (the official MLP's ReLU and gates)
 
-    def _eager_forward(self, x: Tensor) -> Tensor:
-        return reference.CBAM.forward(self, x)
-
 
 class _FusedTimmCBAM(_FusedCBAM):
     """timm's two CBAM modules: channel (fc1, act, fc2, gate) and spatial (conv.conv, conv.bn, gate)."""
@@ -490,9 +487,6 @@ class CbamModule(_FusedTimmCBAM, reference.CbamModule):
     its two gates differ), its spatial conv / BatchNorm is not timm's default (a SyncBatchNorm,
     say), or hooks sit on its submodules; then the eager forward."""
 
-    def _eager_forward(self, x: Tensor) -> Tensor:
-        return reference.CbamModule.forward(self, x)
-
 
 class LightCbamModule(_FusedTimmCBAM, reference.LightCbamModule):
     """Drop-in for timm.layers.cbam.LightCbamModule (0.5 * mean + 0.5 * max in both branches, a
@@ -504,9 +498,6 @@ class LightCbamModule(_FusedTimmCBAM, reference.LightCbamModule):
 
     def _channel_gate(self):
         return "sigmoid"
-
-    def _eager_forward(self, x: Tensor) -> Tensor:
-        return reference.LightCbamModule.forward(self, x)
 
 
 # ---------------------------------------------------------------------------------------------

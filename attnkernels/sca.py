@@ -321,15 +321,22 @@ class SCA(FusedDropin, reference.SCA):
             return self._eager_forward(V, h, return_attention)
         return self._fused_sca(V, h, return_attention)
 
-    def _eager_forward(self, V: Tensor, h: Tensor, return_attention: bool = False):
-        return reference.SCA.forward(self, V, h, return_attention)
+    def _check_shapes(self, V: Tensor, h: Tensor) -> None:
+        if V.dim() != 4 or V.shape[1] != self.channels or h.dim() != 2 or h.shape[-1] != self.hidden_size:
+            raise ValueError(f"expected V (N, {self.channels}, H, W) and h (N, {self.hidden_size}),"
+                             f" got {list(V.shape)} and {list(h.shape)}")
 
     @torch.jit.unused
     def _fused_sca(self, V: Tensor, h: Tensor, return_attention: bool):
-        if not isinstance(V, torch.fx.Proxy) and (V.dim() != 4 or V.shape[1] != self.channels
-                                                  or h.dim() != 2 or h.shape[-1] != self.hidden_size):
-            raise ValueError(f"expected V (N, {self.channels}, H, W) and h (N, {self.hidden_size}),"
-                             f" got {tuple(V.shape)} and {tuple(h.shape)}")
+        if torch.jit.is_tracing():
+            # torch.jit.trace, torch.onnx.export's TorchScript-based exporter: the checks compare
+            # traced sizes (checks of the traced call: no TracerWarning); the exporter passes the
+            # forward's defaults as tensors (the flag is a constant of the trace)
+            with tracer_quiet():
+                self._check_shapes(V, h)
+                return_attention = bool(return_attention)
+        elif not isinstance(V, torch.fx.Proxy):
+            self._check_shapes(V, h)
         params = weight_bias_attrs if isinstance(V, torch.fx.Proxy) else weight_bias
         mods = self._modules
         channel = spatial = (None,) * 5

@@ -12,6 +12,7 @@ from torch import nn
 
 import attnkernels as ak
 from conftest import DEVICE
+from utils import assert_load_and_run_without_attnkernels, onnx_export_and_run
 
 
 def _pair(real, ours, seed=0):
@@ -355,28 +356,6 @@ def test_module_export_for_onnx_runs_aten_ops(kernel_backend, monkeypatch):
     torch.testing.assert_close(ep.module()(x), m(x), rtol=1e-5, atol=1e-6)
 
 
-def _onnx_export_and_run(m, x, path, dynamo, others=()):
-    """Exports m at x with a dynamic batch (either exporter), runs the file in onnxruntime (CPU)
-    on x and on each of `others`, and checks the outputs against m's eager outputs. Returns the
-    exported graph's op types."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    if dynamo:
-        pytest.importorskip("onnxscript")
-    torch.onnx.export(m, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for xi in (x, *others):
-        (got,) = sess.run(None, {"x": xi.detach().cpu().numpy()})
-        with torch.no_grad():
-            want = m(xi).cpu()
-        assert got.shape == tuple(want.shape)
-        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
-    return {n.op_type for n in model.graph.node}
-
-
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("dynamo", [True, False], ids=["export", "tracer"])
 def test_module_onnx_export(kernel_backend, dynamo, tmp_path):
@@ -388,7 +367,7 @@ def test_module_onnx_export(kernel_backend, dynamo, tmp_path):
     g = torch.Generator().manual_seed(0)
     x, x3 = (torch.randn(shape, generator=g).to(DEVICE) for shape in ((2, 16, 5, 5), (3, 16, 5, 5)))
     with ak.backend(kernel_backend):
-        ops = _onnx_export_and_run(m, x, tmp_path / "se.onnx", dynamo, others=(x3,))
+        ops = {op for _, op in onnx_export_and_run(m, x, tmp_path / "se.onnx", dynamo, others=(x3,))}
     assert {"ReduceMean", "ReduceMax", "Sigmoid", "Mul"} <= ops, ops
 
 
@@ -409,7 +388,7 @@ def test_converted_model_onnx_runs_in_onnxruntime(tmp_path):
     ak.convert(model)
     assert sum(isinstance(mod, ak.SqueezeExcitation) for mod in model.modules()) == 9
     x = torch.randn(2, 3, 64, 64, device=DEVICE)
-    _onnx_export_and_run(model, x, tmp_path / "mbv3.onnx", dynamo=False)
+    onnx_export_and_run(model, x, tmp_path / "mbv3.onnx", dynamo=False)
     with torch.no_grad():
         torch.testing.assert_close(model(x), orig(x), rtol=1e-4, atol=1e-5)
 
@@ -418,25 +397,13 @@ def test_converted_model_onnx_runs_in_onnxruntime(tmp_path):
 def test_saved_script_and_trace_load_without_attnkernels(tmp_path):
     """A scripted or traced drop-in, saved with torch.jit.save, loads and runs in a process that
     never imports attnkernels (deployment without the package), with the module's output."""
-    import subprocess
-
     torch.manual_seed(0)
     m = ak.SEModule(16, add_maxpool=True).eval()
     x = torch.randn(2, 16, 4, 5)
-    torch.jit.save(torch.jit.script(m), str(tmp_path / "scripted.pt"))
-    torch.jit.save(torch.jit.trace(m, torch.randn(2, 16, 3, 3)), str(tmp_path / "traced.pt"))
-    torch.save({"x": x, "y": m(x).detach()}, str(tmp_path / "io.pt"))
-    script = (
-        "import sys, torch\n"
-        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
-        "for name in ('scripted', 'traced'):\n"
-        f"    m = torch.jit.load({str(tmp_path)!r} + '/' + name + '.pt')\n"
-        "    torch.testing.assert_close(m(d['x']), d['y'], rtol=1e-5, atol=1e-6)\n"
-        "assert 'attnkernels' not in sys.modules\n"
-        "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=str(tmp_path))
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]
+    y = m(x).detach()
+    assert_load_and_run_without_attnkernels(tmp_path, {
+        "scripted": (torch.jit.script(m), (x,), y),
+        "traced": (torch.jit.trace(m, torch.randn(2, 16, 3, 3)), (x,), y)})
 
 
 @pytest.mark.parametrize("name", list(DROP_INS))

@@ -190,3 +190,55 @@ def full_size_aten_ops(fn, min_numel):
     with launch_scope, Recorder():
         result = fn()
     return result, seen
+
+
+def onnx_export_and_run(m, args, path, dynamo, others=(), input_names=("x",), reference=None):
+    """Exports m at args (a tensor, or a tuple of them named input_names) with a dynamic batch (dim 0
+    of every input and of the output), with either exporter (dynamo: the torch.export-based one),
+    runs the file in onnxruntime (CPU) on args and on each of `others` (inputs of the same form,
+    another batch), and checks the outputs against m's eager outputs (or those of `reference`, a
+    module computing the same function more cheaply: the unconverted model). Skips without onnx and
+    onnxruntime (and onnxscript for the torch.export-based exporter): dev requirements, not
+    dependencies of the package. Returns the exported graph's nodes as (domain, op_type) pairs."""
+    import pytest
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    args = args if isinstance(args, tuple) else (args,)
+    batch = {0: "N"}
+    torch.onnx.export(m, args, str(path), dynamo=dynamo, input_names=list(input_names), output_names=["y"],
+                      dynamic_axes={**{name: batch for name in input_names}, "y": batch})
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for inputs in (args, *others):
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        (got,) = sess.run(None, {name: t.detach().cpu().numpy() for name, t in zip(input_names, inputs)})
+        with torch.no_grad():
+            want = (m if reference is None else reference)(*inputs).cpu()
+        assert got.shape == tuple(want.shape)
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
+    return {(n.domain, n.op_type) for n in model.graph.node}
+
+
+def assert_load_and_run_without_attnkernels(tmp_path, cases):
+    """cases: {name: (a TorchScript module (scripted or traced), its inputs (a tuple), its outputs)}.
+    Saves each with torch.jit.save, then loads and runs it in a process that never imports
+    attnkernels (deployment without the package) and checks the outputs."""
+    io = {}
+    for name, (module, inputs, outputs) in cases.items():
+        torch.jit.save(module, str(tmp_path / f"{name}.pt"))
+        io[name] = (inputs, outputs)
+    torch.save(io, str(tmp_path / "io.pt"))
+    script = (
+        "import sys, torch\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "for name, (xs, y) in io.items():\n"
+        f"    m = torch.jit.load({str(tmp_path)!r} + '/' + name + '.pt')\n"
+        "    torch.testing.assert_close(m(*xs), y, rtol=1e-5, atol=1e-6)\n"
+        "assert 'attnkernels' not in sys.modules\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]

@@ -60,7 +60,7 @@ def cbam_pool(x: Tensor, pool_type: str) -> Tensor:
         return x.pow(2).sum((2, 3)).sqrt()
     if pool_type == "lse":
         return torch.logsumexp(x.flatten(2), dim=2)
-    raise ValueError(f"unknown pool type {pool_type!r}")
+    raise ValueError(f"unknown pool type '{pool_type}'")  # (TorchScript has no !r)
 
 
 def cbam_channel_logits(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
@@ -103,7 +103,7 @@ def cbam_spatial_pool(x: Tensor, order: str = "max_mean") -> Tensor:
         return torch.cat([mean, mx], dim=1)
     if order == "avgmax":
         return 0.5 * mean + 0.5 * mx
-    raise ValueError(f"unknown spatial pool order {order!r}")
+    raise ValueError(f"unknown spatial pool order '{order}'")
 
 
 def cbam_spatial_logits(m: Tensor, conv_w: Tensor, bn_weight: Optional[Tensor],
@@ -195,10 +195,17 @@ class ChannelGate(nn.Module):
         )
         self.pool_types = list(pool_types)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _mlp(self, p: Tensor) -> Tensor:
         fc1, fc2 = self.mlp[1], self.mlp[3]
-        return cbam_channel(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "relu", "sigmoid",
-                            self.pool_types)
+        return F.linear(F.relu(F.linear(p, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # cbam_channel(x, ..., "relu", "sigmoid", self.pool_types), op for op, in TorchScript's
+        # subset (the modules' forwards script: attnkernels' drop-ins compile them)
+        z = self._mlp(cbam_pool(x, self.pool_types[0]))
+        for p in self.pool_types[1:]:
+            z = z + self._mlp(cbam_pool(x, p))
+        return x * torch.sigmoid(z)[:, :, None, None]
 
 
 class ChannelPool(nn.Module):
@@ -237,7 +244,14 @@ class CBAM(nn.Module):
         if not no_spatial:
             self.SpatialGate = SpatialGate()
 
+    # a constant to TorchScript, which then compiles no call of the SpatialGate that no_spatial lacks
+    __constants__ = ["no_spatial"]
+
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    # the forward's body, which the fused drop-in falls back to (and TorchScript compiles there)
+    def _eager_forward(self, x: Tensor) -> Tensor:
         x = self.ChannelGate(x)
         if not self.no_spatial:
             x = self.SpatialGate(x)
@@ -282,23 +296,22 @@ class ChannelAttn(nn.Module):
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias, **dd)
         self.gate = make_layer(gate_layer)
 
-    _pool_types = ("avg", "max")
-
-    def _gate(self) -> Callable[[Tensor], Tensor]:
-        return self.gate
+    def _mlp(self, p: Tensor) -> Tensor:
+        w1, w2 = self.fc1.weight, self.fc2.weight
+        u = F.linear(p, w1.reshape(w1.shape[0], -1), self.fc1.bias)
+        return F.linear(self.act(u), w2.reshape(w2.shape[0], -1), self.fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return cbam_channel(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                            self.act, self._gate(), self._pool_types)
+        # cbam_channel(x, ..., self.act, self.gate, ("avg", "max")), op for op (TorchScript's subset)
+        z = self._mlp(cbam_pool(x, "avg")) + self._mlp(cbam_pool(x, "max"))
+        return x * self.gate(z)[:, :, None, None]
 
 
 class LightChannelAttn(ChannelAttn):
     """timm LightChannelAttn: MLP once on 0.5*mean + 0.5*max; gate is always sigmoid (as timm)."""
 
-    _pool_types = ("avgmax",)
-
-    def _gate(self) -> Callable[[Tensor], Tensor]:
-        return torch.sigmoid
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self._mlp(cbam_pool(x, "avgmax")))[:, :, None, None]
 
 
 class SpatialAttn(nn.Module):
@@ -309,6 +322,8 @@ class SpatialAttn(nn.Module):
         self.conv = ConvBn(2, 1, kernel_size, device=device, dtype=dtype)
         self.gate = make_layer(gate_layer)
 
+    # the channel pool (cbam_spatial_pool's order): a constant to TorchScript
+    __constants__ = ["_order"]
     _order = "mean_max"
 
     def forward(self, x: Tensor) -> Tensor:
@@ -341,6 +356,9 @@ class CbamModule(nn.Module):
         self.spatial = SpatialAttn(spatial_kernel_size, gate_layer=gate_layer, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
         return self.spatial(self.channel(x))
 
 
@@ -360,4 +378,7 @@ class LightCbamModule(nn.Module):
         self.spatial = LightSpatialAttn(spatial_kernel_size, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._eager_forward(x)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
         return self.spatial(self.channel(x))

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ORDERS = ("cs", "sc", "c", "s")
+# a module's branch parameters (None for a branch its order lacks)
+_Params = Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
 
 def _vec(t: Tensor) -> Tensor:
@@ -51,10 +53,18 @@ def sca_channel_logits(v: Tensor, h: Tensor, w_c: Tensor, b_c: Tensor, W_hc: Ten
     """
     hproj = F.linear(h, W_hc)                                                   # (N, k)
     b = torch.tanh(v[:, :, None] * _vec(w_c) + _vec(b_c) + hproj[:, None, :])  # (N, C, k)
-    return b @ _vec(u_c) + (c_c.reshape(()) if isinstance(c_c, Tensor) else c_c)
+    return _plus_score_bias(b @ _vec(u_c), c_c)
 
 
-def sca_channel_attention(v: Tensor, h: Tensor, w_c, b_c, W_hc, u_c, c_c) -> Tensor:
+def _plus_score_bias(logits: Tensor, c: Union[Tensor, float]) -> Tensor:
+    # (an if, not a conditional expression: TorchScript types both of its branches alike)
+    if isinstance(c, Tensor):
+        return logits + c.reshape(())
+    return logits + c
+
+
+def sca_channel_attention(v: Tensor, h: Tensor, w_c: Tensor, b_c: Tensor, W_hc: Tensor, u_c: Tensor,
+                          c_c: Union[Tensor, float]) -> Tensor:
     """beta (N, C) = softmax over channels of :func:`sca_channel_logits`."""
     return torch.softmax(sca_channel_logits(v, h, w_c, b_c, W_hc, u_c, c_c), dim=1)
 
@@ -67,10 +77,11 @@ def sca_spatial_logits(U: Tensor, h: Tensor, W_s: Tensor, b_s: Tensor, W_hs: Ten
     """
     Ul = U.flatten(2).transpose(1, 2)                                           # (N, HW, C)
     a = torch.tanh(F.linear(Ul, W_s, _vec(b_s)) + F.linear(h, W_hs)[:, None, :])  # (N, HW, k)
-    return a @ _vec(u_s) + (c_s.reshape(()) if isinstance(c_s, Tensor) else c_s)
+    return _plus_score_bias(a @ _vec(u_s), c_s)
 
 
-def sca_spatial_attention(U: Tensor, h: Tensor, W_s, b_s, W_hs, u_s, c_s) -> Tensor:
+def sca_spatial_attention(U: Tensor, h: Tensor, W_s: Tensor, b_s: Tensor, W_hs: Tensor, u_s: Tensor,
+                          c_s: Union[Tensor, float]) -> Tensor:
     """alpha (N, HW) = softmax over locations of :func:`sca_spatial_logits`."""
     return torch.softmax(sca_spatial_logits(U, h, W_s, b_s, W_hs, u_s, c_s), dim=1)
 
@@ -90,25 +101,50 @@ def sca(V: Tensor, h: Tensor,
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    N, C, H, W = V.shape
+    return _sca(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, order, scale, return_attention)
+
+
+def _given(t: Optional[Tensor], name: str, order: str) -> Tensor:
+    if t is None:
+        raise ValueError(f"{name} is None, but order '{order}' has its branch")
+    return t
+
+
+def _given_score_bias(c: Union[Tensor, float, None], name: str, order: str) -> Union[Tensor, float]:
+    if c is None:
+        raise ValueError(f"{name} is None, but order '{order}' has its branch")
+    return c
+
+
+def _sca(V: Tensor, h: Tensor, w_c: Optional[Tensor], b_c: Optional[Tensor], W_hc: Optional[Tensor],
+         u_c: Optional[Tensor], c_c: Union[Tensor, float, None], W_s: Optional[Tensor], b_s: Optional[Tensor],
+         W_hs: Optional[Tensor], u_s: Optional[Tensor], c_s: Union[Tensor, float, None], order: str, scale: bool,
+         return_attention: bool) -> Union[Tensor, Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
+    """`sca` in TorchScript's subset (no keyword-only arguments, no closures), which the SCA
+    module's forward calls, so the module scripts. order: checked by the caller (`sca`, the
+    module's constructor)."""
+    N, C, H, W = V.shape[0], V.shape[1], V.shape[2], V.shape[3]
     cscale = float(C) if scale else 1.0
     sscale = float(H * W) if scale else 1.0
-    beta = alpha = None
-
-    def apply_channel(U: Tensor) -> Tensor:
-        nonlocal beta
-        beta = sca_channel_attention(U.mean((2, 3)), h, w_c, b_c, W_hc, u_c, c_c)
-        return U * (cscale * beta)[:, :, None, None]
-
-    def apply_spatial(U: Tensor) -> Tensor:
-        nonlocal alpha
-        alpha = sca_spatial_attention(U, h, W_s, b_s, W_hs, u_s, c_s)
-        return U * (sscale * alpha).reshape(N, 1, H, W)
-
+    beta: Optional[Tensor] = None
+    alpha: Optional[Tensor] = None
     X = V
     for branch in order:
-        X = apply_channel(X) if branch == "c" else apply_spatial(X)
-    return (X, beta, alpha) if return_attention else X
+        if branch == "c":
+            b = sca_channel_attention(X.mean((2, 3)), h, _given(w_c, "w_c", order), _given(b_c, "b_c", order),
+                                      _given(W_hc, "W_hc", order), _given(u_c, "u_c", order),
+                                      _given_score_bias(c_c, "c_c", order))
+            X = X * (cscale * b)[:, :, None, None]
+            beta = b
+        else:
+            a = sca_spatial_attention(X, h, _given(W_s, "W_s", order), _given(b_s, "b_s", order),
+                                      _given(W_hs, "W_hs", order), _given(u_s, "u_s", order),
+                                      _given_score_bias(c_s, "c_s", order))
+            X = X * (sscale * a).reshape(N, 1, H, W)
+            alpha = a
+    if return_attention:
+        return X, beta, alpha
+    return X
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,26 +182,36 @@ class SCA(nn.Module):
             self.spatial_hidden = nn.Linear(hidden_size, k, bias=False, **dd)
             self.spatial_score = nn.Linear(k, 1, **dd)
 
-    def channel_params(self):
+    # (hasattr, not `"c" in self.order`: TorchScript compiles no access to a branch's Linears
+    # that the module lacks)
+    def channel_params(self) -> _Params:
         """(w_c, b_c, W_hc, u_c, c_c) or Nones."""
-        if "c" not in self.order:
-            return (None,) * 5
+        if not hasattr(self, "channel_in"):
+            return None, None, None, None, None
         return (self.channel_in.weight, self.channel_in.bias, self.channel_hidden.weight,
                 self.channel_score.weight, self.channel_score.bias)
 
-    def spatial_params(self):
+    def spatial_params(self) -> _Params:
         """(W_s, b_s, W_hs, u_s, c_s) or Nones."""
-        if "s" not in self.order:
-            return (None,) * 5
+        if not hasattr(self, "spatial_in"):
+            return None, None, None, None, None
         return (self.spatial_in.weight, self.spatial_in.bias, self.spatial_hidden.weight,
                 self.spatial_score.weight, self.spatial_score.bias)
 
-    def forward(self, V: Tensor, h: Tensor, return_attention: bool = False):
+    def forward(self, V: Tensor, h: Tensor, return_attention: bool = False
+                ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
+        return self._eager_forward(V, h, return_attention)
+
+    # the forward's body, which the fused drop-in falls back to (and TorchScript compiles there)
+    def _eager_forward(self, V: Tensor, h: Tensor, return_attention: bool = False
+                       ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
         if V.shape[1] != self.channels or h.shape[-1] != self.hidden_size:
             raise ValueError(f"expected V (N, {self.channels}, H, W) and h (N, {self.hidden_size}),"
-                             f" got {tuple(V.shape)} and {tuple(h.shape)}")
-        return sca(V, h, *self.channel_params(), *self.spatial_params(), order=self.order,
-                   scale=self.scale, return_attention=return_attention)
+                             f" got {list(V.shape)} and {list(h.shape)}")
+        w_c, b_c, W_hc, u_c, c_c = self.channel_params()
+        W_s, b_s, W_hs, u_s, c_s = self.spatial_params()
+        return _sca(V, h, w_c, b_c, W_hc, u_c, c_c, W_s, b_s, W_hs, u_s, c_s, self.order, self.scale,
+                    return_attention)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden_size={self.hidden_size}, "
