@@ -317,7 +317,6 @@ def _good():
     (lambda a: a.update(b1=a["b1"].half()), TypeError, "b1 has dtype"),
     (lambda a: a.update(bn_weight=a["bn_weight"][:1]), ValueError, "bn_weight has shape"),
     (lambda a: a.update(bn_bias=a["bn_bias"].to("meta")), ValueError, "bn_bias is on meta"),
-    (lambda a: a.update(bn_bias=None), ValueError, "bn_weight and bn_bias"),
     (lambda a: a.update(running_var=a["running_var"][None]), ValueError, "running_var must be 1-D"),
     (lambda a: a.update(running_mean=a["running_mean"].int()), TypeError, "running_mean must be a float"),
     (lambda a: a.update(running_var=None), ValueError, "running_mean and running_var"),
