@@ -7,7 +7,8 @@ undefined `gate_activation` (dropped: the Sequential holds the ReLU), and pools 
     mods = official_code.load()        # .model_resnet, .cbam, .bam: modules of one package
     net = mods.model_resnet.ResidualNet("ImageNet", 50, 1000, "BAM")
 
-Used by tests/test_models.py and benchmarks/bench_bam.py (the official BAM with its full-size
+Used by tests/test_models.py, test_cbam_modules.py, test_bam_modules.py (a user's copy converted) and
+benchmarks/bench_bam.py (the official BAM with its full-size
 expansions)."""
 import os
 import sys

@@ -3,10 +3,7 @@ state_dict, outputs, gradients and BatchNorm bookkeeping in train and eval mode,
 backend; the eager fallbacks; and attnkernels.convert on the reference and on a copy of the
 official code."""
 import copy
-import os
-import subprocess
 import sys
-import types
 from unittest import mock
 
 import pytest
@@ -15,6 +12,7 @@ from torch import nn
 
 import attnkernels as ak
 from attnkernels import reference
+import official_code
 from conftest import DEVICE
 from utils import assert_matches, assert_same_state, full_size_aten_ops, randomize_
 
@@ -113,18 +111,9 @@ def test_bam_module_matches_reference(kernel_backend, combine, channels_last, ot
 
 
 def _official_module():
-    """The official BAM (MODELS/bam.py) as a project would hold it: its source text with the two
-    lines that keep it from running fixed as a user fixes them (the undefined gate_activation
-    dropped; the H x H pooling window made the map's H x W)."""
-    src = OFFICIAL_BAM_SOURCE
-    for old, new in [("        self.gate_activation = gate_activation\n", ""),
-                     ("F.avg_pool2d( in_tensor, in_tensor.size(2), stride=in_tensor.size(2) )",
-                      "F.avg_pool2d( in_tensor, in_tensor.shape[2:], stride=in_tensor.shape[2:] )")]:
-        assert src.count(old) == 1, old
-        src = src.replace(old, new)
-    mod = types.ModuleType("official_bam")
-    exec(compile(src, "MODELS/bam.py", "exec"), mod.__dict__)
-    return mod
+    """The official BAM (MODELS/bam.py) as a project holds it: tests/official_code.py's copy, the two
+    lines that keep it from running fixed as a user fixes them."""
+    return official_code.load().bam
 
 
 @pytest.mark.filterwarnings("ignore:nn.functional.sigmoid is deprecated")
@@ -147,17 +136,6 @@ def test_official_bam_converted(kernel_backend):
         model.train(train)
         eager.train(train)
         _step(eager, model, kernel_backend, _x((3, 8, 6, 5), 20 + step), block=model[1])
-
-
-def test_official_bam_source_is_the_mirrors():
-    """OFFICIAL_BAM_SOURCE is MODELS/bam.py of Jongchan/attention-module as committed (where a
-    mirror of the repository is at hand)."""
-    repo = "/work/.mirror/Jongchan+attention-module/repo"
-    if not os.path.isdir(repo):
-        pytest.skip("no mirror of Jongchan/attention-module here")
-    text = subprocess.run(["git", "-C", repo, "show", "HEAD:MODELS/bam.py"], capture_output=True, text=True,
-                          check=True).stdout
-    assert text == OFFICIAL_BAM_SOURCE
 
 
 def test_convert_reference_bam_and_leave_others():
@@ -278,57 +256,3 @@ def test_bam_module_is_fused(kernel_backend, channels_last):
     names = sorted(name for name, _ in ops)
     assert names == ["aten::add", "aten::convolution", "aten::convolution_backward"], ops
     assert x.grad is not None
-
-
-# MODELS/bam.py of https://github.com/Jongchan/attention-module (MIT License, Copyright (c) 2019
-# Jongchan Park), commit 459efad0e05ee7dde50c41ca10a3d0800bc3792a, verbatim (tabs as \t).
-OFFICIAL_BAM_SOURCE = """import torch
-import math
-import torch.nn as nn
-import torch.nn.functional as F
-
-class Flatten(nn.Module):
-    def forward(self, x):
-        return x.view(x.size(0), -1)
-class ChannelGate(nn.Module):
-    def __init__(self, gate_channel, reduction_ratio=16, num_layers=1):
-        super(ChannelGate, self).__init__()
-        self.gate_activation = gate_activation
-        self.gate_c = nn.Sequential()
-        self.gate_c.add_module( 'flatten', Flatten() )
-        gate_channels = [gate_channel]
-        gate_channels += [gate_channel // reduction_ratio] * num_layers
-        gate_channels += [gate_channel]
-        for i in range( len(gate_channels) - 2 ):
-            self.gate_c.add_module( 'gate_c_fc_%d'%i, nn.Linear(gate_channels[i], gate_channels[i+1]) )
-            self.gate_c.add_module( 'gate_c_bn_%d'%(i+1), nn.BatchNorm1d(gate_channels[i+1]) )
-            self.gate_c.add_module( 'gate_c_relu_%d'%(i+1), nn.ReLU() )
-        self.gate_c.add_module( 'gate_c_fc_final', nn.Linear(gate_channels[-2], gate_channels[-1]) )
-    def forward(self, in_tensor):
-        avg_pool = F.avg_pool2d( in_tensor, in_tensor.size(2), stride=in_tensor.size(2) )
-        return self.gate_c( avg_pool ).unsqueeze(2).unsqueeze(3).expand_as(in_tensor)
-
-class SpatialGate(nn.Module):
-    def __init__(self, gate_channel, reduction_ratio=16, dilation_conv_num=2, dilation_val=4):
-        super(SpatialGate, self).__init__()
-        self.gate_s = nn.Sequential()
-        self.gate_s.add_module( 'gate_s_conv_reduce0', nn.Conv2d(gate_channel, gate_channel//reduction_ratio, kernel_size=1))
-        self.gate_s.add_module( 'gate_s_bn_reduce0',\tnn.BatchNorm2d(gate_channel//reduction_ratio) )
-        self.gate_s.add_module( 'gate_s_relu_reduce0',nn.ReLU() )
-        for i in range( dilation_conv_num ):
-            self.gate_s.add_module( 'gate_s_conv_di_%d'%i, nn.Conv2d(gate_channel//reduction_ratio, gate_channel//reduction_ratio, kernel_size=3, \\
-\t\t\t\t\t\tpadding=dilation_val, dilation=dilation_val) )
-            self.gate_s.add_module( 'gate_s_bn_di_%d'%i, nn.BatchNorm2d(gate_channel//reduction_ratio) )
-            self.gate_s.add_module( 'gate_s_relu_di_%d'%i, nn.ReLU() )
-        self.gate_s.add_module( 'gate_s_conv_final', nn.Conv2d(gate_channel//reduction_ratio, 1, kernel_size=1) )
-    def forward(self, in_tensor):
-        return self.gate_s( in_tensor ).expand_as(in_tensor)
-class BAM(nn.Module):
-    def __init__(self, gate_channel):
-        super(BAM, self).__init__()
-        self.channel_att = ChannelGate(gate_channel)
-        self.spatial_att = SpatialGate(gate_channel)
-    def forward(self,in_tensor):
-        att = 1 + F.sigmoid( self.channel_att(in_tensor) * self.spatial_att(in_tensor) )
-        return att * in_tensor
-"""
