@@ -22,7 +22,8 @@ def test_sca_kernels_compile_for_sm90(aot_results):
 
 def test_sca_products_use_tensor_cores(aot_results):
     """The (locations x C) x (C x k) products and their backward ones: mma / wgmma in bf16 / fp16,
-    DMMA in fp64 (never FMA loops)."""
+    DMMA in fp64 (never FMA loops), where this Triton emits DMMA for a plain fp64 tl.dot (3.8 does;
+    3.6, the GPU machine's, lowers every fp64 dot to FMA: nothing a kernel can change)."""
     missing = {k: v for k, v in aot_results["mma"].items() if not v}
     assert not missing, f"products without tensor-core instructions: {sorted(missing)}"
 
@@ -56,7 +57,21 @@ FEATURE_PTRS = {
 DIV16 = {"C", "k", "k_c", "k_s", "stride_hw"}
 
 
+def _fp64_dot_probe(a_ptr, b_ptr, c_ptr):
+    """A plain 16 x 16 fp64 product: does this Triton lower fp64 tl.dot to DMMA at all?"""
+    i = tl.arange(0, 16)
+    a = tl.load(a_ptr + i[:, None] * 16 + i[None, :])
+    b = tl.load(b_ptr + i[:, None] * 16 + i[None, :])
+    c = tl.dot(a, b, tl.zeros([16, 16], dtype=tl.float64), out_dtype=tl.float64)
+    tl.store(c_ptr + i[:, None] * 16 + i[None, :], c)
+
+
+DMMA = "mma.sync.aligned.m8n8k4.row.col.f64"
+tl = None  # triton.language once main imports it (the probe's global)
+
+
 def main():
+    global tl
     try:
         import triton.language as tl
         from triton.compiler import ASTSource  # noqa: F401
@@ -65,7 +80,10 @@ def main():
     except ImportError as e:
         print(f"no ahead-of-time triton compile here: {e}")
         sys.exit(3)
+    import triton
     cuobjdump = cuobjdump_path()
+    probe = compile_kernel(triton.jit(_fp64_dot_probe), "*fp64", {}, vectors="*fp64")
+    fp64_dmma = DMMA in probe.asm["ptx"]
     count, spills, mma = 0, {}, {}
     import torch
     for dtype in ("*bf16", "*fp16", "*fp32", "*fp64"):
@@ -114,9 +132,10 @@ def main():
                 if name in ("spatial", "spatial_bwd", "spatial_dw") or (name == "dx" and has_s):
                     if dtype in ("*bf16", "*fp16"):
                         mma[key] = "wgmma" in k.asm["ptx"] or "mma.sync" in k.asm["ptx"]
-                    elif dtype == "*fp64":
-                        mma[key] = "mma.sync.aligned.m8n8k4.row.col.f64" in k.asm["ptx"]
-    print(json.dumps({"compiled": count, "spills": spills if cuobjdump else None, "mma": mma}))
+                    elif dtype == "*fp64" and fp64_dmma:
+                        mma[key] = DMMA in k.asm["ptx"]
+    print(json.dumps({"compiled": count, "spills": spills if cuobjdump else None, "mma": mma,
+                      "fp64_dmma": fp64_dmma}))
 
 
 if __name__ == "__main__":

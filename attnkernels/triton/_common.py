@@ -38,11 +38,12 @@ def cast_to(v, DST: tl.constexpr):
 def dot_acc(a, b, acc, PREC: tl.constexpr):
     """acc + a @ b (tl.dot: tensor cores on a GPU). PREC: "ieee" or "tf32", the input precision of
     fp32 operands (ignored for others). The interpreter's bf16 matmul is wrong (numpy has no
-    bf16): there the operands are upcast, which is exact."""
+    bf16): there the operands are upcast, which is exact. out_dtype: older Triton (3.6) defaults it
+    to fp32 whatever acc is, and rejects an fp64 acc."""
     if _INTERPRET and a.dtype == tl.bfloat16:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
+    return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
 
 
 @triton.jit
