@@ -75,11 +75,49 @@ def _triton_schedule(test):
 
 
 # Files that never touch the GPU: the cuemu self-test and the nvcc / AOT-Triton builds (CI runs
-# them on the GPU machine's stack too: `make test-min`), and test_reference_* (CPU parity).
+# the AOT-Triton ones on the GPU machine's stack too: `make test-min`), and test_reference_* (CPU
+# parity).
 HOST_ONLY_FILES = ("test_cuemu.py", "test_cuda_build.py", "test_triton_compile.py", "test_triton_launch.py")
+
+# The drop-in and model files test the module layer (constructors, state_dicts, convert(),
+# BatchNorm bookkeeping, tracing and export), whose way into an op is the same on every backend;
+# the op suites (test_<op>.py) run every backend in full. Without a GPU (the interpreter and the
+# emulation are slow) each case of these files runs on one kernel backend: a test's cases are
+# dealt to the backends in turn, in an order shuffled by a hash of their parameters (the order of
+# collection would hand e.g. every train-mode case to one backend), and a test of one case takes
+# the next backend after the previous such test's. On a GPU, or with
+# ATTNKERNELS_TEST_EVERY_BACKEND=1, every case runs on every backend.
+TAKE_TURNS_FILES = ("test_se_modules.py", "test_cbam_modules.py", "test_bam_modules.py", "test_convert.py",
+                    "test_export.py")
+
+
+def _backends_take_turns(config, items):
+    if DEVICE.type == "cuda" or len(KERNEL_BACKENDS) < 2 or os.environ.get("ATTNKERNELS_TEST_EVERY_BACKEND") == "1":
+        return
+    import zlib
+    cases = {}  # (file, test) -> its cases (parameters but the backend), in collection order
+    for it in items:
+        params = getattr(getattr(it, "callspec", None), "params", {})
+        if it.path.name in TAKE_TURNS_FILES and params.get("kernel_backend") in KERNEL_BACKENDS:
+            case = tuple(sorted((k, repr(v)) for k, v in params.items() if k != "kernel_backend"))
+            cases.setdefault((it.path.name, it.originalname), {}).setdefault(case, None)
+    turn, nb = {}, len(KERNEL_BACKENDS)
+    for i, (test, cs) in enumerate(cases.items()):
+        for j, case in enumerate(sorted(cs, key=lambda c: zlib.crc32(repr(c).encode()))):
+            turn[test, case] = KERNEL_BACKENDS[(i + j) % nb]
+    keep, dropped = [], []
+    for it in items:
+        params = getattr(getattr(it, "callspec", None), "params", {})
+        key = (it.path.name, it.originalname), tuple(sorted((k, repr(v)) for k, v in params.items()
+                                                          if k != "kernel_backend"))
+        (dropped if key in turn and params["kernel_backend"] != turn[key] else keep).append(it)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_collection_modifyitems(config, items):
+    _backends_take_turns(config, items)
     # On a GPU, the tests that run kernels on it first (stable order otherwise), so that a run cut
     # short by gpu-check's time budget has covered them; every xdist worker sorts the same way.
     if DEVICE.type == "cuda":

@@ -3,8 +3,7 @@ drop-ins on a kernel backend) in two processes (torch.multiprocessing.spawn, glo
 the same step of the unconverted model: every rank holds the same allreduced gradients (bit for
 bit across ranks, as DDP guarantees), the converted model's equal the unconverted model's, and so
 do the parameters and BatchNorm buffers after an SGD step. One case per model factory, run on each
-of its CPU kernel backends; a model whose blocks convert() does not swap yet is skipped (the CBAM /
-BAM ResNets, until their fused drop-ins are merged)."""
+of its CPU kernel backends."""
 import copy
 import os
 
@@ -119,8 +118,8 @@ def test_ddp_training_step_converted_matches_eager(model_name, tmp_path):
     backends = [be for be in want if be in CPU_BACKENDS]
     if not backends:
         pytest.skip(f"none of {want} runs here")
-    if not any(isinstance(m, FusedDropin) for m in ak.convert(factory()).modules()):
-        pytest.skip(f"convert() swaps none of {model_name}'s attention blocks yet")
+    assert any(isinstance(m, FusedDropin) for m in ak.convert(factory()).modules()), \
+        f"convert() swaps none of {model_name}'s attention blocks"
     # spawn (never fork: the parent's threads and Triton state); the children inherit
     # TRITON_INTERPRET from the environment and sys.path from the parent. One pair of processes
     # runs every backend: most of a case's time is the children's imports.
