@@ -91,26 +91,33 @@ TAKE_TURNS_FILES = ("test_se_modules.py", "test_cbam_modules.py", "test_bam_modu
                     "test_export.py")
 
 
+def _turn_key(it):
+    """(file, test) and the case's parameters but the backend, for an item of TAKE_TURNS_FILES
+    parametrized over the kernel backends; else None."""
+    params = getattr(getattr(it, "callspec", None), "params", {})
+    if it.path.name not in TAKE_TURNS_FILES or params.get("kernel_backend") not in KERNEL_BACKENDS:
+        return None
+    case = tuple(sorted((k, repr(v)) for k, v in params.items() if k != "kernel_backend"))
+    return (it.path.name, getattr(it, "originalname", it.name)), case
+
+
 def _backends_take_turns(config, items):
     if DEVICE.type == "cuda" or len(KERNEL_BACKENDS) < 2 or os.environ.get("ATTNKERNELS_TEST_EVERY_BACKEND") == "1":
         return
     import zlib
-    cases = {}  # (file, test) -> its cases (parameters but the backend), in collection order
+    cases = {}  # test -> its cases, in collection order
     for it in items:
-        params = getattr(getattr(it, "callspec", None), "params", {})
-        if it.path.name in TAKE_TURNS_FILES and params.get("kernel_backend") in KERNEL_BACKENDS:
-            case = tuple(sorted((k, repr(v)) for k, v in params.items() if k != "kernel_backend"))
-            cases.setdefault((it.path.name, it.originalname), {}).setdefault(case, None)
-    turn, nb = {}, len(KERNEL_BACKENDS)
+        key = _turn_key(it)
+        if key:
+            cases.setdefault(key[0], {}).setdefault(key[1], None)
+    turn = {}
     for i, (test, cs) in enumerate(cases.items()):
         for j, case in enumerate(sorted(cs, key=lambda c: zlib.crc32(repr(c).encode()))):
-            turn[test, case] = KERNEL_BACKENDS[(i + j) % nb]
+            turn[test, case] = KERNEL_BACKENDS[(i + j) % len(KERNEL_BACKENDS)]
     keep, dropped = [], []
     for it in items:
-        params = getattr(getattr(it, "callspec", None), "params", {})
-        key = (it.path.name, it.originalname), tuple(sorted((k, repr(v)) for k, v in params.items()
-                                                          if k != "kernel_backend"))
-        (dropped if key in turn and params["kernel_backend"] != turn[key] else keep).append(it)
+        key = _turn_key(it)
+        (dropped if key and it.callspec.params["kernel_backend"] != turn[key] else keep).append(it)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
