@@ -14,7 +14,7 @@ import attnkernels as ak
 from attnkernels import reference
 import official_code
 from conftest import DEVICE
-from utils import assert_matches, assert_same_state, full_size_aten_ops, randomize_
+from utils import assert_matches, assert_same_state, assert_same_under_checkpointing, full_size_aten_ops, randomize_
 
 bam_module = sys.modules["attnkernels.bam"]
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -256,3 +256,13 @@ def test_bam_module_is_fused(kernel_backend, channels_last):
     names = sorted(name for name, _ in ops)
     assert names == ["aten::add", "aten::convolution", "aten::convolution_backward"], ops
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_bam_module_under_activation_checkpointing(kernel_backend, use_reentrant):
+    """In training mode under torch.utils.checkpoint (the forward, BatchNorm bookkeeping included,
+    runs again in the backward): eager's gradients and running statistics."""
+    ref, ours = (m.double().train() for m in _pair(seed=9))
+    # fp64: b0's gradient, ahead of a batch-statistics BatchNorm, is rounding noise around 0
+    assert_same_under_checkpointing(ref, ours, kernel_backend, _x((3, 32, 5, 4), 41).double(), use_reentrant,
+                                    rtol=1e-9, atol=1e-10)

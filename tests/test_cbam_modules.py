@@ -14,7 +14,7 @@ import attnkernels as ak
 from attnkernels import reference
 import official_code
 from conftest import DEVICE
-from utils import assert_same_state, randomize_
+from utils import assert_same_state, assert_same_under_checkpointing, randomize_
 
 timm_cbam = pytest.importorskip("timm.layers.cbam")
 timm_act = pytest.importorskip("timm.layers.activations")
@@ -238,3 +238,15 @@ def test_module_with_fp32_weights_takes_bf16_input(kernel_backend):
     want = real.train()(x.float())
     torch.testing.assert_close(y.float(), want, rtol=3e-2, atol=3e-2)
     assert_same_state(ours, real, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("name,use_reentrant", [("CBAM", True), ("CbamModule", False), ("LightCbamModule", True)],
+                         ids=str)
+def test_module_under_activation_checkpointing(kernel_backend, name, use_reentrant):
+    """In training mode under torch.utils.checkpoint (the forward, BatchNorm bookkeeping included,
+    runs again in the backward): eager's gradients and running statistics."""
+    real, ours = _pair(getattr(reference, name)(24, 4) if name == "CBAM" else getattr(reference, name)(24),
+                       getattr(ak, name)(24, 4) if name == "CBAM" else getattr(ak, name)(24), seed=8)
+    x = torch.randn(2, 24, 5, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(DEVICE)
+    assert_same_under_checkpointing(real.train(), ours.train(), kernel_backend, x, use_reentrant, rtol=1e-10,
+                                    atol=1e-10)

@@ -12,7 +12,7 @@ from torch import nn
 
 import attnkernels as ak
 from conftest import DEVICE
-from utils import assert_load_and_run_without_attnkernels, onnx_export_and_run
+from utils import assert_load_and_run_without_attnkernels, assert_same_under_checkpointing, onnx_export_and_run
 
 
 def _pair(real, ours, seed=0):
@@ -318,27 +318,10 @@ def test_converted_torchvision_model_scripts_and_traces(kernel_backend):
 
 @pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
 def test_module_under_activation_checkpointing(kernel_backend, use_reentrant):
-    """torch.utils.checkpoint recomputes the forward during the backward: with the backend set
-    for the process (a `with ak.backend(...)` scope must also cover the backward, or the
-    recomputation runs another backend), both checkpoint kinds give eager's gradients."""
+    """Both checkpoint kinds give eager's gradients (utils.assert_same_under_checkpointing)."""
     real, ours = _pair(torchvision.ops.SqueezeExcitation(16, 4), ak.SqueezeExcitation(16, 4))
-    conv = nn.Conv2d(8, 16, 3, padding=1).to(DEVICE)
-    x = torch.randn(2, 8, 6, 5, device=DEVICE)
-    prev = ak.set_backend(kernel_backend)
-    try:
-        grads = []
-        for m in (ours, real):
-            xl = x.clone().requires_grad_()
-            params = [xl, conv.weight, *m.parameters()]
-            for p in params[1:]:
-                p.grad = None
-            y = torch.utils.checkpoint.checkpoint(lambda t: m(conv(t)).tanh(), xl, use_reentrant=use_reentrant)
-            y.square().sum().backward()  # (reentrant checkpoints do not take autograd.grad)
-            grads.append([p.grad.clone() for p in params])
-    finally:
-        ak.set_backend(prev)
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_same_under_checkpointing(real, ours, kernel_backend, torch.randn(2, 16, 6, 5, device=DEVICE),
+                                    use_reentrant)
 
 
 def test_module_export_for_onnx_runs_aten_ops(kernel_backend, monkeypatch):

@@ -242,3 +242,32 @@ def assert_load_and_run_without_attnkernels(tmp_path, cases):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=str(tmp_path))
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def assert_same_under_checkpointing(real, ours, backend, x, use_reentrant, rtol=1e-5, atol=1e-5):
+    """torch.utils.checkpoint around conv -> block -> tanh: the forward runs again during the
+    backward. With the backend set for the process (a `with ak.backend(...)` scope must also cover
+    the backward, or the recomputation runs another backend), ours gives the gradients of the
+    input, the conv and its own parameters, and the state (a train-mode BatchNorm counts the
+    recomputation too, in both), that `real` gives."""
+    import attnkernels as ak
+    C = x.shape[1]
+    conv = torch.nn.Conv2d(C, C, 3, padding=1)
+    randomize_(conv, torch.Generator().manual_seed(C))
+    conv = conv.to(x.device, x.dtype)
+    prev = ak.set_backend(backend)
+    try:
+        grads = []
+        for m in (ours, real):
+            xl = x.clone().requires_grad_()
+            params = [xl, conv.weight, *m.parameters()]
+            for p in params[1:]:
+                p.grad = None
+            y = torch.utils.checkpoint.checkpoint(lambda t: m(conv(t)).tanh(), xl, use_reentrant=use_reentrant)
+            y.square().sum().backward()  # (reentrant checkpoints do not take autograd.grad)
+            grads.append([p.grad.clone() for p in params])
+    finally:
+        ak.set_backend(prev)
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    assert_same_state(ours, real, rtol=rtol, atol=atol)
