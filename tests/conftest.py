@@ -97,7 +97,9 @@ def _turn_key(it):
     params = getattr(getattr(it, "callspec", None), "params", {})
     if it.path.name not in TAKE_TURNS_FILES or params.get("kernel_backend") not in KERNEL_BACKENDS:
         return None
-    case = tuple(sorted((k, repr(v)) for k, v in params.items() if k != "kernel_backend"))
+    # (parameter indices, not values: a value's repr may hold an address, which differs between
+    # xdist workers, and they must all deselect the same items)
+    case = tuple(sorted((k, i) for k, i in it.callspec.indices.items() if k != "kernel_backend"))
     return (it.path.name, getattr(it, "originalname", it.name)), case
 
 
