@@ -46,9 +46,15 @@ test: $(SETUP_DEP)
 # suites run on the Triton backend only there (ATTNKERNELS_TEST_BACKENDS; the emulated CUDA
 # kernels' own files still run), since `make test` runs them on every backend. test_cuemu.py
 # and test_cuda_build.py build csrc with g++ / nvcc alone, neither torch nor triton in them: they
-# would repeat `make test`'s run word for word, so test-min leaves them out.
+# would repeat `make test`'s run word for word, so test-min leaves them out; for the same reason
+# its build leaves out the nvcc kernels (csrc/<op>/<op>_cuda.cu include no torch header, and
+# nothing runs them without a GPU): ATTNKERNELS_NO_CUDA=1. It also leaves out the tests that set
+# their own Triton program order (test_*_triton_programs_*) and the determinism tests (two orders,
+# the same bits): the order in which the kernels combine partials is no stack's, `make test` runs
+# them, and here every other Triton test runs interleaved.
 MIN_VENV := .venv-min
-MIN_SKIP := --ignore=tests/test_cuemu.py --ignore=tests/test_cuda_build.py
+MIN_SKIP := --ignore=tests/test_cuemu.py --ignore=tests/test_cuda_build.py \
+            -k 'not triton_programs_in_any_order and not triton_programs_interleaved and not is_deterministic'
 MIN_TREE := build/min
 
 $(MIN_VENV)/.installed: setup.py
@@ -66,7 +72,7 @@ copy_tree = mkdir -p $(1) && find $(1) -mindepth 1 -maxdepth 1 ! -name build -ex
 test-min: $(MIN_VENV)/.installed
 	$(call copy_tree,$(MIN_TREE))
 	TRITON_SCHEDULE=$${TRITON_SCHEDULE-interleave:1} ATTNKERNELS_TEST_BACKENDS=$${ATTNKERNELS_TEST_BACKENDS-triton} \
-	  $(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python PYTEST_ARGS="$(MIN_SKIP) $(PYTEST_ARGS)"
+	  ATTNKERNELS_NO_CUDA=$${ATTNKERNELS_NO_CUDA-1} $(MAKE) -C $(MIN_TREE) test PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python PYTEST_ARGS="$(MIN_SKIP) $(PYTEST_ARGS)"
 
 # AddressSanitizer over the emulated CUDA kernels (backend cuda-emu): an out-of-bounds read or
 # write of a kernel fails the test on the CPU, as compute-sanitizer's memcheck would on a GPU. A
