@@ -35,7 +35,6 @@ note.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -172,13 +171,8 @@ def markdown(rows, impls, meta):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    H.add_preset_args(p, "the three sites at batch 128 and one at 1, bf16, both layouts")
-    p.add_argument("--families", default=None, help=f"comma list of {','.join(FAMILIES)}")
-    H.add_common_args(p, IMPLS, "bam")
-    H.add_compile_args(p)
-    return p
+    return H.op_parser(__doc__, "the three sites at batch 128 and one at 1, bf16, both layouts", IMPLS, "bam",
+                       lambda p: p.add_argument("--families", default=None, help=f"comma list of {','.join(FAMILIES)}"))
 
 
 def parse_args(argv=None):

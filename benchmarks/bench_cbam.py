@@ -32,7 +32,6 @@ Outputs: <out>/<name>.csv (one row per config x family x mode x impl), <name>.md
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -122,13 +121,9 @@ def markdown(rows, impls, meta):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    H.add_preset_args(p, "a few ResNet-50 stages, bf16, both layouts")
-    p.add_argument("--families", default=None, help=f"comma list of {','.join(FAMILIES)}")
-    H.add_common_args(p, ("eager", "compile", "triton", "cuda"), "cbam")
-    H.add_compile_args(p)
-    return p
+    return H.op_parser(__doc__, "a few ResNet-50 stages, bf16, both layouts", ("eager", "compile", "triton", "cuda"),
+                       "cbam",
+                       lambda p: p.add_argument("--families", default=None, help=f"comma list of {','.join(FAMILIES)}"))
 
 
 def parse_args(argv=None):

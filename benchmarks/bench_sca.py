@@ -29,7 +29,6 @@ a note.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -127,15 +126,14 @@ def markdown(rows, impls, meta):
         targets=TARGETS)
 
 
-def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    H.add_preset_args(p, "both shapes at batch 128 and 1, bf16, both layouts")
+def _sca_args(p):
     p.add_argument("--orders", default="cs", help=f"comma list of {','.join(ORDERS)} (default cs, the paper's best)")
     p.add_argument("--scale", action="store_true", help="the official code's rescaling (C*beta, HW*alpha)")
-    H.add_common_args(p, ("eager", "compile", "triton", "cuda"), "sca")
-    H.add_compile_args(p)
-    return p
+
+
+def parser():
+    return H.op_parser(__doc__, "both shapes at batch 128 and 1, bf16, both layouts",
+                       ("eager", "compile", "triton", "cuda"), "sca", _sca_args)
 
 
 def parse_args(argv=None):

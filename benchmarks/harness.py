@@ -248,6 +248,18 @@ def grid_configs(args, shapes, batches, quick, prog, std_batches=None, smoke=Non
     return out
 
 
+def op_parser(doc: str, quick_help: str, impls, name: str, extra=None) -> argparse.ArgumentParser:
+    """An op benchmark's command line: its docstring's first paragraph, --quick / --full,
+    `extra(p)`'s own arguments, the common ones (impls; results named `name`) and compile's."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_args(p, quick_help)
+    if extra is not None:
+        extra(p)
+    add_common_args(p, impls, name)
+    add_compile_args(p)
+    return p
+
+
 def add_preset_args(p, quick_help):
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help=quick_help)
